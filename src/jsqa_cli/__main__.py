@@ -1,0 +1,3 @@
+from jsqa_cli.cli import main
+
+main()

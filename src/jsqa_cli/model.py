@@ -1,0 +1,308 @@
+"""The JSQA network, its presets, and model folders (``config.json`` + ``model.safetensors``).
+
+    waveform (B, T) at 16 kHz
+      → log-mel (no per-utterance normalisation: level is a quality cue)
+      → conv stem (time subsampling ×4)
+      → pre-LN Transformer with key-padding masks
+      → attention pooling → LayerNorm → embedding (B, D)
+      → projection head (pretraining only)  /  MOS head → 1 + 4·sigmoid ∈ [1, 5]
+
+Every step masks padded frames, so a file's score does not depend on what it is batched with.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchaudio
+from safetensors.torch import load_file, save_file
+
+from jsqa_cli import __version__
+from jsqa_cli.audio import SAMPLE_RATE
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+MODEL_TYPE = "jsqa"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEFAULT_MODEL = "jsqa-small"  # the bundled model `jsqa score` uses when no --model is given
+
+# Fixed affine map of natural-log mel power to roughly zero mean / unit variance on speech at typical levels.
+LOGMEL_OFFSET = 5.0
+LOGMEL_SCALE = 4.5
+
+
+@dataclass
+class JSQAConfig:
+    """Everything needed to rebuild the network. Saved as ``config.json`` next to the weights."""
+
+    preset: str = "small"
+    sample_rate: int = SAMPLE_RATE
+    n_fft: int = 512
+    win_length: int = 400  # 25 ms
+    hop_length: int = 160  # 10 ms
+    n_mels: int = 64
+    d_model: int = 192
+    n_layers: int = 4
+    n_heads: int = 4
+    ff_dim: int = 768
+    dropout: float = 0.1
+    max_positions: int = 4096  # tokens (40 ms each after the stem): longer inputs are refused, use windows
+    projection_head: bool = True
+    proj_dim: int = 128
+    head_hidden: int = 128
+
+    @property
+    def min_samples(self) -> int:
+        return self.n_fft
+
+    def num_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
+        """Valid STFT frames (center=False) for each signal length; short signals are padded to one frame."""
+        n = torch.clamp(num_samples, min=self.n_fft)
+        return 1 + torch.div(n - self.n_fft, self.hop_length, rounding_mode="floor")
+
+
+PRESETS: dict[str, dict] = {
+    # tests and quick experiments: well under 1 M parameters
+    "tiny": dict(n_mels=32, d_model=32, n_layers=1, n_heads=2, ff_dim=64, proj_dim=32, head_hidden=32),
+    # the CPU default: about 2 M parameters
+    "small": dict(n_mels=64, d_model=192, n_layers=4, n_heads=4, ff_dim=768, proj_dim=128, head_hidden=128),
+    # the paper's scale: about 26 M parameters
+    "base": dict(n_mels=80, d_model=512, n_layers=8, n_heads=8, ff_dim=2048, proj_dim=128, head_hidden=128),
+}
+
+
+def config_from_preset(preset: str = "small", **overrides) -> JSQAConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return JSQAConfig(preset=preset, **{**PRESETS[preset], **overrides})
+
+
+def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """(B,) lengths → (B, max_len) bool mask, True where valid."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class LogMel(nn.Module):
+    def __init__(self, cfg: JSQAConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=cfg.sample_rate, n_fft=cfg.n_fft, win_length=cfg.win_length, hop_length=cfg.hop_length,
+            n_mels=cfg.n_mels, center=False, power=2.0)
+
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if wav.shape[-1] < self.cfg.n_fft:
+            wav = F.pad(wav, (0, self.cfg.n_fft - wav.shape[-1]))
+        with torch.autocast(device_type=wav.device.type, enabled=False):
+            spec = self.mel(wav.float())  # (B, n_mels, frames)
+            feats = (torch.log(spec + 1e-8) + LOGMEL_OFFSET) / LOGMEL_SCALE
+        n_frames = self.cfg.num_frames(lengths)
+        mask = lengths_to_mask(n_frames, feats.shape[-1])
+        return feats * mask[:, None, :], n_frames
+
+
+class ConvStem(nn.Module):
+    """Two stride-2 convolutions over time (×4 subsampling); padded frames are zeroed before each one."""
+
+    def __init__(self, cfg: JSQAConfig):
+        super().__init__()
+        self.conv1 = nn.Conv1d(cfg.n_mels, cfg.d_model, kernel_size=3, stride=2, padding=1)
+        self.conv2 = nn.Conv1d(cfg.d_model, cfg.d_model, kernel_size=3, stride=2, padding=1)
+
+    @staticmethod
+    def _out_len(n: torch.Tensor) -> torch.Tensor:
+        return torch.div(n + 1, 2, rounding_mode="floor")  # ceil(n / 2) for kernel 3, stride 2, padding 1
+
+    def forward(self, x: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for conv in (self.conv1, self.conv2):
+            x = F.gelu(conv(x))
+            n = self._out_len(n)
+            x = x * lengths_to_mask(n, x.shape[-1])[:, None, :]
+        return x.transpose(1, 2), n  # (B, tokens, D)
+
+
+def sinusoidal_positions(n: int, d: int) -> torch.Tensor:
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10_000.0) / d))
+    pe = torch.zeros(n, d)
+    pe[:, 0::2] = torch.sin(pos * div)
+    pe[:, 1::2] = torch.cos(pos * div)[:, : d // 2]
+    return pe
+
+
+class AttentionPool(nn.Module):
+    def __init__(self, d: int):
+        super().__init__()
+        self.score = nn.Linear(d, 1)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        w = self.score(h).squeeze(-1).float().masked_fill(~mask, float("-inf"))
+        w = torch.softmax(w, dim=-1).to(h.dtype)
+        return torch.einsum("bt,btd->bd", w, h)
+
+
+class Encoder(nn.Module):
+    """waveform → embedding (B, D)."""
+
+    def __init__(self, cfg: JSQAConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.frontend = LogMel(cfg)
+        self.stem = ConvStem(cfg)
+        self.register_buffer("positions", sinusoidal_positions(cfg.max_positions, cfg.d_model), persistent=False)
+        layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.n_heads, cfg.ff_dim, cfg.dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.transformer = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.pool = AttentionPool(cfg.d_model)
+        self.out_norm = nn.LayerNorm(cfg.d_model)
+
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if lengths is None:
+            lengths = torch.full((wav.shape[0],), wav.shape[-1], dtype=torch.long, device=wav.device)
+        feats, n = self.frontend(wav, lengths)
+        x, n = self.stem(feats, n)
+        if x.shape[1] > self.cfg.max_positions:
+            raise ValueError(f"input of {x.shape[1]} tokens exceeds max_positions={self.cfg.max_positions}; "
+                             "score long audio in windows (jsqa_cli.audio.window_bounds)")
+        x = x + self.positions[: x.shape[1]].to(x.dtype)
+        mask = lengths_to_mask(n, x.shape[1])
+        h = self.transformer(x, src_key_padding_mask=~mask)
+        h = self.norm(h)
+        return self.out_norm(self.pool(h, mask))
+
+
+class JSQA(nn.Module):
+    """Encoder + projection head (for contrastive pretraining) + MOS head (1..5)."""
+
+    def __init__(self, cfg: JSQAConfig):
+        super().__init__()
+        self.config = cfg
+        d = cfg.d_model
+        self.encoder = Encoder(cfg)
+        self.projection = (nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, cfg.proj_dim))
+                           if cfg.projection_head else None)
+        self.mos_head = nn.Sequential(nn.Linear(d, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, 1))
+        self.metadata: dict = {}  # provenance, metrics, stage; saved in config.json
+        self.name = f"untrained-{cfg.preset}"  # how scores name the model; load_model sets the name it was given
+
+    def embed(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.encoder(wav, lengths)
+
+    def project(self, emb: torch.Tensor) -> torch.Tensor:
+        """The vectors the contrastive loss compares: projection head output, or the embedding itself."""
+        return self.projection(emb) if self.projection is not None else emb
+
+    def mos_from_embedding(self, emb: torch.Tensor) -> torch.Tensor:
+        return 1.0 + 4.0 * torch.sigmoid(self.mos_head(emb).squeeze(-1).float())
+
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """MOS prediction in [1, 5] for each signal in the batch."""
+        return self.mos_from_embedding(self.embed(wav, lengths))
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def build_model(preset: str = "small", **overrides) -> JSQA:
+    return JSQA(config_from_preset(preset, **overrides))
+
+
+# ---------------------------------------------------------------------------------------------- model folders
+
+
+class ModelError(Exception):
+    """A model name or folder that cannot be used; ``str(err)`` is one actionable line."""
+
+
+def save_model(model: JSQA, folder: str | Path, metadata: dict | None = None) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` (Hugging Face layout) into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {**model.metadata, **(metadata or {})}
+    config = {"model_type": MODEL_TYPE, "architectures": ["JSQA"], "jsqa_version": __version__,
+              **asdict(model.config), "metadata": meta}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "model_type": MODEL_TYPE})
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    model.metadata = meta
+    return folder
+
+
+def read_config(folder: str | Path) -> tuple[JSQAConfig, dict]:
+    """Parse a model folder's ``config.json`` → (config, metadata); ModelError if it is not a jsqa model."""
+    path = Path(folder) / CONFIG_NAME
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{folder}: not a jsqa model folder (no {CONFIG_NAME})") from None
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    if raw.get("model_type") != MODEL_TYPE:
+        raise ModelError(f"{path}: not a jsqa model (model_type={raw.get('model_type')!r})")
+    known = {f.name for f in fields(JSQAConfig)}
+    return JSQAConfig(**{k: v for k, v in raw.items() if k in known}), raw.get("metadata", {})
+
+
+def bundled_models() -> dict[str, Path]:
+    """Names → folders of the models shipped inside the package."""
+    if not WEIGHTS_DIR.is_dir():
+        return {}
+    return {p.name: p for p in sorted(WEIGHTS_DIR.iterdir()) if (p / CONFIG_NAME).is_file()}
+
+
+def resolve_model(name_or_path: str | os.PathLike | None = None) -> Path:
+    """A bundled name (or None for the default), a local folder, or a Hub id ``ORG/NAME[@REVISION]`` → folder."""
+    name = str(name_or_path) if name_or_path is not None else os.environ.get("JSQA_MODEL", DEFAULT_MODEL)
+    bundled = bundled_models()
+    if name in bundled:
+        return bundled[name]
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ModelError(f"{name}: a model is a folder with {CONFIG_NAME} and {WEIGHTS_NAME}, not a file")
+    if _looks_like_hub_id(name):
+        from jsqa_cli import hub  # only when needed: keeps plain scoring free of Hub imports
+
+        return hub.resolve_hub_model(name)
+    known = ", ".join(bundled) or "none installed"
+    raise ModelError(f"{name}: no such model folder, bundled model ({known}) or Hub id (ORG/NAME[@REVISION])")
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    repo = name.split("@", 1)[0]
+    parts = repo.split("/")
+    return (len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+            and not any(p in (".", "..") for p in parts))
+
+
+def load_model(name_or_path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> JSQA:
+    """Load a model by bundled name, folder or Hub id, in eval mode on ``device``. Never unpickles."""
+    folder = resolve_model(name_or_path)
+    cfg, meta = read_config(folder)
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise ModelError(f"{folder}: {WEIGHTS_NAME} is missing")
+    model = JSQA(cfg)
+    try:
+        state = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise ModelError(f"{weights}: unreadable safetensors file ({e})") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("encoder.frontend.")]  # fixed buffers, rebuilt from config
+    if missing or unexpected:
+        raise ModelError(f"{weights}: weights do not match config.json "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.metadata = meta
+    model.name = str(name_or_path) if name_or_path is not None else DEFAULT_MODEL
+    return model.to(device).eval()
