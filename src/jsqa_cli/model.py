@@ -58,6 +58,7 @@ class JSQAConfig:
     projection_head: bool = True
     proj_dim: int = 128
     head_hidden: int = 128
+    mos_input: str = "embedding"  # what the MOS head reads: "embedding" (encoder output) or "projection"
 
     @property
     def min_samples(self) -> int:
@@ -190,7 +191,12 @@ class JSQA(nn.Module):
         self.encoder = Encoder(cfg)
         self.projection = (nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, cfg.proj_dim))
                            if cfg.projection_head else None)
-        self.mos_head = nn.Sequential(nn.Linear(d, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, 1))
+        if cfg.mos_input not in ("embedding", "projection"):
+            raise ValueError(f"mos_input must be 'embedding' or 'projection', not {cfg.mos_input!r}")
+        if cfg.mos_input == "projection" and not cfg.projection_head:
+            raise ValueError("mos_input='projection' needs projection_head=True")
+        head_in = cfg.proj_dim if cfg.mos_input == "projection" else d
+        self.mos_head = nn.Sequential(nn.Linear(head_in, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, 1))
         self.metadata: dict = {}  # provenance, metrics, stage; saved in config.json
         self.name = f"untrained-{cfg.preset}"  # how scores name the model; load_model sets the name it was given
 
@@ -202,6 +208,8 @@ class JSQA(nn.Module):
         return self.projection(emb) if self.projection is not None else emb
 
     def mos_from_embedding(self, emb: torch.Tensor) -> torch.Tensor:
+        if self.config.mos_input == "projection":
+            emb = self.projection(emb)
         return 1.0 + 4.0 * torch.sigmoid(self.mos_head(emb).squeeze(-1).float())
 
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
