@@ -1,0 +1,518 @@
+"""Scoring: find audio files, decode them in parallel, cut them into windows, batch the windows by length through the
+model, and turn window scores into file scores (file MOS = mean of its window scores).
+
+    paths ──► find_audio ──► shard ──► DataLoader (workers: load_audio) ──► windows ──► pools sorted by length
+          ──► batches of ``batch_size`` windows ──► model ──► per-file rows, yielded as each file finishes
+
+One engine (:func:`_score_stream`) serves every entry point, so ``score_waveforms`` (arrays), ``score_files``
+(paths → DataFrame) and ``jsqa score`` (paths → CSV/JSONL, via :func:`score_to_file`) give the same numbers for the
+same inputs in the same order. Windows are views into the decoded audio and at most ``batch_size`` of them are padded
+into a batch at a time, so memory does not grow with file length beyond the audio itself.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from jsqa_cli.audio import AUDIO_EXTENSIONS, HOP_S, SAMPLE_RATE, WINDOW_S, AudioError, load_audio, pad_batch, \
+    window_bounds
+from jsqa_cli.writers import open_writer, read_done_paths
+
+COLUMNS = ["path", "mos", "duration_s", "sample_rate", "channels", "segments", "model", "warnings", "error"]
+SEGMENT_COLUMNS = ["path", "start_s", "end_s", "mos"]
+POOL_BATCHES = 8  # windows are sorted by length within pools of POOL_BATCHES * batch_size windows
+MOS_DECIMALS = 4  # rows carry MOS rounded to this many decimals (batch composition moves scores by < 1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ discovery
+
+
+def find_audio(paths: Iterable[str | os.PathLike], extensions: Sequence[str] = AUDIO_EXTENSIONS) -> list[Path]:
+    """Files and folders (searched recursively) → audio files, in a deterministic order without duplicates.
+
+    Files named on the command line are kept whatever their extension (a bad one becomes an error row later);
+    folders contribute the files whose extension (case-insensitive) is in ``extensions``, sorted by path.
+    Arguments keep their order; a file reached twice (same resolved path) is kept once, at its first place.
+    Raises FileNotFoundError naming a missing path.
+    """
+    exts = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
+    found: list[Path] = []
+    seen: set[Path] = set()
+    for p in map(Path, paths):
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.suffix.lower() in exts and f.is_file())
+        elif p.exists():
+            files = [p]
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+        for f in files:
+            key = f.resolve()
+            if key not in seen:
+                seen.add(key)
+                found.append(f)
+    return found
+
+
+# ------------------------------------------------------------------------------------------------- shards
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` (0-based K, like torchrun's RANK) → (K, N); ValueError with a one-line message otherwise."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
+    if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
+        raise ValueError(f"--shard {text!r}: expected K/N with 0 <= K < N, e.g. --shard 0/4")
+    return int(m.group(1)), int(m.group(2))
+
+
+def shard_paths(paths: Sequence, index: int, count: int) -> list:
+    """The ``index``-th of ``count`` disjoint, deterministic, balanced shards (round robin over the ordered list)."""
+    return list(paths[index::count])
+
+
+def torchrun_shard() -> tuple[int, int] | None:
+    """(RANK, WORLD_SIZE) when launched by torchrun with more than one process, else None."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return (int(os.environ.get("RANK", "0")), world) if world > 1 else None
+
+
+def part_path(output: str | Path, index: int, count: int) -> Path:
+    """``scores.csv`` → ``scores.part-00002-of-00004.csv`` (the part written by shard 2 of 4)."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}.part-{index:05d}-of-{count:05d}{output.suffix}")
+
+
+def find_parts(output: str | Path) -> tuple[list[Path], int]:
+    """The part files of ``output`` → (parts sorted by index, N). ValueError if none, mixed N, or some missing."""
+    output = Path(output)
+    pattern = re.compile(re.escape(output.stem) + r"\.part-(\d{5})-of-(\d{5})" + re.escape(output.suffix) + "$")
+    parts: dict[int, dict[int, Path]] = {}
+    for f in (output.parent if str(output.parent) else Path(".")).iterdir():
+        m = pattern.match(f.name)
+        if m:
+            parts.setdefault(int(m.group(2)), {})[int(m.group(1))] = f
+    if not parts:
+        raise ValueError(f"{output}: no part files {part_path(output, 0, 1).name.replace('00000-of-00001', '*-of-*')}")
+    if len(parts) > 1:
+        raise ValueError(f"{output}: part files of different shard counts ({', '.join(map(str, sorted(parts)))})")
+    count, found = next(iter(parts.items()))
+    missing = [i for i in range(count) if i not in found]
+    if missing:
+        raise ValueError(f"{output}: missing part(s) {', '.join(map(str, missing[:5]))} of {count}")
+    return [found[i] for i in range(count)], count
+
+
+def merge_parts(output: str | Path, sort_by_path: bool = True) -> pd.DataFrame:
+    """Merge ``output``'s part files (all N of them) into ``output`` (CSV or JSONL, by extension), rows sorted by
+    path. The parts are kept. Returns the merged table."""
+    output = Path(output)
+    parts, _ = find_parts(output)
+    jsonl = output.suffix.lower() == ".jsonl"
+    # Read as text so that the merge copies values exactly as the parts wrote them.
+    frames = [pd.read_json(p, lines=True, dtype=False) if jsonl else
+              pd.read_csv(p, dtype=str, keep_default_na=False) for p in parts if p.stat().st_size]
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if sort_by_path and "path" in df:
+        df = df.sort_values("path", kind="stable", ignore_index=True)
+    tmp = output.with_name(output.name + ".tmp")
+    if jsonl:
+        df.to_json(tmp, orient="records", lines=True, force_ascii=False)
+    else:
+        df.to_csv(tmp, index=False)
+    os.replace(tmp, output)
+    return df
+
+
+# ----------------------------------------------------------------------------------------- decoding (workers)
+
+
+class AudioFiles(Dataset):
+    """Paths → decoded 16 kHz mono audio, or the error that stopped it. Runs in DataLoader workers."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], channel: int | None = None):
+        self.paths = list(paths)
+        self.channel = channel
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        path = str(self.paths[i])
+        try:
+            wav, info = load_audio(path, SAMPLE_RATE, channel=self.channel)
+        except AudioError as e:
+            return {"index": i, "path": path, "wave": None, "info": None, "error": e.problem}
+        except Exception as e:  # noqa: BLE001 - a file that breaks a library must not stop the others
+            return {"index": i, "path": path, "wave": None, "info": None, "error": f"{type(e).__name__}: {e}"}
+        # A tensor crosses the worker boundary through shared memory instead of being pickled.
+        return {"index": i, "path": path, "wave": torch.from_numpy(wav), "info": info, "error": None}
+
+
+def _keep_one(item: dict) -> dict:  # collate for batch_size=None: keep the item (and its error) as it is
+    return item
+
+
+def _decoded(paths: Sequence, channel: int | None, workers: int) -> Iterator[dict]:
+    if workers <= 0:
+        ds = AudioFiles(paths, channel)
+        return (ds[i] for i in range(len(ds)))
+    loader = DataLoader(AudioFiles(paths, channel), batch_size=None, shuffle=False, num_workers=workers,
+                        collate_fn=_keep_one, prefetch_factor=4, persistent_workers=False)
+    return iter(loader)
+
+
+# ------------------------------------------------------------------------------------------------ the engine
+
+
+@dataclass
+class _Pending:
+    item: dict
+    bounds: list[tuple[int, int]]
+    scores: np.ndarray
+    left: int
+
+
+@dataclass
+class ScoreResult:
+    """One finished input: its row (COLUMNS) and, for scored files, its window rows (SEGMENT_COLUMNS)."""
+
+    index: int
+    row: dict
+    segments: list[dict] = field(default_factory=list)
+    audio_s: float = 0.0
+
+
+def prepare_model(model, device: str | torch.device | None = "auto"):
+    """(model or name/folder/Hub id, device) → (JSQA model on its device, device). ``device`` auto/None keeps a
+    given model where it is; names are loaded onto the resolved device."""
+    from jsqa_cli.model import JSQA, load_model
+    from jsqa_cli.training_utils import resolve_device, unwrap
+
+    if model is None or isinstance(model, (str, os.PathLike)):
+        dev = resolve_device("auto" if device is None else str(device)) if not isinstance(device, torch.device) \
+            else device
+        return load_model(model, device=dev), dev
+    model = unwrap(model)
+    if not isinstance(model, JSQA):
+        raise TypeError(f"expected a JSQA model, a model name or a folder, got {type(model).__name__}")
+    if device is None or device == "auto":
+        return model, next(model.parameters()).device
+    dev = device if isinstance(device, torch.device) else resolve_device(str(device))
+    return model.to(dev), dev
+
+
+class _EvalMode:
+    """Eval mode and inference mode for the duration; the model's training flag is restored afterwards."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        self.was_training = self.model.training
+        self.model.eval()
+        self.inference = torch.inference_mode()
+        self.inference.__enter__()
+
+    def __exit__(self, *exc):
+        self.inference.__exit__(*exc)
+        self.model.train(self.was_training)
+
+
+def _run_windows(model, device, windows: list[torch.Tensor]) -> np.ndarray:
+    wav, lengths = pad_batch(windows)
+    return model(wav.to(device, non_blocking=True), lengths.to(device)).float().cpu().numpy()
+
+
+def _score_stream(items: Iterable[dict], model, device, *, batch_size: int, window_s: float, hop_s: float,
+                  pool_windows: int | None = None) -> Iterator[tuple[dict, list | None, np.ndarray | None]]:
+    """Decoded items → (item, window bounds, window scores) as each file finishes; errors pass straight through.
+
+    Windows from consecutive files collect into a pool; a full pool (or the end) is sorted by window length and
+    run in batches of ``batch_size``. The batches depend only on the items' order and lengths, never on timing.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1 (got {batch_size})")
+    pool_windows = pool_windows or POOL_BATCHES * batch_size
+    pending: dict[int, _Pending] = {}
+    queue: list[tuple[int, int, torch.Tensor]] = []  # (item key, window number, view into the audio)
+
+    def flush() -> Iterator:
+        queue.sort(key=lambda q: q[2].shape[0])  # stable: equal lengths keep arrival order
+        for start in range(0, len(queue), batch_size):
+            chunk = queue[start:start + batch_size]
+            scores = _run_windows(model, device, [w for _, _, w in chunk])
+            for (key, j, _), s in zip(chunk, scores):
+                p = pending[key]
+                p.scores[j] = s
+                p.left -= 1
+                if p.left == 0:
+                    del pending[key]
+                    yield p.item, p.bounds, p.scores
+        queue.clear()
+
+    for key, item in enumerate(items):
+        if item.get("error") is not None:
+            yield item, None, None
+            continue
+        wave = item["wave"]
+        if not torch.is_tensor(wave):
+            wave = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+        if wave.ndim != 1 or wave.shape[0] == 0:
+            raise ValueError(f"{item.get('path', key)}: expected a non-empty 1-D 16 kHz waveform, "
+                             f"got shape {tuple(wave.shape)}")
+        bounds = window_bounds(wave.shape[0], SAMPLE_RATE, window_s, hop_s)
+        pending[key] = _Pending(item, bounds, np.zeros(len(bounds), dtype=np.float64), len(bounds))
+        queue.extend((key, j, wave[a:b]) for j, (a, b) in enumerate(bounds))
+        if len(queue) >= pool_windows:
+            yield from flush()
+    yield from flush()
+
+
+def predict_windows(model, waves: Sequence[np.ndarray], *, batch_size: int = 16, device=None,
+                    window_s: float = WINDOW_S, hop_s: float = HOP_S) -> list[tuple[list[tuple[int, int]], np.ndarray]]:
+    """Window bounds (sample ranges) and window MOS scores for each 16 kHz mono wave, in input order.
+
+    Windows of all waves are batched together, sorted by length, under ``torch.inference_mode`` (the model's
+    training flag is restored afterwards). ``model`` is a JSQA model (or a name/folder for ``load_model``).
+    """
+    model, dev = prepare_model(model, device)
+    out: list = [None] * len(waves)
+    items = ({"index": i, "wave": w, "error": None} for i, w in enumerate(waves))
+    with _EvalMode(model):
+        for item, bounds, scores in _score_stream(items, model, dev, batch_size=batch_size, window_s=window_s,
+                                                  hop_s=hop_s):
+            out[item["index"]] = (bounds, scores.astype(np.float32))
+    return out
+
+
+def file_score(window_scores: np.ndarray) -> float:
+    """A file's MOS: the mean of its window scores, rounded to MOS_DECIMALS."""
+    return round(float(np.mean(window_scores)), MOS_DECIMALS)
+
+
+def score_waveforms(model, waves: Sequence[np.ndarray], *, batch_size: int = 16, device=None,
+                    window_s: float = WINDOW_S, hop_s: float = HOP_S) -> np.ndarray:
+    """File MOS (mean of window scores) for each 16 kHz mono wave: the numbers ``jsqa score`` writes."""
+    model, dev = prepare_model(model, device)
+    out = np.full(len(waves), np.nan)
+    items = ({"index": i, "wave": w, "error": None} for i, w in enumerate(waves))
+    with _EvalMode(model):
+        for item, _, scores in _score_stream(items, model, dev, batch_size=batch_size, window_s=window_s,
+                                             hop_s=hop_s):
+            out[item["index"]] = file_score(scores)
+    return out
+
+
+def iter_scores(paths: Sequence[str | os.PathLike], model=None, *, batch_size: int = 16, workers: int = 0,
+                device: str | torch.device | None = "auto", channel: int | None = None, window_s: float = WINDOW_S,
+                hop_s: float = HOP_S, segments: bool = False) -> Iterator[ScoreResult]:
+    """Score ``paths`` (files), yielding a :class:`ScoreResult` as each file finishes (errors included).
+
+    ``index`` is the position in ``paths``. Files decode in ``workers`` DataLoader processes (0: in this one).
+    """
+    model, dev = prepare_model(model, device)
+    name = getattr(model, "name", "") or ""
+    with _EvalMode(model):
+        stream = _score_stream(_decoded(paths, channel, workers), model, dev, batch_size=batch_size,
+                               window_s=window_s, hop_s=hop_s)
+        for item, bounds, scores in stream:
+            info = item["info"]
+            if item["error"] is not None:
+                row = dict(path=item["path"], mos=math.nan, duration_s=math.nan, sample_rate=None, channels=None,
+                           segments=0, model=name, warnings="", error=item["error"])
+                yield ScoreResult(item["index"], row)
+                continue
+            row = dict(path=item["path"], mos=file_score(scores), duration_s=round(info.duration_s, 3),
+                       sample_rate=info.sample_rate, channels=info.channels, segments=len(bounds), model=name,
+                       warnings="; ".join(info.warnings), error="")
+            segs = [dict(path=item["path"], start_s=round(a / SAMPLE_RATE, 3), end_s=round(b / SAMPLE_RATE, 3),
+                         mos=round(float(s), MOS_DECIMALS)) for (a, b), s in zip(bounds, scores)] if segments else []
+            yield ScoreResult(item["index"], row, segs, info.duration_s)
+
+
+def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=columns)
+
+
+def score_files(paths: Sequence[str | os.PathLike], model=None, *, batch_size: int = 16, workers: int = 0,
+                device: str | torch.device | None = "auto", channel: int | None = None, window_s: float = WINDOW_S,
+                hop_s: float = HOP_S, progress: bool = False, segments: bool = False) -> pd.DataFrame:
+    """Score audio files → DataFrame with COLUMNS, one row per input in input order.
+
+    A file that cannot be read gets ``error`` set and ``mos`` NaN; the others are scored. ``model`` is a JSQA
+    instance (load it once and reuse it) or a bundled name / folder / Hub id for ``load_model``. Use
+    :func:`find_audio` first to expand folders. With ``segments=True`` the window rows (SEGMENT_COLUMNS, in
+    input order) are in ``df.attrs["segments"]``.
+    """
+    paths = list(paths)
+    rows: list = [None] * len(paths)
+    seg_rows: list = [[] for _ in paths]
+    results = iter_scores(paths, model, batch_size=batch_size, workers=workers, device=device, channel=channel,
+                          window_s=window_s, hop_s=hop_s, segments=segments)
+    with ScoreProgress(len(paths), enabled=progress) as bar:
+        for r in results:
+            rows[r.index], seg_rows[r.index] = r.row, r.segments
+            bar.advance(r)
+    df = _frame(rows, COLUMNS)
+    if segments:
+        df.attrs["segments"] = _frame([s for segs in seg_rows for s in segs], SEGMENT_COLUMNS)
+    return df
+
+
+# ----------------------------------------------------------------------------------------------- progress
+
+
+class ScoreProgress:
+    """Rich progress on stderr: files done/total, audio hours, × real time, ETA. A no-op when disabled."""
+
+    def __init__(self, total: int, enabled: bool = True, description: str = "Scoring"):
+        self.total, self.enabled, self.description = total, enabled, description
+        self.audio_s, self.failed, self.start = 0.0, 0, time.perf_counter()
+        self.progress = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+                TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                                     TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+            self.progress.__enter__()
+            self.task = self.progress.add_task(self.description, total=self.total, status="")
+        return self
+
+    def advance(self, result: ScoreResult) -> None:
+        self.audio_s += result.audio_s
+        self.failed += bool(result.row.get("error"))
+        if self.progress is not None:
+            elapsed = max(time.perf_counter() - self.start, 1e-9)
+            status = f"{self.audio_s / 3600:.2f} h audio, {self.audio_s / elapsed:.0f}× real time"
+            if self.failed:
+                status += f", [red]{self.failed} failed[/]"
+            self.progress.update(self.task, advance=1, status=status)
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+
+# --------------------------------------------------------------------------------------- scoring to a file
+
+
+@dataclass
+class ScoreRun:
+    """What :func:`score_to_file` did: where rows went, how many were scored now, skipped (resume), failed."""
+
+    output: str
+    scored: int = 0
+    failed: int = 0
+    skipped: int = 0
+    audio_s: float = 0.0
+    wall_s: float = 0.0
+    shard: tuple[int, int] | None = None
+    moss: list = field(default_factory=list, repr=False)  # MOS of this run's scored files, for the summary
+
+    @property
+    def realtime(self) -> float:
+        return self.audio_s / self.wall_s if self.wall_s > 0 else float("nan")
+
+    def summary(self) -> dict:
+        """The same keys as :func:`summarize`, for the files scored in this run."""
+        moss = pd.Series(self.moss, dtype=float)
+        return {"files": self.scored, "failed": self.failed,
+                "mean_mos": float(moss.mean()) if len(moss) else math.nan,
+                "median_mos": float(moss.median()) if len(moss) else math.nan, "audio_h": self.audio_s / 3600}
+
+
+def score_to_file(paths: Sequence[str | os.PathLike], output: str | os.PathLike, model=None, *,
+                  segments_path: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
+                  shard: tuple[int, int] | None = None, batch_size: int = 16, workers: int = 0,
+                  device: str | torch.device | None = "auto", channel: int | None = None,
+                  window_s: float = WINDOW_S, hop_s: float = HOP_S, progress: bool = False,
+                  stdout=None, on_result: Callable[[ScoreResult], None] | None = None) -> ScoreRun:
+    """Score ``paths`` into ``output`` (``.csv``, ``.jsonl`` or ``-`` for stdout), one row flushed per file.
+
+    ``resume`` skips paths already in the output and appends; otherwise an existing output is refused unless
+    ``overwrite``. With ``shard=(K, N)`` only the K-th of N shards is scored, into the part file
+    ``part_path(output, K, N)`` (and likewise for the segments file); :func:`merge_parts` joins the parts.
+    """
+    from jsqa_cli.writers import check_output
+
+    if shard is not None:
+        if str(output) == "-":
+            raise ValueError("sharded runs write part files: give -o scores.csv (or .jsonl), not stdout")
+        paths = shard_paths(list(paths), *shard)
+        output = part_path(output, *shard)
+        segments_path = part_path(segments_path, *shard) if segments_path else None
+    check_output(output, resume=resume, overwrite=overwrite)
+    if segments_path:
+        check_output(segments_path, resume=resume, overwrite=overwrite)
+    run = ScoreRun(str(output), shard=shard)
+    paths = list(paths)
+    if resume:
+        done = read_done_paths(output)
+        keep = [p for p in paths if str(p) not in done and str(Path(p).resolve()) not in done]
+        run.skipped = len(paths) - len(keep)
+        paths = keep
+    start = time.perf_counter()
+    with open_writer(output, COLUMNS, append=resume, stdout=stdout) as rows_out, \
+            (open_writer(segments_path, SEGMENT_COLUMNS, append=resume, stdout=stdout) if segments_path
+             else _NullWriter()) as seg_out, \
+            ScoreProgress(len(paths), enabled=progress) as bar:
+        for r in iter_scores(paths, model, batch_size=batch_size, workers=workers, device=device, channel=channel,
+                             window_s=window_s, hop_s=hop_s, segments=bool(segments_path)):
+            rows_out.write(r.row)
+            for s in r.segments:
+                seg_out.write(s)
+            run.scored += 1
+            run.failed += bool(r.row["error"])
+            if not r.row["error"]:
+                run.moss.append(r.row["mos"])
+            run.audio_s += r.audio_s
+            bar.advance(r)
+            if on_result is not None:
+                on_result(r)
+    run.wall_s = time.perf_counter() - start
+    return run
+
+
+class _NullWriter:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def write(self, row: dict) -> None:
+        return None
+
+
+def read_scores(path: str | os.PathLike) -> pd.DataFrame:
+    """A scores file written by ``jsqa score`` (CSV or JSONL) → DataFrame."""
+    path = Path(path)
+    if path.suffix.lower() == ".jsonl":
+        return pd.read_json(path, lines=True, dtype=False)
+    return pd.read_csv(path, keep_default_na=True, dtype={"warnings": str, "error": str, "model": str})
+
+
+def summarize(df: pd.DataFrame) -> dict:
+    """Files, failed, mean/median MOS and total audio hours of a scores table."""
+    err = df["error"].fillna("").astype(str).str.len() > 0 if "error" in df else pd.Series(False, index=df.index)
+    mos = pd.to_numeric(df.get("mos", pd.Series(dtype=float)), errors="coerce")[~err]
+    dur = pd.to_numeric(df.get("duration_s", pd.Series(dtype=float)), errors="coerce")[~err]
+    return {"files": int(len(df)), "failed": int(err.sum()),
+            "mean_mos": float(mos.mean()) if len(mos) else math.nan,
+            "median_mos": float(mos.median()) if len(mos) else math.nan,
+            "audio_h": float(dur.sum()) / 3600}

@@ -1,0 +1,140 @@
+"""The audio front end: every format libsndfile reads, every rate and channel count, each bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from conftest import synth_speech
+from jsqa_cli import audio
+from jsqa_cli.audio import AudioError, load_audio, pad_batch, window_bounds
+
+# (file name, sample rate, channels, soundfile format, subtype, lossless?)
+FORMATS = [
+    ("pcm16.wav", 16_000, 1, None, "PCM_16", True),
+    ("pcm24.wav", 44_100, 2, None, "PCM_24", True),
+    ("float.wav", 48_000, 1, None, "FLOAT", True),
+    ("u8.wav", 8_000, 1, None, "PCM_U8", True),
+    ("six.flac", 48_000, 6, None, "PCM_16", True),
+    ("vorbis.ogg", 44_100, 2, "OGG", "VORBIS", False),
+    ("opus.ogg", 48_000, 1, "OGG", "OPUS", False),
+    ("mpeg.mp3", 44_100, 1, "MP3", "MPEG_LAYER_III", False),
+    ("narrow.flac", 8_000, 2, None, "PCM_16", True),
+]
+
+
+@pytest.mark.parametrize("name,sr,channels,fmt,subtype,lossless", FORMATS, ids=[f[0] for f in FORMATS])
+def test_every_format_rate_and_channel_count_loads_as_16k_mono(make_audio, name, sr, channels, fmt, subtype,
+                                                               lossless):
+    path = make_audio(name, seconds=1.0, sr=sr, channels=channels, subtype=subtype, format=fmt)
+    wav, info = load_audio(path)
+    assert wav.dtype == np.float32 and wav.ndim == 1
+    assert info.sample_rate == sr and info.channels == channels and info.path == str(path)
+    assert info.duration_s == pytest.approx(1.0, abs=0.08)  # lossy codecs pad a little
+    assert len(wav) == pytest.approx(16_000 * info.duration_s, abs=2)
+    assert np.isfinite(wav).all() and 0.05 < np.abs(wav).max() < 1.0
+    if lossless:  # same signal as resampling the channel mean of the source ourselves
+        src = synth_speech(1.0, sr)
+        mean_gain = np.mean([0.9 ** c for c in range(channels)])
+        expected = audio.resample(src * mean_gain, sr)
+        tol = 0.02 if subtype == "PCM_U8" else 1e-3
+        assert np.max(np.abs(wav - expected)) < tol
+    assert info.warnings == []
+
+
+def test_channel_option_picks_one_channel(make_audio):
+    path = make_audio("stereo.wav", channels=2, subtype="FLOAT")
+    left, _ = load_audio(path, channel=0)
+    right, _ = load_audio(path, channel=1)
+    mean, _ = load_audio(path)
+    np.testing.assert_allclose(right, 0.9 * left, atol=1e-6)
+    np.testing.assert_allclose(mean, 0.95 * left, atol=1e-6)
+    with pytest.raises(AudioError, match="channel 2 requested but the file has 2"):
+        load_audio(path, channel=2)
+
+
+def test_partial_read(make_audio):
+    path = make_audio("long.wav", seconds=3.0, subtype="FLOAT")
+    full, _ = load_audio(path)
+    part, info = load_audio(path, start_s=1.0, duration_s=0.5)
+    assert len(part) == 8000 and info.duration_s == pytest.approx(3.0)
+    np.testing.assert_allclose(part, full[16000:24000], atol=1e-6)
+
+
+@pytest.mark.parametrize("case,problem", [
+    ("garbage", "not a readable audio file"),
+    ("empty", "empty file (0 bytes)"),
+    ("directory", "is a directory"),
+    ("missing", "no such file"),
+    ("text", "not a readable audio file"),
+    ("zero_frames", "no audio samples"),
+])
+def test_bad_inputs_raise_one_line_errors_naming_the_file(tmp_path, case, problem):
+    path = tmp_path / f"{case}.wav"
+    if case == "garbage":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif case == "empty":
+        path.write_bytes(b"")
+    elif case == "directory":
+        path.mkdir()
+    elif case == "text":
+        path = tmp_path / "notes.txt"
+        path.write_text("not audio\n")
+    elif case == "zero_frames":
+        sf.write(str(path), np.zeros(0, dtype=np.float32), 16_000)
+    with pytest.raises(AudioError) as err:
+        load_audio(path)
+    msg = str(err.value)
+    assert problem in msg and str(path) in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("case,warning", [
+    ("short", "short (0.20 s < 0.5 s)"),
+    ("silent", "silent"),
+    ("near_silent", "near-silent"),
+    ("clipped", "clipped"),
+    ("nan", "non-finite samples (100 set to 0)"),
+])
+def test_content_problems_are_warnings_not_errors(make_audio, case, warning):
+    x = synth_speech(1.0)
+    if case == "short":
+        x = synth_speech(0.2)
+    elif case == "silent":
+        x = np.zeros(16_000, dtype=np.float32)
+    elif case == "near_silent":
+        x = x * 1e-4
+    elif case == "clipped":
+        x = np.clip(x * 10, -1, 1)
+    elif case == "nan":
+        x = x.copy()
+        x[100:200] = np.nan
+    path = make_audio(f"{case}.wav", data=x, subtype="FLOAT")
+    wav, info = load_audio(path)
+    assert any(warning in w for w in info.warnings), info.warnings
+    assert np.isfinite(wav).all()
+
+
+def test_resampler_kernels_are_reused_per_rate():
+    a = audio._resampler(44_100, 16_000)
+    assert audio._resampler(44_100, 16_000) is a
+    assert audio._resampler(48_000, 16_000) is not a
+
+
+def test_window_bounds_cover_the_file():
+    sr = 16_000
+    assert window_bounds(5 * sr) == [(0, 5 * sr)]  # short: one window of its own length
+    assert window_bounds(8 * sr) == [(0, 8 * sr)]
+    b = window_bounds(21 * sr)
+    assert b == [(0, 8 * sr), (4 * sr, 12 * sr), (8 * sr, 16 * sr), (12 * sr, 20 * sr), (13 * sr, 21 * sr)]
+    assert all(e - s == 8 * sr for s, e in b)
+    assert window_bounds(10, window_s=2, hop_s=1, sample_rate=4) == [(0, 8), (2, 10)]
+
+
+def test_pad_batch_and_rms():
+    batch, lengths = pad_batch([np.ones(3, np.float32), np.ones(5, np.float32)])
+    assert batch.shape == (2, 5) and lengths.tolist() == [3, 5]
+    assert batch[0, 3:].abs().sum() == 0 and torch.all(batch[1] == 1)
+    assert audio.rms_db(np.full(10, 0.1)) == pytest.approx(-20.0)
+    assert audio.rms_db(np.zeros(10)) == float("-inf")

@@ -1,0 +1,122 @@
+"""The JSQA network: batch/padding invariance, presets, model folders and their errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import synth_speech
+from jsqa_cli.audio import pad_batch
+from jsqa_cli.model import (PRESETS, JSQA, ModelError, build_model, config_from_preset, load_model, read_config,
+                            save_model)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(1)
+    return build_model("tiny").eval()
+
+
+def test_scores_do_not_depend_on_batch_composition_or_padding(tiny):
+    lengths = [300, 5_000, 16_000, 27_123, 48_000]  # shorter than one FFT frame up to 3 s
+    waves = [synth_speech(n / 16_000, seed=i) for i, n in enumerate(lengths)]
+    with torch.inference_mode():
+        alone = torch.stack([tiny(torch.from_numpy(w)[None])[0] for w in waves])
+        batch, lens = pad_batch(waves)
+        together = tiny(batch, lens)
+        reordered = tiny(*pad_batch(waves[::-1]))
+        emb_alone = tiny.embed(torch.from_numpy(waves[1])[None])
+        emb_batch = tiny.embed(batch, lens)[1:2]
+    assert torch.all((together >= 1) & (together <= 5))
+    assert torch.max(torch.abs(alone - together)) < 1e-4
+    assert torch.max(torch.abs(alone - reordered.flip(0))) < 1e-4
+    assert torch.max(torch.abs(emb_alone - emb_batch)) < 1e-4
+    assert torch.std(alone) > 0  # not a constant function
+
+
+def test_presets_have_sane_sizes():
+    sizes = {name: build_model(name).num_parameters for name in PRESETS}
+    assert sizes["tiny"] < 1_000_000
+    assert 1_000_000 < sizes["small"] < 5_000_000
+    assert 20_000_000 < sizes["base"] < 32_000_000  # the paper's ~26 M
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        config_from_preset("huge")
+
+
+def test_projection_head_and_embedding_shapes(tiny):
+    x = torch.from_numpy(synth_speech(0.5))[None].repeat(2, 1)
+    with torch.inference_mode():
+        emb = tiny.embed(x)
+        assert emb.shape == (2, tiny.config.d_model)
+        assert tiny.project(emb).shape == (2, tiny.config.proj_dim)
+    plain = build_model("tiny", projection_head=False)
+    assert plain.projection is None and plain.project(emb) is emb
+
+
+def test_save_load_round_trip(tiny, tmp_path):
+    folder = save_model(tiny, tmp_path / "m", metadata={"stage": "test", "step": 3})
+    assert {p.name for p in folder.iterdir()} >= {"config.json", "model.safetensors"}
+    cfg, meta = read_config(folder)
+    assert cfg == tiny.config and meta["stage"] == "test" and meta["step"] == 3
+    loaded = load_model(folder)
+    assert isinstance(loaded, JSQA) and not loaded.training and loaded.name == str(folder)
+    x = torch.from_numpy(np.stack([synth_speech(1.0, seed=3), synth_speech(1.0, seed=4)]))
+    with torch.inference_mode():
+        assert torch.equal(tiny(x), loaded(x))
+
+
+def test_long_input_is_refused_with_a_hint(tiny):
+    too_long = torch.zeros(1, (tiny.config.max_positions * 4 + 8) * 160 + 512)
+    with pytest.raises(ValueError, match="window_bounds"):
+        with torch.inference_mode():
+            tiny(too_long)
+
+
+def _broken(tmp_path, tiny, case):
+    folder = save_model(tiny, tmp_path / case)
+    if case == "no_config":
+        (folder / "config.json").unlink()
+    elif case == "bad_json":
+        (folder / "config.json").write_text("{not json")
+    elif case == "wrong_type":
+        cfg = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**cfg, "model_type": "wav2vec2"}))
+    elif case == "no_weights":
+        (folder / "model.safetensors").unlink()
+    elif case == "corrupt_weights":
+        (folder / "model.safetensors").write_bytes(b"\x00" * 64)
+    elif case == "mismatch":
+        cfg = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**cfg, "n_layers": 2}))
+    elif case == "file":
+        folder = folder / "config.json"
+    return folder
+
+
+@pytest.mark.parametrize("case,message", [
+    ("no_config", "not a jsqa model folder"),
+    ("bad_json", "invalid JSON"),
+    ("wrong_type", "not a jsqa model"),
+    ("no_weights", "model.safetensors is missing"),
+    ("corrupt_weights", "unreadable safetensors file"),
+    ("mismatch", "weights do not match config.json"),
+    ("file", "not a file"),
+])
+def test_load_errors_are_one_line(tmp_path, tiny, case, message):
+    with pytest.raises(ModelError) as err:
+        load_model(_broken(tmp_path, tiny, case))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unknown_names_and_missing_default(tmp_path, monkeypatch):
+    monkeypatch.delenv("JSQA_MODEL", raising=False)
+    with pytest.raises(ModelError, match="no such model folder"):
+        load_model(tmp_path / "nowhere")
+    from jsqa_cli.model import DEFAULT_MODEL, bundled_models
+
+    if DEFAULT_MODEL not in bundled_models():  # until the bundled model lands, the default fails clearly
+        with pytest.raises(ModelError, match=DEFAULT_MODEL):
+            load_model()
