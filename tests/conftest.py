@@ -51,3 +51,24 @@ def tiny_model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models") / "tiny"
     save_model(build_model("tiny"), folder, metadata={"stage": "test"})
     return folder
+
+
+@pytest.fixture(scope="session")
+def jnd_sources(tmp_path_factory):
+    """Speech and noise folders for the JND-pair tests: 8 'speakers' in a LibriSpeech-like tree (1.5-3 s each,
+    one too short for a 1 s crop), a long 2-channel noise, a short noise (looped), and a silent noise."""
+    root = tmp_path_factory.mktemp("jnd_sources")
+    rng = np.random.default_rng(0)
+    for spk in range(8):
+        for utt in range(2):
+            path = root / "speech" / f"{100 + spk}" / "7" / f"{100 + spk}-7-{utt:04d}.flac"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            wav = synth_speech(1.5 + 0.1 * utt + 0.1 * spk, seed=10 * spk + utt, f0=110 + 12 * spk)
+            sf.write(str(path), wav, 16_000)
+    sf.write(str(root / "speech" / "short.flac"), synth_speech(0.6, seed=99), 16_000)
+    (root / "noise").mkdir()
+    long_noise = rng.standard_normal((16_000 * 6, 2)).astype(np.float32) * np.array([0.1, 0.05], np.float32)
+    sf.write(str(root / "noise" / "babble.CH1.wav"), long_noise, 16_000)
+    sf.write(str(root / "noise" / "hum.flac"), 0.1 * np.sin(np.arange(8_000) * 0.05).astype(np.float32), 16_000)
+    sf.write(str(root / "noise" / "silent.wav"), np.zeros(16_000 * 2, np.float32), 16_000)
+    return root
