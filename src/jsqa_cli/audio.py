@@ -112,7 +112,8 @@ def load_audio(
             start = int(round(start_s * sr))
             if start:
                 f.seek(min(start, frames))
-            n = -1 if duration_s is None else int(round(duration_s * sr))
+            # frames=-1 fails on files libsndfile cannot seek (e.g. GSM 6.10 WAV): ask for the known count
+            n = frames - min(start, frames) if duration_s is None else int(round(duration_s * sr))
             data = f.read(frames=n, dtype="float32", always_2d=True)
     except sf.LibsndfileError as e:
         if path.stat().st_size == 0:
