@@ -1,0 +1,89 @@
+"""``jsqa finetune``: MOS fine-tuning of a pretrained encoder or from scratch (logic in :mod:`jsqa_cli.finetune`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import typer
+
+from jsqa_cli.commands._common import console, one_line_errors
+
+
+def register(app: typer.Typer) -> None:
+    app.command("finetune", no_args_is_help=True)(finetune_command)
+
+
+@one_line_errors
+def finetune_command(
+    out: Path = typer.Option(..., "-o", "--out", help="Model folder to write (config.json + model.safetensors of "
+                             "the best validation step); the run's checkpoint and metrics go to OUT/training/."),
+    nisqa_root: Optional[Path] = typer.Option(None, "--nisqa-root", help="NISQA_Corpus folder "
+                                              "(with NISQA_corpus_file.csv)."),
+    train_db: Optional[List[str]] = typer.Option(None, "--train-db", help="NISQA training database(s) (repeat). "
+                                                 "Default: NISQA_TRAIN_SIM and NISQA_TRAIN_LIVE."),
+    val_db: Optional[List[str]] = typer.Option(None, "--val-db", help="NISQA validation database(s) (repeat). "
+                                               "Default: NISQA_VAL_SIM and NISQA_VAL_LIVE."),
+    train: Optional[Path] = typer.Option(None, "--train", help="Labelled CSV instead of NISQA: columns path (or "
+                                         "file) and mos, optional condition; relative paths from the CSV's folder."),
+    val: Optional[Path] = typer.Option(None, "--val", help="Labelled CSV for validation (with --train)."),
+    init: Optional[str] = typer.Option(None, "--init", help="Pretrained encoder: a folder from `jsqa pretrain` "
+                                       "(RUN/encoder), a bundled name or a Hub id."),
+    from_scratch: bool = typer.Option(False, "--from-scratch", help="Random weights (the paper's baseline): the "
+                                      "network of --init if given, else of --preset."),
+    preset: str = typer.Option("small", "--preset", help="Network size for --from-scratch without --init: tiny, "
+                               "small, base."),
+    projection_head: str = typer.Option("drop", "--projection-head", help="drop: MOS head on the encoder output "
+                                        "(default). keep: MOS head on the projection head's output."),
+    steps: int = typer.Option(3000, "--steps", help="Optimiser steps (at most; early stopping may end sooner)."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Training crops per step per GPU/process."),
+    lr_encoder: float = typer.Option(1e-4, "--lr-encoder", help="AdamW learning rate of the encoder."),
+    lr_head: float = typer.Option(1e-3, "--lr-head", help="AdamW learning rate of the MOS head."),
+    weight_decay: float = typer.Option(0.01, "--weight-decay"),
+    warmup_steps: int = typer.Option(100, "--warmup-steps", help="Linear warm-up, then cosine decay."),
+    freeze_encoder_steps: int = typer.Option(0, "--freeze-encoder-steps", help="Train only the MOS head for the "
+                                             "first N steps."),
+    loss: str = typer.Option("mse", "--loss", help="mse or l1."),
+    grad_clip: float = typer.Option(1.0, "--grad-clip", help="Gradient-norm clipping (0: off)."),
+    crop: Tuple[float, float] = typer.Option((4.0, 6.0), "--crop", metavar="MIN MAX", help="Random training crop "
+                                             "length range in seconds (shorter files are used whole)."),
+    eval_every: int = typer.Option(200, "--eval-every", help="Validate (and checkpoint) every N steps."),
+    early_stop: str = typer.Option("pcc", "--early-stop", help="Validation metric that picks the best step and "
+                                   "stops early: pcc or rmse."),
+    patience: int = typer.Option(5, "--patience", help="Stop after N validations without improvement (0: never)."),
+    val_batch_size: int = typer.Option(32, "--val-batch-size", help="Windows per batch when validating."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda (torchrun sets the GPU per rank)."),
+    workers: int = typer.Option(-1, "--workers", "-j", help="DataLoader workers per process (-1: min(8, cores))."),
+    cache_audio: bool = typer.Option(False, "--cache-audio", help="Decode the training files once and keep them "
+                                     "in RAM (≈ 230 MB per hour of audio; worth it for small corpora)."),
+    bf16: bool = typer.Option(True, "--bf16/--no-bf16", help="bf16 autocast on CUDA."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in -o exactly where it stopped."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start again in a folder that holds a run or model."),
+    stop_after: Optional[int] = typer.Option(None, "--stop-after", help="Stop (checkpointed) after N steps of "
+                                             "this invocation, e.g. to fit a job time limit; then --resume."),
+    log_every: int = typer.Option(20, "--log-every", help="Write a metrics.jsonl line every N steps."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Fine-tune a MOS predictor: a pretrained encoder (--init) or the same network from scratch.
+
+    Example: jsqa finetune --nisqa-root NISQA_Corpus --init runs/pre/encoder -o models/jsqa-nisqa
+
+    Labelled CSVs: jsqa finetune --train train.csv --val val.csv --from-scratch --preset small -o models/scratch
+
+    Several GPUs: torchrun --nproc-per-node 4 -m jsqa_cli finetune --nisqa-root NISQA_Corpus --init runs/pre/encoder -o models/m
+    """
+    from jsqa_cli.finetune import NISQA_TRAIN_DBS, NISQA_VAL_DBS, finetune
+
+    folder = finetune(
+        output=str(out), nisqa_root=str(nisqa_root) if nisqa_root else None,
+        train_db=tuple(train_db or NISQA_TRAIN_DBS), val_db=tuple(val_db or NISQA_VAL_DBS),
+        train_csv=str(train) if train else None, val_csv=str(val) if val else None, init=init,
+        from_scratch=from_scratch, preset=preset, projection_head=projection_head, steps=steps,
+        batch_size=batch_size, lr_encoder=lr_encoder, lr_head=lr_head, weight_decay=weight_decay,
+        warmup_steps=warmup_steps, freeze_encoder_steps=freeze_encoder_steps, loss=loss, grad_clip=grad_clip,
+        crop_s=tuple(crop), eval_every=eval_every, early_stop=early_stop, patience=patience,
+        val_batch_size=val_batch_size, seed=seed, device=device, workers=workers, cache_audio=cache_audio,
+        bf16=bf16, resume=resume, overwrite=overwrite, stop_after=stop_after, log_every=log_every, quiet=quiet)
+    if (folder / "config.json").is_file() and not quiet:
+        console.print(f"Model folder: {folder}  (score it: jsqa score --model {folder} FILES)", highlight=False)

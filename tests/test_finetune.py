@@ -1,0 +1,290 @@
+"""Fine-tuning: NISQA and CSV readers, crops, model init (pretrained / scratch / projection head), the training loop,
+early stopping, exact resume, and the `jsqa finetune` command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from jsqa_cli.audio import SAMPLE_RATE, AudioError
+from jsqa_cli.cli import app
+from jsqa_cli.evaluate import compute_metrics
+from jsqa_cli.finetune import (NISQA_TRAIN_DBS, MOSCrops, build_finetune_model, check_files, decode_all, finetune,
+                               read_labelled_csv, read_nisqa, read_nisqa_conditions)
+from jsqa_cli.model import build_model, load_model, read_config, save_model
+from jsqa_cli.scoring import score_files
+from jsqa_cli.training_utils import read_metrics
+from nisqa_fixture import build_nisqa_corpus, write_labelled_csv
+
+FAST = dict(preset="tiny", steps=4, batch_size=4, eval_every=2, log_every=1, workers=0, crop_s=(0.5, 1.0),
+            val_batch_size=8, warmup_steps=1, quiet=True, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def nisqa_root(tmp_path_factory):
+    return build_nisqa_corpus(tmp_path_factory.mktemp("nisqa") / "NISQA_Corpus")
+
+
+@pytest.fixture(scope="module")
+def pretrained_dir(tmp_path_factory):
+    """A stand-in for `jsqa pretrain`'s encoder folder: tiny, with a projection head, stage "pretrained"."""
+    torch.manual_seed(1)
+    return save_model(build_model("tiny"), tmp_path_factory.mktemp("pre") / "encoder", {"stage": "pretrained"})
+
+
+@pytest.fixture(scope="module")
+def csv_split(nisqa_root, tmp_path_factory):
+    """train.csv (paths relative to its folder, a `file` column) and val.csv (absolute paths, a `con` column)."""
+    train = write_labelled_csv(nisqa_root / "labels" / "train.csv", read_nisqa(nisqa_root, NISQA_TRAIN_DBS),
+                               relative_to=nisqa_root, path_column="file")
+    df = pd.read_csv(train)
+    df["file"] = "../" + df["file"]
+    df.to_csv(train, index=False)
+    val = tmp_path_factory.mktemp("csv") / "val.csv"
+    read_nisqa(nisqa_root, ["NISQA_VAL_SIM", "NISQA_VAL_LIVE"]).rename(columns={"condition": "con"})[
+        ["path", "mos", "con"]].to_csv(val, index=False)
+    return train, val
+
+
+# ------------------------------------------------------------------------------------------------ readers
+
+
+def test_read_nisqa_default_splits_and_columns(nisqa_root):
+    df = read_nisqa(nisqa_root, NISQA_TRAIN_DBS)
+    assert list(df.columns) == ["path", "mos", "condition", "db"]
+    assert len(df) == 12 and set(df["db"]) == set(NISQA_TRAIN_DBS)
+    assert all(p.startswith(str(nisqa_root)) and p.endswith(".wav") for p in df["path"])
+    assert df["condition"][df["db"] == "NISQA_TRAIN_LIVE"].isna().all()
+    assert df["condition"][df["db"] == "NISQA_TRAIN_SIM"].map(type).eq(str).all()
+    assert not df["condition"].dropna().str.contains(".", regex=False).any()  # 3, not 3.0 (the column has gaps)
+    assert df["mos"].between(1, 5).all()
+
+
+def test_read_nisqa_errors_name_the_problem(nisqa_root, tmp_path):
+    with pytest.raises(ValueError, match="no database NISQA_TEST_NOPE .*has NISQA_TRAIN_SIM"):
+        read_nisqa(nisqa_root, ["NISQA_TEST_NOPE"])
+    with pytest.raises(FileNotFoundError, match="no such NISQA corpus folder"):
+        read_nisqa(tmp_path / "missing", ["NISQA_TEST_FOR"])
+    with pytest.raises(FileNotFoundError, match="not a NISQA corpus"):
+        read_nisqa(tmp_path, ["NISQA_TEST_FOR"])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "NISQA_corpus_file.csv").write_text("db,filepath_deg,mos\nNISQA_TEST_FOR,a.wav,good\n")
+    with pytest.raises(ValueError, match=r"NISQA_corpus_file.csv: row 2: mos is not a number \('good'\)"):
+        read_nisqa(bad, ["NISQA_TEST_FOR"])
+
+
+def test_read_nisqa_per_db_files_without_corpus_csv(nisqa_root, tmp_path):
+    import shutil
+
+    copy = tmp_path / "corpus"
+    shutil.copytree(nisqa_root / "NISQA_TEST_FOR", copy / "NISQA_TEST_FOR")
+    df = read_nisqa(copy, ["NISQA_TEST_FOR"])
+    assert len(df) == 6 and df["path"].map(lambda p: p.startswith(str(copy))).all()
+    cons = read_nisqa_conditions(copy, ["NISQA_TEST_FOR"])
+    assert list(cons.columns) == ["db", "condition", "mos"] and len(cons) == 3
+    assert read_nisqa_conditions(copy, ["NISQA_TRAIN_SIM"]) is None
+
+
+def test_read_labelled_csv_resolves_relative_paths_and_aliases(tmp_path, make_audio):
+    make_audio("data/a.wav")
+    make_audio("data/sub/b.wav")
+    csv = tmp_path / "data" / "labels.csv"
+    csv.write_text("file,MOS,con\na.wav,3.5,x\nsub/b.wav,2,\n")
+    df = read_labelled_csv(csv)
+    assert df["path"].tolist() == [str(tmp_path / "data" / "a.wav"), str(tmp_path / "data" / "sub" / "b.wav")]
+    assert df["mos"].tolist() == [3.5, 2.0]
+    assert df["condition"].iloc[0] == "x" and pd.isna(df["condition"].iloc[1])
+    check_files(df, "train")
+
+
+def test_read_labelled_csv_errors(tmp_path):
+    (tmp_path / "nomos.csv").write_text("path,score\na.wav,3\n")
+    with pytest.raises(ValueError, match="nomos.csv: needs a mos column"):
+        read_labelled_csv(tmp_path / "nomos.csv")
+    (tmp_path / "badmos.csv").write_text("path,mos\na.wav,3\nb.wav,\n")
+    with pytest.raises(ValueError, match="badmos.csv: row 3: mos is not a number"):
+        read_labelled_csv(tmp_path / "badmos.csv")
+    with pytest.raises(FileNotFoundError, match="nothere.csv: no such file"):
+        read_labelled_csv(tmp_path / "nothere.csv")
+
+
+def test_check_files_names_the_missing_and_the_broken(tmp_path, make_audio):
+    ok = make_audio("ok.wav")
+    (tmp_path / "broken.wav").write_bytes(b"RIFF not really")
+    with pytest.raises(AudioError, match=r"gone\.wav: no such file \(train set, 2 files"):
+        check_files(pd.DataFrame({"path": [str(ok), str(tmp_path / "gone.wav")]}), "train")
+    with pytest.raises(AudioError, match=r"broken\.wav: not a readable audio file"):
+        check_files(pd.DataFrame({"path": [str(tmp_path / "broken.wav")]}), "val")
+
+
+# ------------------------------------------------------------------------------------------------ crops
+
+
+def test_crops_are_random_in_range_reproducible_and_same_with_cache(tmp_path, make_audio):
+    paths = [str(make_audio(f"f{i}.wav", seconds=s, sr=48_000, seed=i)) for i, s in enumerate((3.0, 0.6))]
+    plain = MOSCrops(paths, [2.0, 4.0], crop_s=(1.0, 2.0), seed=3)
+    cached = MOSCrops(paths, [2.0, 4.0], crop_s=(1.0, 2.0), cache=decode_all(paths), seed=3)
+    lengths = set()
+    for epoch in range(6):
+        wav, mos = plain[(epoch, 0)]
+        assert SAMPLE_RATE <= len(wav) <= 2 * SAMPLE_RATE and mos == 2.0
+        assert torch.equal(wav, cached[(epoch, 0)][0]) and torch.equal(wav, plain[(epoch, 0)][0])
+        lengths.add(len(wav))
+        assert len(plain[(epoch, 1)][0]) == int(0.6 * SAMPLE_RATE)  # shorter than a crop: the whole file
+    assert len(lengths) > 1  # a new crop every epoch
+
+
+# ------------------------------------------------------------------------------------------------ init
+
+
+def _encoder_equal(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return all(torch.equal(sa[k], sb[k]) for k in sa if k.startswith("encoder."))
+
+
+def test_init_from_pretrained_drop_and_keep(pretrained_dir):
+    pre = load_model(pretrained_dir)
+    drop, info = build_finetune_model(str(pretrained_dir), False)
+    assert info["kind"] == "pretrained" and info["model_stage"] == "pretrained"
+    assert _encoder_equal(drop, pre) and drop.projection is None and drop.config.mos_input == "embedding"
+    keep, _ = build_finetune_model(str(pretrained_dir), False, projection_head="keep")
+    assert keep.config.mos_input == "projection" and keep.mos_head[0].in_features == keep.config.proj_dim
+    assert torch.equal(keep.projection[0].weight, pre.projection[0].weight)
+    wav = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 8000)).astype(np.float32) * 0.1)
+    with torch.no_grad():
+        out = keep.eval()(wav)
+    assert out.shape == (2,) and bool(((out >= 1) & (out <= 5)).all())
+
+
+def test_init_from_scratch_uses_the_same_network_with_new_weights(pretrained_dir):
+    scratch, info = build_finetune_model(str(pretrained_dir), True, seed=5)
+    pre = load_model(pretrained_dir)
+    assert info["kind"] == "scratch" and scratch.config.d_model == pre.config.d_model
+    assert not _encoder_equal(scratch, pre)
+    again, _ = build_finetune_model(None, True, preset="tiny", seed=5)
+    assert again.config.preset == "tiny"
+
+
+def test_init_errors(tmp_path):
+    with pytest.raises(ValueError, match="--init PRETRAINED .* or --from-scratch"):
+        build_finetune_model(None, False)
+    no_proj = save_model(build_model("tiny", projection_head=False), tmp_path / "noproj")
+    with pytest.raises(ValueError, match="--projection-head keep needs a projection head"):
+        build_finetune_model(str(no_proj), False, projection_head="keep")
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def test_finetune_from_pretrained_on_nisqa(nisqa_root, pretrained_dir, tmp_path):
+    out = finetune(output=str(tmp_path / "ft"), nisqa_root=str(nisqa_root), init=str(pretrained_dir), **FAST)
+    cfg, meta = read_config(out)
+    assert cfg.projection_head is False and cfg.preset == "tiny"
+    assert meta["stage"] == "finetuned" and meta["init"]["kind"] == "pretrained"
+    assert meta["init"]["model"] == str(pretrained_dir)
+    assert meta["data"]["train_db"] == list(NISQA_TRAIN_DBS) and meta["data"]["train_files"] == 12
+    assert meta["steps_run"] == 4 and meta["best_step"] in (2, 4) and meta["early_stopped"] is False
+    assert meta["training"]["seed"] == 0 and meta["training"]["lr_head"] == 1e-3
+    val = meta["validation"]
+    assert val["n"] == 6 and set(val) >= {"rmse", "mae", "pcc", "srcc", "condition"}
+    records = read_metrics(out / "training")
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
+    assert [r["step"] for r in records if "val_rmse" in r] == [2, 4]
+    assert (out / "training" / "checkpoint.pt").is_file() and (out / "training" / "options.json").is_file()
+
+    # validation is the scoring path: the saved (best) model scores the val files to the stored metrics
+    model = load_model(out)
+    val_df = read_nisqa(nisqa_root, ["NISQA_VAL_SIM", "NISQA_VAL_LIVE"])
+    rows = score_files(val_df["path"], model, device="cpu")
+    got = compute_metrics(rows["mos"], val_df["mos"])
+    assert got["rmse"] == pytest.approx(val["rmse"], abs=1e-4) and got["pcc"] == pytest.approx(val["pcc"], abs=1e-3)
+
+
+def test_finetune_from_scratch_csv_l1_frozen_encoder(csv_split, pretrained_dir, tmp_path):
+    train, val = csv_split
+    out = finetune(output=str(tmp_path / "scratch"), train_csv=str(train), val_csv=str(val), init=str(pretrained_dir),
+                   from_scratch=True, loss="l1", freeze_encoder_steps=4, early_stop="rmse", seed=7, **FAST)
+    _, meta = read_config(out)
+    assert meta["init"]["kind"] == "scratch" and meta["data"]["source"] == "csv"
+    assert meta["training"]["loss"] == "l1" and meta["training"]["early_stop"] == "rmse"
+    trained = load_model(out)
+    start, _ = build_finetune_model(str(pretrained_dir), True, seed=7)
+    assert _encoder_equal(trained, start)  # frozen for every step: only the head moved...
+    assert not torch.equal(trained.mos_head[0].weight, start.mos_head[0].weight)  # ...and it did move
+    assert all(r["frozen_encoder"] for r in read_metrics(out / "training") if "loss" in r)
+
+
+def test_early_stopping_on_a_model_that_cannot_improve(csv_split, tmp_path):
+    train, val = csv_split
+    opts = {**FAST, "steps": 20, "eval_every": 1, "log_every": 5}
+    out = finetune(output=str(tmp_path / "es"), train_csv=str(train), val_csv=str(val), from_scratch=True,
+                   lr_encoder=0.0, lr_head=0.0, early_stop="rmse", patience=2, **opts)
+    _, meta = read_config(out)
+    assert meta["early_stopped"] is True and meta["steps_run"] == 3 and meta["best_step"] == 1
+
+
+def test_resume_continues_exactly(csv_split, tmp_path):
+    train, val = csv_split
+    common = dict(train_csv=str(train), val_csv=str(val), from_scratch=True, **{**FAST, "steps": 6, "eval_every": 3})
+    straight = finetune(output=str(tmp_path / "straight"), **common)
+    part = tmp_path / "parts"
+    finetune(output=str(part), stop_after=2, **common)
+    assert not (part / "config.json").exists()  # no evaluation yet: no model, a checkpoint
+    with pytest.raises(ValueError, match="--resume continues it"):
+        finetune(output=str(part), **common)
+    finetune(output=str(part), resume=True, stop_after=2, **common)
+    finetune(output=str(part), resume=True, **common)
+    a, b = load_model(straight).state_dict(), load_model(part).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [r["step"] for r in read_metrics(part / "training") if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert read_config(part)[1]["steps_run"] == 6
+
+
+def test_finetune_option_errors(tmp_path, csv_split):
+    train, val = csv_split
+    with pytest.raises(ValueError, match="either --nisqa-root or --train"):
+        finetune(output=str(tmp_path / "x"), from_scratch=True)
+    with pytest.raises(ValueError, match="--train needs --val"):
+        finetune(output=str(tmp_path / "x"), train_csv=str(train), from_scratch=True)
+    with pytest.raises(ValueError, match="--loss must be mse or l1"):
+        finetune(output=str(tmp_path / "x"), train_csv=str(train), val_csv=str(val), loss="huber")
+    with pytest.raises(TypeError, match="unknown finetune option"):
+        finetune(output=str(tmp_path / "x"), epochs=3)
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
+        finetune(output=str(tmp_path / "x"), train_csv=str(train), val_csv=str(val), from_scratch=True,
+                 resume=True, **FAST)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+runner = CliRunner()
+
+
+def test_cli_finetune_help_has_an_example():
+    res = runner.invoke(app, ["finetune", "--help"])
+    assert res.exit_code == 0 and "Example" in res.output and "--projection-head" in res.output
+
+
+def test_cli_finetune_runs_and_errors_are_one_line(csv_split, tmp_path):
+    train, val = csv_split
+    out = tmp_path / "cli"
+    args = ["finetune", "-o", str(out), "--train", str(train), "--val", str(val), "--from-scratch", "--preset", "tiny",
+            "--steps", "2", "--batch-size", "4", "--eval-every", "2", "--workers", "0", "--crop", "0.5", "1.0",
+            "--device", "cpu", "--quiet"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert read_config(out)[1]["steps_run"] == 2
+    res = runner.invoke(app, args)  # the folder holds a run now
+    assert res.exit_code == 2 and "--resume continues it" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["finetune", "-o", str(tmp_path / "y"), "--train", str(train), "--val", str(val),
+                              "--device", "cpu", "--quiet"])
+    assert res.exit_code == 2 and "--from-scratch" in res.output
+    json.loads((out / "training" / "options.json").read_text())
