@@ -1,0 +1,543 @@
+"""Hugging Face Hub: ``ORG/NAME[@REVISION]`` → local model folder, ``pull``, ``push``, model cards, cache listing.
+
+    jsqa push out/ft  me/jsqa-nisqa --tag v1      config.json + model.safetensors + README.md, one commit
+    jsqa pull me/jsqa-nisqa@v1                    → $HF_HUB_CACHE/models--me--jsqa-nisqa/snapshots/<commit>/
+    jsqa score x.wav --model me/jsqa-nisqa@v1     the same resolution, through the cache (HF_HUB_OFFLINE=1 works)
+
+Everything goes through ``huggingface_hub`` (endpoint from ``HF_ENDPOINT``, cache from ``HF_HUB_CACHE``/``HF_HOME``,
+token from ``HF_TOKEN`` or ``hf auth login``). Every expected failure is a :class:`HubError` (a
+:class:`~jsqa_cli.model.ModelError`) whose message is one actionable line; the token never appears in one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from huggingface_hub import (CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, constants, get_token,
+                             scan_cache_dir, snapshot_download, try_to_load_from_cache)
+from huggingface_hub.errors import (CacheNotFound, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                    OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
+
+from jsqa_cli import __version__
+from jsqa_cli.audio import HOP_S, SAMPLE_RATE, WINDOW_S
+from jsqa_cli.model import (CARD_NAME, CONFIG_NAME, MODEL_TYPE, WEIGHTS_NAME, ModelError, bundled_models, load_model,
+                            read_config)
+
+METRICS_NAME = "metrics.json"  # what `jsqa evaluate -o DIR` writes; pushed and pulled when next to the model
+MODEL_FILES = [CONFIG_NAME, WEIGHTS_NAME, METRICS_NAME]  # what pull downloads (README.md is for people)
+CARD_TAGS = ["jsqa", "speech-quality-assessment", "mos-prediction", "audio"]
+DEFAULT_LICENSE = "mit"
+METRIC_NAMES = {"pcc": "PCC", "srcc": "SRCC", "rmse": "RMSE", "mae": "MAE"}
+HUB_METRIC_TYPES = {"pcc": "pearsonr", "srcc": "spearmanr", "rmse": "rmse", "mae": "mae"}
+_SHA = re.compile(r"^[0-9a-f]{40}$")
+
+
+class HubError(ModelError):
+    """A Hub operation that cannot go on; ``str(err)`` is one actionable line."""
+
+
+class NotLoggedInError(HubError):
+    pass
+
+
+class RepoNotFoundError(HubError):
+    pass
+
+
+class RevisionMissingError(HubError):
+    pass
+
+
+class OfflineNotCachedError(HubError):
+    pass
+
+
+class NotAJSQAModelError(HubError):
+    pass
+
+
+# ----------------------------------------------------------------------------------------------- ids
+
+
+def parse_hub_id(name: str) -> tuple[str, str | None]:
+    """``ORG/NAME[@REVISION]`` → (repo_id, revision or None). The revision is a branch, tag or commit sha."""
+    repo_id, _, revision = str(name).partition("@")
+    parts = repo_id.split("/")
+    if len(parts) != 2 or not all(parts) or any(p in (".", "..") for p in parts):
+        raise HubError(f"{name}: not a Hub model id; expected ORG/NAME or ORG/NAME@REVISION")
+    if "@" in name and not revision:
+        raise HubError(f"{name}: empty revision after '@'; expected ORG/NAME@BRANCH, @TAG or @COMMIT")
+    return repo_id, revision or None
+
+
+def _endpoint() -> str:
+    return constants.ENDPOINT
+
+
+# ----------------------------------------------------------------------------------------------- pull
+
+
+@dataclass
+class PullResult:
+    repo_id: str
+    revision: str  # as asked ("main" when none was given)
+    commit: str  # the commit it resolved to
+    path: Path  # folder with config.json + model.safetensors
+
+    @property
+    def name(self) -> str:
+        return f"{self.repo_id}@{self.revision}"
+
+
+def _cache_error(name: str, repo_id: str, revision: str) -> HubError:
+    if constants.HF_HUB_OFFLINE:
+        return OfflineNotCachedError(
+            f"{name}: not in the local cache and HF_HUB_OFFLINE=1; unset HF_HUB_OFFLINE and run "
+            f"`jsqa pull {name}` once (cache: {constants.HF_HUB_CACHE})")
+    return OfflineNotCachedError(
+        f"{name}: cannot reach {_endpoint()} and the model is not in the local cache ({constants.HF_HUB_CACHE}); "
+        "check the network or HF_ENDPOINT")
+
+
+def _refs_summary(repo_id: str) -> str | None:
+    """'branches: main; tags: v1' when the repo is readable, None when it is not (so the repo is the problem)."""
+    try:
+        refs = HfApi().list_repo_refs(repo_id)
+    except Exception:  # any failure here means "could not confirm the repo exists"
+        return None
+    branches = ", ".join(r.name for r in refs.branches) or "none"
+    tags = ", ".join(r.name for r in refs.tags) or "none"
+    return f"branches: {branches}; tags: {tags}"
+
+
+def _repo_or_revision_error(name: str, repo_id: str, revision: str) -> HubError:
+    refs = _refs_summary(repo_id)
+    if refs is not None:  # the repo answers, so it is the revision that is missing
+        return RevisionMissingError(f"{name}: revision {revision!r} not found in {repo_id} ({refs})")
+    return RepoNotFoundError(
+        f"{name}: repository {repo_id} not found on {_endpoint()} (if it is private, log in with "
+        "`hf auth login` or set HF_TOKEN)")
+
+
+def _download(name: str, repo_id: str, revision: str, cache_dir: str | Path | None) -> Path:
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=MODEL_FILES, cache_dir=cache_dir,
+                                      library_name="jsqa", library_version=__version__))
+    except GatedRepoError:
+        raise HubError(f"{name}: {repo_id} is gated; accept its conditions on {_endpoint()}/{repo_id} and log in "
+                       "(`hf auth login` or HF_TOKEN)") from None
+    except RevisionNotFoundError:
+        raise _repo_or_revision_error(name, repo_id, revision) from None
+    except RepositoryNotFoundError:  # olah and private repos answer a missing revision this way too
+        raise _repo_or_revision_error(name, repo_id, revision) from None
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        raise _cache_error(name, repo_id, revision) from None
+    except HfHubHTTPError as e:
+        status = e.response.status_code if e.response is not None else "?"
+        raise HubError(f"{name}: the Hub answered HTTP {status} ({str(e).splitlines()[0]})") from None
+
+
+def _check_jsqa_folder(name: str, path: Path) -> None:
+    if not (path / CONFIG_NAME).is_file():
+        raise NotAJSQAModelError(f"{name}: not a jsqa model (the repo has no {CONFIG_NAME})")
+    try:
+        read_config(path)
+    except ModelError as e:
+        raise NotAJSQAModelError(f"{name}: not a jsqa model ({str(e).split(': ', 1)[-1]})") from None
+    if not (path / WEIGHTS_NAME).is_file():
+        raise NotAJSQAModelError(f"{name}: not a jsqa model (the repo has no {WEIGHTS_NAME})")
+
+
+def pull(name: str, dest: str | Path | None = None, *, cache_dir: str | Path | None = None,
+         verify: bool = True) -> PullResult:
+    """Download a model's files (config.json, model.safetensors, metrics.json if any) into the Hugging Face cache
+    and return where they are. With ``dest`` the files are then copied there as plain files. ``verify`` loads the
+    model once to prove it works. A full commit sha that is already cached is used without any network access."""
+    repo_id, revision = parse_hub_id(name)
+    revision = revision or constants.DEFAULT_REVISION
+    path = None
+    if _SHA.match(revision):  # immutable: a cached copy is always right
+        cached = try_to_load_from_cache(repo_id, CONFIG_NAME, revision=revision, cache_dir=cache_dir)
+        if isinstance(cached, str) and (Path(cached).parent / WEIGHTS_NAME).is_file():
+            path = Path(cached).parent
+    if path is None:
+        path = _download(name, repo_id, revision, cache_dir)
+    _check_jsqa_folder(name, path)
+    result = PullResult(repo_id, revision, path.name, path)
+    if verify:
+        load_model(path)
+    if dest is not None:
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in MODEL_FILES:
+            if (path / f).is_file():
+                shutil.copyfile(path / f, dest / f)  # follows the cache's symlinks: plain files
+        result.path = dest
+    return result
+
+
+def resolve_hub_model(name: str) -> Path:
+    """``ORG/NAME[@REVISION]`` → a local folder through the cache (what every ``--model`` option uses)."""
+    return pull(name, verify=False).path
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+
+
+def normalize_metrics(obj, model_label: str | None = None) -> list[dict]:
+    """Metrics in the shapes jsqa writes → rows ``{"dataset", "level", "n", "pcc", "srcc", "rmse", "mae"}``.
+
+    Accepted: the ``metrics.json`` of ``jsqa evaluate`` (``{"metrics": [records]}``; with several models, the rows
+    of ``model_label`` or else of the reference model), a list of such records, ``{dataset: {metric: v}}``,
+    ``{dataset: {level: {metric: v}}}``, or a flat ``{metric: v}`` (e.g. ``{"val_pcc": 0.9}``).
+    """
+    if isinstance(obj, dict) and isinstance(obj.get("metrics"), (list, dict)):
+        records = obj["metrics"]
+        if isinstance(records, list):
+            models = list(dict.fromkeys(r.get("model") for r in records if isinstance(r, dict)))
+            if len(models) > 1:
+                keep = model_label if model_label in models else obj.get("reference_model", models[0])
+                records = [r for r in records if r.get("model") == keep]
+        return normalize_metrics(records)
+    if isinstance(obj, list):
+        rows = []
+        for r in obj:
+            if isinstance(r, dict):
+                values = {k: r[k] for k in METRIC_NAMES if _is_number(r.get(k))}
+                if values:
+                    rows.append({"dataset": str(r.get("dataset", "-")), "level": str(r.get("level", "file")),
+                                 "n": r.get("n"), **values})
+        return rows
+    return _from_mapping(obj) if isinstance(obj, dict) else []
+
+
+def _from_mapping(obj: dict, dataset: str = "-", level: str = "-") -> list[dict]:
+    """{metric: v} at this level → one row; {key: {...}} → rows below (first key level: dataset, then level)."""
+    rows = []
+    values = {k: v for k, v in obj.items() if _is_number(v)}
+    n = values.pop("n", None)
+    if values:
+        rows.append({"dataset": dataset, "level": level, "n": n, **values})
+    for key, value in obj.items():
+        if isinstance(value, dict):
+            rows += _from_mapping(value, str(key)) if dataset == "-" else _from_mapping(value, dataset, str(key))
+    return rows
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def model_metrics(folder: str | Path, metadata: dict | None = None, metrics_path: str | Path | None = None) -> list[dict]:
+    """A model's evaluation rows: ``metrics_path``, else ``metrics.json`` next to the model, else
+    ``metadata["metrics"]`` from config.json. Unreadable files are a HubError naming the file."""
+    folder = Path(folder)
+    path = Path(metrics_path) if metrics_path is not None else folder / METRICS_NAME
+    if path.is_file():
+        try:
+            return normalize_metrics(json.loads(path.read_text()), model_label=str(folder))
+        except json.JSONDecodeError as e:
+            raise HubError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    if metrics_path is not None:
+        raise HubError(f"{path}: no such metrics file")
+    if metadata is None:
+        _, metadata = read_config(folder)
+    return normalize_metrics(metadata.get("metrics") or {})
+
+
+def metrics_summary(rows: list[dict], limit: int = 2) -> str:
+    """A short one-line summary for listings, e.g. 'NISQA_TEST_FOR/file PCC 0.91 RMSE 0.52'."""
+    parts = []
+    for r in rows[:limit]:
+        vals = " ".join(f"{METRIC_NAMES[m]} {r[m]:.3f}" for m in ("pcc", "rmse") if m in r) or \
+            " ".join(f"{k} {v:.3g}" for k, v in r.items() if k not in ("dataset", "level", "n") and _is_number(v))
+        label = "/".join(x for x in (r["dataset"], r["level"]) if x != "-")
+        parts.append(f"{label} {vals}".strip())
+    more = f" (+{len(rows) - limit} more)" if len(rows) > limit else ""
+    return "; ".join(parts) + more if parts else "-"
+
+
+# ----------------------------------------------------------------------------------------------- model card
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(map(str, v))
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={_fmt(x)}" for k, x in v.items())
+    return str(v)
+
+
+def evaluation_markdown(rows: list[dict]) -> str:
+    """The card's evaluation section: a table of PCC/SRCC/RMSE/MAE, other recorded values listed below it."""
+    if not rows:
+        return "No evaluation was recorded with this model. Measure it with `jsqa evaluate`."
+    known = [r for r in rows if any(m in r for m in METRIC_NAMES)]
+    lines = []
+    if known:
+        lines += ["| data | level | n | PCC | SRCC | RMSE | MAE |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['dataset']} | {r['level']} | {r['n'] if r.get('n') is not None else '-'} | "
+                  + " | ".join(f"{r[m]:.3f}" if m in r else "-" for m in METRIC_NAMES) + " |" for r in known]
+        lines += ["", "PCC/SRCC: Pearson/Spearman correlation with the listeners' MOS (higher is better); "
+                      "RMSE/MAE in MOS points (lower is better)."]
+    other = [(r, k, v) for r in rows for k, v in r.items()
+             if k not in ("dataset", "level", "n", *METRIC_NAMES) and _is_number(v)]
+    if other:
+        lines += ["", "Other recorded values:", ""]
+        lines += [f"- {'/'.join(x for x in (r['dataset'], r['level']) if x != '-') or 'all'} {k}: {_fmt(v)}"
+                  for r, k, v in other]
+    return "\n".join(lines).strip()
+
+
+def model_card(folder: str | Path, repo_id: str, *, license: str | None = None,
+               metrics: list[dict] | None = None) -> ModelCard:
+    """The README.md for a pushed model folder: YAML metadata (library, tags, licence, model-index with the
+    evaluation) and sections: what it predicts, training data & provenance, evaluation, usage."""
+    folder = Path(folder)
+    cfg, meta = read_config(folder)
+    metrics = model_metrics(folder, meta) if metrics is None else metrics
+    num_params = parameter_count(folder)
+    name = repo_id.split("/")[-1]
+    eval_results = [
+        EvalResult(task_type="speech-quality-assessment", task_name="Speech quality assessment (MOS prediction)",
+                   dataset_type=r["dataset"], dataset_name=r["dataset"], dataset_split=None if r["level"] == "-" else r["level"],
+                   metric_type=HUB_METRIC_TYPES[m],
+                   metric_name=METRIC_NAMES[m] + ("" if r["level"] == "-" else f" ({r['level']})"),
+                   metric_value=round(float(r[m]), 4))
+        for r in metrics for m in METRIC_NAMES if m in r and r["dataset"] != "-"]
+    datasets = meta.get("datasets") or meta.get("data")
+    data = ModelCardData(
+        library_name="jsqa", license=license or meta.get("license") or DEFAULT_LICENSE, tags=list(CARD_TAGS),
+        model_name=name, eval_results=eval_results or None,
+        metrics=[HUB_METRIC_TYPES[m] for m in METRIC_NAMES if any(m in r for r in metrics)] or None,
+        datasets=[str(d) for d in datasets] if isinstance(datasets, list) else None)
+
+    provenance = {k: v for k, v in meta.items() if k != "metrics"}
+    prov_rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in provenance.items()) or "| - | not recorded |"
+    eval_text = evaluation_markdown(metrics)
+    body = f"""
+# {name}
+
+A [jsqa](https://pypi.org/project/jsqa/) speech quality model (JSQA: contrastive pretraining on just-noticeable-
+difference noisy-speech pairs, then MOS fine-tuning; Fan & Williamson 2025).
+
+## What it predicts
+
+A mean opinion score (MOS) from 1 (bad) to 5 (excellent) for a speech recording, without a clean reference.
+Audio is read as mono at {SAMPLE_RATE // 1000} kHz (other rates are resampled); files longer than {WINDOW_S:g} s are
+scored in {WINDOW_S:g} s windows with a {HOP_S:g} s hop and the file score is the mean of the window scores.
+
+| | |
+|---|---|
+| architecture | log-mel ({cfg.n_mels} bands) → conv stem → {cfg.n_layers}-layer Transformer (d={cfg.d_model}) → attention pooling → MOS head |
+| preset | {cfg.preset} |
+| parameters | {num_params:,} |
+
+## Training data and provenance
+
+| field | value |
+|---|---|
+{prov_rows}
+
+## Evaluation
+
+{eval_text}
+
+## Usage
+
+With the `jsqa` command line (`pip install jsqa`):
+
+```bash
+jsqa pull {repo_id}
+jsqa score recordings/ --model {repo_id} -o scores.csv
+```
+
+From Python:
+
+```python
+from jsqa_cli.model import load_model
+from jsqa_cli.scoring import score_files
+
+model = load_model("{repo_id}")  # or "{repo_id}@<tag or commit>" to pin a version
+scores = score_files(["speech.wav"], model)  # a DataFrame: path, mos, ...
+print(scores[["path", "mos"]])
+```
+"""
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
+# ----------------------------------------------------------------------------------------------- push
+
+
+@dataclass
+class PushResult:
+    repo_id: str
+    commit: str
+    commit_url: str
+    revision: str
+    tag: str | None = None
+    card: str = "generated"  # generated | kept
+    files: list[str] = field(default_factory=list)
+
+
+def _token(token: str | None) -> str:
+    token = token or get_token()
+    if not token:
+        raise NotLoggedInError("not logged in to the Hugging Face Hub: set HF_TOKEN or run `hf auth login` "
+                               "(the token needs write access)")
+    return token
+
+
+def _push_http_error(repo_id: str, e: HfHubHTTPError) -> HubError:
+    status = e.response.status_code if e.response is not None else None
+    if status == 401:
+        return NotLoggedInError(f"{repo_id}: the Hub rejected the token (HTTP 401); check HF_TOKEN or run "
+                                "`hf auth login` with a token that has write access")
+    if status == 403:
+        return HubError(f"{repo_id}: the token may not write to this repo (HTTP 403); use a write token or a "
+                        "namespace you belong to")
+    return HubError(f"{repo_id}: the Hub answered HTTP {status} ({str(e).splitlines()[0]})")
+
+
+def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
+         tag: str | None = None, message: str | None = None, card: str = "keep", license: str | None = None,
+         metrics_path: str | Path | None = None, token: str | None = None) -> PushResult:
+    """Upload a model folder to ``repo_id`` in one commit: config.json, model.safetensors, README.md (the model
+    card: kept if the folder has one and ``card="keep"``, generated otherwise) and metrics.json when present.
+    Creates the repo (and branch ``revision``) if needed; ``tag`` tags the new commit."""
+    if card not in ("keep", "regenerate"):
+        raise HubError(f"--card {card!r}: choose keep or regenerate")
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelError(f"{folder}: no such model folder")
+    load_model(folder)  # refuse to publish something that does not load
+    repo_id, at_rev = parse_hub_id(repo_id)
+    if at_rev:
+        raise HubError(f"{repo_id}@{at_rev}: give the branch with --revision, not @")
+    token = _token(token)
+    branch = revision or constants.DEFAULT_REVISION
+
+    metrics_file = Path(metrics_path) if metrics_path is not None else folder / METRICS_NAME
+    if metrics_path is not None and not metrics_file.is_file():
+        raise HubError(f"{metrics_file}: no such metrics file (--metrics)")
+    if card == "keep" and (folder / CARD_NAME).is_file():
+        card_bytes, card_state = (folder / CARD_NAME).read_bytes(), "kept"
+    else:
+        metrics = model_metrics(folder, metrics_path=metrics_path)
+        card_bytes, card_state = str(model_card(folder, repo_id, license=license, metrics=metrics)).encode(), "generated"
+    ops = [CommitOperationAdd(CONFIG_NAME, str(folder / CONFIG_NAME)),
+           CommitOperationAdd(WEIGHTS_NAME, str(folder / WEIGHTS_NAME)),
+           CommitOperationAdd(CARD_NAME, card_bytes)]
+    if metrics_file.is_file():
+        ops.append(CommitOperationAdd(METRICS_NAME, str(metrics_file)))
+
+    api = HfApi(token=token, library_name="jsqa", library_version=__version__)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if branch != constants.DEFAULT_REVISION:
+            api.create_branch(repo_id, branch=branch, exist_ok=True)
+        info = api.create_commit(repo_id, operations=ops, revision=branch,
+                                 commit_message=message or f"Upload jsqa model ({folder.name})")
+        if tag:
+            api.create_tag(repo_id, tag=tag, revision=info.oid)
+    except OfflineModeIsEnabled:
+        raise HubError(f"{repo_id}: cannot push with HF_HUB_OFFLINE=1; unset it") from None
+    except RepositoryNotFoundError:
+        raise RepoNotFoundError(f"{repo_id}: repository not found and could not be created on {_endpoint()}; "
+                                "check the namespace and that the token may write to it") from None
+    except HfHubHTTPError as e:
+        if tag and e.response is not None and e.response.status_code == 409:
+            raise HubError(f"{repo_id}: tag {tag!r} already exists; choose another --tag") from None
+        raise _push_http_error(repo_id, e) from None
+    return PushResult(repo_id, info.oid, info.commit_url, branch, tag, card_state, [op.path_in_repo for op in ops])
+
+
+# ----------------------------------------------------------------------------------------------- listing
+
+
+def parameter_count(folder: str | Path) -> int:
+    """Trainable parameters, read from the safetensors header (no weights loaded). Fixed front-end buffers
+    (the mel filterbank and window) are not counted, as in ``JSQA.num_parameters``."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(folder) / WEIGHTS_NAME), framework="pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys() if not k.startswith("encoder.frontend."))
+
+
+@dataclass
+class ModelEntry:
+    name: str  # what to pass to --model
+    source: str  # bundled | cache | folder
+    path: Path
+    revision: str = "-"
+    commit: str = "-"
+    refs: list[str] = field(default_factory=list)
+    parameters: int | None = None
+    preset: str = "-"
+    metrics: list[dict] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)
+
+
+def _entry(name: str, source: str, path: Path, **kw) -> ModelEntry:
+    cfg, meta = read_config(path)
+    try:
+        params = parameter_count(path)
+    except Exception:  # a damaged weights file is reported when the model is loaded, not while listing
+        params = None
+    from dataclasses import asdict
+
+    return ModelEntry(name, source, path, parameters=params, preset=cfg.preset, metrics=model_metrics(path, meta),
+                      config=asdict(cfg), metadata=meta, **kw)
+
+
+def cached_models(cache_dir: str | Path | None = None) -> list[ModelEntry]:
+    """jsqa models in the Hugging Face cache (``config.json`` with model_type jsqa), one entry per cached commit."""
+    try:
+        info = scan_cache_dir(cache_dir or constants.HF_HUB_CACHE)  # its default is fixed at import
+    except CacheNotFound:
+        return []
+    out = []
+    for repo in sorted(info.repos, key=lambda r: r.repo_id):
+        if repo.repo_type != "model":
+            continue
+        for rev in sorted(repo.revisions, key=lambda r: r.last_modified, reverse=True):
+            path = Path(rev.snapshot_path)
+            try:
+                if json.loads((path / CONFIG_NAME).read_text()).get("model_type") != MODEL_TYPE:
+                    continue
+            except (OSError, json.JSONDecodeError):
+                continue
+            if not (path / WEIGHTS_NAME).is_file():
+                continue
+            refs = sorted(rev.refs)
+            revision = refs[0] if refs else rev.commit_hash[:12]
+            name = f"{repo.repo_id}@{revision}" if revision != constants.DEFAULT_REVISION else repo.repo_id
+            out.append(_entry(name, "cache", path, revision=revision, commit=rev.commit_hash, refs=refs))
+    return out
+
+
+def list_models(cache_dir: str | Path | None = None) -> list[ModelEntry]:
+    """The bundled models, then the jsqa models in the Hugging Face cache."""
+    return [_entry(n, "bundled", p) for n, p in bundled_models().items()] + cached_models(cache_dir)
+
+
+def model_info(name: str | None = None) -> ModelEntry:
+    """Config, parameter count, metrics and provenance of a bundled name, folder or Hub id (pulled if needed)."""
+    from jsqa_cli.model import DEFAULT_MODEL, resolve_model
+
+    name = name or DEFAULT_MODEL
+    path = resolve_model(name)
+    if name in bundled_models():
+        return _entry(name, "bundled", path)
+    if Path(name).expanduser().is_dir():
+        return _entry(name, "folder", path)
+    repo_id, revision = parse_hub_id(name)
+    return _entry(name, "cache", path, revision=revision or constants.DEFAULT_REVISION, commit=path.name)
