@@ -311,7 +311,7 @@ def _pretrain(opts: PretrainOptions, d) -> Path:
 
     sampler = PairSampler(len(train_set), opts.seed, d.rank, d.world_size, start=step * opts.batch_size)
     loader = _loader(train_set, sampler, opts.batch_size, workers, d.device, opts.seed, drop_last=True)
-    val_loader = _loader(val_set, [(0, i) for i in range(len(val_set))], opts.batch_size, min(workers, 2),
+    val_loader = _loader(val_set, [(0, i) for i in range(len(val_set))], opts.batch_size, min(workers, 4),
                          d.device, opts.seed, drop_last=False) if len(val_set) >= 2 else None
     jnd_mask = jnd_db if opts.negatives == "jnd-aware" else None
     use_bf16 = opts.bf16
