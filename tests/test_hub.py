@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
-
-os.environ.setdefault("HF_HUB_DISABLE_XET", "1")  # before huggingface_hub is imported, where it is read
 
 import numpy as np
 import pytest
@@ -48,6 +47,8 @@ def hub_servers(tmp_path_factory):
     (v1 = seed 0, then main = seed 1) and a repo that is not a jsqa model."""
     if hub_server.olah_command() is None:
         pytest.skip("olah is not installed (pip install -e '.[test]')")
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed (the Hub test servers keep repos in git)")
     root = tmp_path_factory.mktemp("hub")
     mirrors = root / "mirrors"
     double = hub_server.UploadTestDouble(mirrors, token=TOKEN).start()
@@ -186,6 +187,16 @@ def test_offline_uses_cache(hub_env, monkeypatch, make_audio):
     if result.exit_code != 2 or "No such command" not in result.output:  # scoring is another helper's command
         assert result.exit_code == 0, result.output
         assert f"{REPO}@v1" in result.stdout
+
+
+def test_unreachable_endpoint_falls_back_to_cache(hub_env, monkeypatch):
+    hub.pull(f"{REPO}@v1")
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{hub_server.free_port()}")  # nothing listens
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        constants.ENDPOINT + "/{repo_id}/resolve/{revision}/{filename}")
+    assert hub.pull(f"{REPO}@v1").commit == hub_env["commits"][0]
+    with pytest.raises(hub.OfflineNotCachedError, match="cannot reach http://127.0.0.1:.* not in the local cache"):
+        hub.pull(f"{REPO}@main")
 
 
 def test_pull_errors_are_one_line(hub_env):
