@@ -122,6 +122,20 @@ def test_normalize_metrics_shapes():
     assert hub.normalize_metrics({}) == [] and hub.normalize_metrics(None) == []
 
 
+def test_finetune_validation_metrics(tmp_path):
+    meta = {"stage": "finetuned", "data": {"source": "nisqa", "val_db": ["NISQA_VAL_SIM", "NISQA_VAL_LIVE"]},
+            "validation": {"n": 50, "rmse": 0.61, "mae": 0.5, "pcc": 0.82, "srcc": 0.8,
+                           "condition": {"n": 10, "rmse": 0.4, "mae": 0.3, "pcc": 0.9, "srcc": 0.88}}}
+    folder = _tiny_folder(tmp_path / "ft", 0, meta)
+    rows = hub.model_metrics(folder)
+    assert [(r["dataset"], r["level"], r["n"], r["pcc"]) for r in rows] == [
+        ("NISQA_VAL_SIM+NISQA_VAL_LIVE (validation)", "file", 50, 0.82),
+        ("NISQA_VAL_SIM+NISQA_VAL_LIVE (validation)", "condition", 10, 0.9)]
+    text = hub.model_card(folder, "me/ft").text
+    assert "| NISQA_VAL_SIM+NISQA_VAL_LIVE (validation) | condition | 10 | 0.900 |" in text
+    assert "| validation |" not in text  # shown as evaluation, not as provenance
+
+
 def test_model_card_metadata_and_sections(tmp_path):
     folder = _tiny_folder(tmp_path / "m", 0, {"stage": "finetune", "init": "runs/pre/encoder", "license": "cc-by-4.0"})
     (folder / "metrics.json").write_text(json.dumps({"metrics": [

@@ -247,7 +247,23 @@ def model_metrics(folder: str | Path, metadata: dict | None = None, metrics_path
         raise HubError(f"{path}: no such metrics file")
     if metadata is None:
         _, metadata = read_config(folder)
-    return normalize_metrics(metadata.get("metrics") or {})
+    if metadata.get("metrics"):
+        return normalize_metrics(metadata["metrics"])
+    return _validation_rows(metadata)
+
+
+def _validation_rows(metadata: dict) -> list[dict]:
+    """``jsqa finetune``'s best validation scores (metadata "validation": n, rmse, ..., "condition": {...})."""
+    val = metadata.get("validation")
+    if not isinstance(val, dict) or not val:
+        return []
+    data = metadata.get("data") if isinstance(metadata.get("data"), dict) else {}
+    name = ("+".join(data["val_db"]) if data.get("val_db") else
+            Path(data["val_csv"]).name if data.get("val_csv") else "validation set")
+    levels = {"file": {k: v for k, v in val.items() if k != "condition"}}
+    if isinstance(val.get("condition"), dict):
+        levels["condition"] = val["condition"]
+    return normalize_metrics({f"{name} (validation)": levels})
 
 
 def metrics_summary(rows: list[dict], limit: int = 2) -> str:
@@ -319,7 +335,7 @@ def model_card(folder: str | Path, repo_id: str, *, license: str | None = None,
         metrics=[HUB_METRIC_TYPES[m] for m in METRIC_NAMES if any(m in r for r in metrics)] or None,
         datasets=[str(d) for d in datasets] if isinstance(datasets, list) else None)
 
-    provenance = {k: v for k, v in meta.items() if k != "metrics"}
+    provenance = {k: v for k, v in meta.items() if k not in ("metrics", "validation")}
     prov_rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in provenance.items()) or "| - | not recorded |"
     eval_text = evaluation_markdown(metrics)
     body = f"""
