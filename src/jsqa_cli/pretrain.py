@@ -39,6 +39,7 @@ from jsqa_cli.training_utils import (MetricsLog, all_reduce_mean, autocast, clea
 NEGATIVES = ("batch", "jnd-aware")
 ENCODER_DIR = "encoder"
 TRIVIAL_TOP1 = 0.95  # retrieval at or above this at the first validation means the task is solved by content
+UNTRAINED_TOP1 = 0.5  # ...as does an untrained encoder (step 0) retrieving this many partners: near-identical members
 
 
 def default_workers() -> int:
@@ -330,10 +331,12 @@ def _pretrain(opts: PretrainOptions, d) -> Path:
             state["last_val"] = m
             if state["first_val"] is None:
                 state["first_val"] = m
-                if m["val_top1"] >= TRIVIAL_TOP1 and at_step <= opts.val_every:
-                    msg = (f"validation retrieval top-1 is {100 * m['val_top1']:.1f}% at step {at_step}: the pretext "
-                           "task is solved trivially, most likely by matching content (same speech/noise crop), "
-                           "not quality. Prefer `--pairing cross-source` pairs and/or `--negatives jnd-aware`.")
+                if (m["val_top1"] >= TRIVIAL_TOP1 and at_step <= opts.val_every) or (
+                        at_step == 0 and m["val_top1"] >= UNTRAINED_TOP1):
+                    msg = (f"validation retrieval top-1 is {100 * m['val_top1']:.1f}% at step {at_step}"
+                           f"{' (untrained encoder)' if at_step == 0 else ''}: the pretext task is solved "
+                           "trivially, most likely by matching content (same speech/noise crop), not quality. "
+                           "Prefer `--pairing cross-source` pairs and/or `--negatives jnd-aware`.")
                     warnings.warn(msg, stacklevel=2)
                     log.log(step=at_step, warning=msg)
             model.train()
