@@ -294,8 +294,15 @@ def make_candidate(job: tuple[str, int]) -> dict | None:
     sf.write(buf, deg, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
     return dict(flac=buf.getvalue(), mos=round(mos, 3), condition="+".join(d["parts"]) or "clean",
                 pesq_raw=round(p_final if p_final is not None else p_mid, 3), pesq_mid=round(p_mid, 3),
-                detail=" ".join(d["detail"]), source=os.path.relpath(source, _CFG["data_root"])
-                if _CFG["data_root"] else source, duration_s=round(len(deg) / SAMPLE_RATE, 3))
+                detail=" ".join(d["detail"]), source=_short(source), duration_s=round(len(deg) / SAMPLE_RATE, 3))
+
+
+def _short(path: str) -> str:
+    """The clean file relative to the shared data root (or to the sources folder for synthetic voices)."""
+    for root in (_CFG["data_root"], _CFG["sources"]):
+        if root and Path(path).is_relative_to(Path(root).resolve()):
+            return str(Path(path).relative_to(Path(root).resolve()))
+    return path
 
 
 def build_split(pool, split: str, n: int, out: Path, max_factor: float, chunksize: int) -> pd.DataFrame:

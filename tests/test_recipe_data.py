@@ -1,0 +1,259 @@
+"""The recipe's data side: source splits, impairments, the simulated MOS corpus and its label, quality checks,
+examples. Runs on a tiny generated data tree (no shared data, no network)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from conftest import synth_speech
+
+TRAINING = Path(__file__).resolve().parents[1] / "training"
+sys.path.insert(0, str(TRAINING))
+
+import impairments as imp  # noqa: E402
+import prepare_sources  # noqa: E402
+import quality_checks  # noqa: E402
+import simulate_mos  # noqa: E402
+
+try:
+    import pesq  # noqa: F401
+
+    HAVE_PESQ = True
+except ImportError:  # pragma: no cover
+    HAVE_PESQ = False
+needs_pesq = pytest.mark.skipif(not HAVE_PESQ, reason="pesq not installed")
+
+SR = 16_000
+
+
+def _wave(seconds, seed, f0=140.0):
+    return synth_speech(seconds, SR, seed=seed, f0=f0, level=0.3)
+
+
+@pytest.fixture(scope="module")
+def recipe_data_root(tmp_path_factory):
+    """A miniature shared-data tree: LibriSpeech-style speakers, AN4, one LJSpeech file, noise folders
+    (including the excluded non-commercial one), RIRs and a NOIZEUS-style eval folder."""
+    root = tmp_path_factory.mktemp("shared") / "data"
+    rng = np.random.default_rng(0)
+    for k, spk in enumerate(["11", "22", "33", "44", "55", "66", "77", "88", "99", "111"]):
+        for u in range(2):
+            p = root / f"speech/librispeech/train-clean-100/{spk}/100/{spk}-100-000{u}.flac"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(p, _wave(4.5, 10 * k + u, f0=100 + 15 * k), SR)
+    for j, spk in enumerate(["mabc", "fxyz", "mqrs"]):
+        p = root / f"speech/an4/an1-{spk}-b.flac"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(p, _wave(1.5, 50 + j), SR)
+    (root / "speech/ljspeech").mkdir(parents=True)
+    sf.write(root / "speech/ljspeech/LJ001-0001.flac", _wave(3.0, 5, f0=210), SR)
+    for folder, names in {"ambient_blanket": ["city", "rain", "pink-noise"], "speech_commands": ["pink_noise", "tap"],
+                          "speechbrain": ["noise1", "noise2", "noise3"], "nonspeech100_nc": ["n1", "n2"]}.items():
+        for name in names:
+            p = root / f"noise/{folder}/{name}.flac"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(p, (0.1 * rng.standard_normal(SR * 3)).astype(np.float32), SR)
+    (root / "rir/speechbrain").mkdir(parents=True)
+    for i in range(4):
+        sf.write(root / f"rir/speechbrain/rir{i + 1}.flac", imp.synthetic_rir(0.3, np.random.default_rng(i)), SR)
+    for noise in ("car", "babble"):
+        for snr in (0, 15):
+            p = root / f"eval/noizeus_noisy/{noise}_{snr}dB/sp01_{noise}_sn{snr}.flac"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            x = _wave(2.0, 3)[::2]
+            sf.write(p, x + 10 ** (-snr / 20) * 0.1 * rng.standard_normal(len(x)).astype(np.float32), 8000)
+    return root
+
+
+@pytest.fixture(scope="module")
+def recipe_sources(recipe_data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sources")
+    prepare_sources.main(["--data-root", str(recipe_data_root), "--out", str(out), "--synth-sentences", "0"])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ sources
+
+
+def test_sources_are_disjoint_and_permissive(recipe_sources):
+    speech = {s: pd.read_csv(recipe_sources / f"speech_{s}.csv") for s in ("train", "val", "test")}
+    noise = {s: pd.read_csv(recipe_sources / f"noise_{s}.csv") for s in ("train", "val", "test")}
+    assert {"path", "corpus", "speaker", "kind", "duration_s", "sample_rate", "licence"} <= set(speech["train"].columns)
+    for a, b in [("train", "val"), ("train", "test"), ("val", "test")]:
+        assert not set(speech[a].speaker) & set(speech[b].speaker)
+        assert not set(noise[a].path) & set(noise[b].path)
+    everything = pd.concat(noise.values())
+    assert not everything.path.str.contains("nonspeech100_nc").any()
+    assert everything.name.str.contains("pink").sum() == 2 and set(noise["train"].name) >= {"pink-noise", "pink_noise"}
+    assert set(speech["train"].corpus) >= {"librispeech", "ljspeech"}
+    assert all(len(speech[s]) for s in speech)  # every split has speech
+    # the same seed gives the same split; the .txt lists match the CSVs
+    summary = json.loads((recipe_sources / "sources.json").read_text())
+    assert summary["splits"]["train"]["speech_files"] == len(speech["train"])
+    assert (recipe_sources / "speech_val.txt").read_text().split() == speech["val"].path.tolist()
+
+
+def test_split_keys_stable_and_complete():
+    keys = [f"spk{i}" for i in range(50)]
+    a = prepare_sources.split_keys(keys, seed=3)
+    assert a == prepare_sources.split_keys(list(reversed(keys)), seed=3)
+    assert sorted(pd.Series(a).value_counts().to_dict().items()) == [("test", 5), ("train", 40), ("val", 5)]
+    assert a != prepare_sources.split_keys(keys, seed=4)
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_synthetic_voices_render(tmp_path):
+    df = prepare_sources.synthetic_speech(tmp_path / "synth", 3, seed=0, workers=1)
+    assert len(df) == 3 and (df.kind == "synthetic").all()
+    x, sr = sf.read(df.path[0])
+    assert sr == SR and len(x) > SR // 2
+
+
+# ------------------------------------------------------------------------------------------------ impairments
+
+
+@pytest.mark.parametrize("name,level", [("mp3", 0.93), ("opus", 0.97), ("vorbis", 0.8), ("gsm", None), ("ulaw", None)])
+def test_codecs_round_trip_aligned(name, level):
+    x = _wave(2.0, 1)
+    y = imp.codec(x, name, level)
+    assert y.shape == x.shape and y.dtype == np.float32
+    # delay removed: the decoded signal lines up with the input (no lag left)
+    corr = [np.dot(x[2000:-2000], np.roll(y, k)[2000:-2000]) for k in range(-40, 41)]
+    assert int(np.argmax(corr)) - 40 == 0
+
+
+def test_align_undoes_delay():
+    x = _wave(1.0, 2)
+    delayed = np.concatenate([np.zeros(777, np.float32), x])
+    assert np.allclose(imp.align(x, delayed), x, atol=1e-6)
+
+
+def test_packet_loss_modes():
+    x = _wave(3.0, 4) + 0.05
+    rng = lambda: np.random.default_rng(0)  # noqa: E731
+    removed, rate = imp.packet_loss(x, 0.2, "remove", rng(), frame_ms=20)
+    assert 0.1 < rate < 0.3 and len(removed) < len(x)
+    zero, _ = imp.packet_loss(x, 0.2, "zero", rng(), frame_ms=20)
+    repeat, _ = imp.packet_loss(x, 0.2, "repeat", rng(), frame_ms=20)
+    assert len(zero) == len(repeat) == len(x)
+    assert np.mean(np.abs(zero) < 1e-7) > 0.1 and np.mean(np.abs(repeat) < 1e-7) < 0.01
+
+
+def test_levels_snr_clip_band():
+    x = _wave(2.0, 5)
+    assert imp.active_level_db(imp.set_level(x, -30)) == pytest.approx(-30, abs=0.01)
+    noise = np.random.default_rng(0).standard_normal(len(x)).astype(np.float32)
+    y = imp.mix_snr(x, noise, 10.0)
+    n = y - x
+    assert imp.active_level_db(x) - 10 * np.log10(np.mean(n.astype(np.float64) ** 2)) == pytest.approx(10, abs=0.01)
+    c = imp.clip(x, 12.0)
+    assert imp.active_level_db(c) == pytest.approx(imp.active_level_db(x), abs=0.01)
+    assert np.mean(np.abs(c) >= 0.99 * np.max(np.abs(c))) > 0.01
+    lp = imp.band_limit(x, "lowpass", 1000)
+    spec = np.abs(np.fft.rfft(lp))
+    assert spec[len(spec) // 2 :].sum() < 0.01 * spec.sum()
+
+
+# ------------------------------------------------------------------------------------------------ the label
+
+
+def test_label_calibration():
+    sm = simulate_mos
+    assert sm.calibrate(4.64, False) == pytest.approx(sm.MOS_MAX) and sm.calibrate(1.04, False) == 1.0
+    assert sm.calibrate(1.5, True) > sm.calibrate(1.5, False) + 0.5  # noise is scored more kindly than raw PESQ
+    for m in (1.2, 2.5, 3.7, 4.4):
+        assert sm.mos_from_r(sm.r_from_mos(m)) == pytest.approx(m, abs=1e-3)
+    clean = sm.label(4.64, 4.64, False, None, None, -26.0)
+    assert clean == pytest.approx(sm.MOS_MAX, abs=0.01)
+    # PESQ barely moves for 5 % concealed loss; the label does, and more so without concealment
+    concealed = sm.label(4.3, 4.64, False, (5.0, "repeat", 1.0), None, -26.0)
+    gaps = sm.label(4.3, 4.64, False, (5.0, "zero", 1.0), None, -26.0)
+    assert gaps < concealed < clean - 0.3
+    assert sm.label(None, 4.64, False, (20.0, "remove", 2.0), None, -26.0) < 2.0
+    assert sm.label(4.5, 4.64, False, None, (-10.0, 200.0), -26.0) < sm.label(4.5, 4.64, False, None, (-30.0, 200.0), -26.0)
+    assert sm.label(4.64, 4.64, False, None, None, -50.0) < clean - 1.0  # far too quiet
+
+
+@needs_pesq
+def test_simulate_mos_corpus(recipe_sources, tmp_path):
+    out = tmp_path / "mos"
+    summary = simulate_mos.main(["--sources", str(recipe_sources), "--out", str(out), "--num-files", "4", "2", "0",
+                                 "--workers", "1", "--max-factor", "1", "--seed", "1"])
+    assert summary["splits"]["train"]["files"] == 4 and "test" not in summary["splits"]
+    df = pd.read_csv(out / "train.csv")
+    assert list(df.columns[:5]) == ["path", "mos", "condition", "pesq_raw", "pesq_mid"] and "source" in df
+    assert df.mos.between(1.0, simulate_mos.MOS_MAX).all() and df.pesq_raw.between(1.0, 4.65).all()
+    for p in df.path:
+        info = sf.info(str(out / p))
+        assert info.samplerate == SR and 3.9 < info.duration < 8.1
+    val = pd.read_csv(out / "val.csv")
+    assert len(val) == 2 and not set(val.path) & set(df.path)
+    # the clean reference is a training-split file, never a val/test one
+    train_speech = pd.read_csv(recipe_sources / "speech_train.csv").path
+    assert all(any(s.endswith(src) for s in train_speech) for src in df.source)
+
+
+@needs_pesq
+def test_candidate_pesq_and_codec_paths(recipe_sources):
+    """One candidate per family group, including every codec path, labelled by PESQ."""
+    simulate_mos._init_worker(dict(sources=str(recipe_sources), seed=0, synthetic_share=0.0, clean_share=0.0,
+                                   data_root=""))
+    src = simulate_mos.Sources(recipe_sources, "train", 0.0)
+    rng = np.random.default_rng(0)
+    ref = imp.set_level(src.speech(rng, 4.0)[0], -26.0)
+    d = simulate_mos.degrade(ref, np.random.default_rng(1), src, ["codec"])
+    assert d["parts"][0].startswith("codec-") and len(d["deg"]) == len(ref)
+    p_clean, p_codec = simulate_mos._pesq(ref, ref), simulate_mos._pesq(ref, imp.codec(ref, "mp3", imp.MP3_LEVELS[8]))
+    assert p_clean > 4.5 and p_codec < p_clean - 0.3
+    noisy = simulate_mos._pesq(ref, imp.mix_snr(ref, imp.colored_noise("white", len(ref), rng), 0.0))
+    assert noisy < 2.0
+    c = simulate_mos.make_candidate(("train", 3))
+    assert c is not None and 1.0 <= c["mos"] <= simulate_mos.MOS_MAX and c["flac"][:4] == b"fLaC"
+
+
+# ------------------------------------------------------------------------------------------------ checks, examples
+
+
+def test_quality_checks_with_tiny_model(tiny_model_dir, recipe_sources, recipe_data_root, tmp_path):
+    out, js = tmp_path / "qc.md", tmp_path / "qc.json"
+    report = quality_checks.main([str(tiny_model_dir), "--sources", str(recipe_sources), "--utterances", "2",
+                                  "--seconds", "3", "--noizeus", str(recipe_data_root / "eval/noizeus_noisy"),
+                                  "--out", str(out), "--json", str(js)])
+    names = [r["ladder"] for r in report["ladders"]]
+    assert {"clipping", "mp3", "opus", "packet_loss:zero", "packet_loss:repeat", "lowpass", "noise:white"} <= set(names)
+    for r in report["ladders"]:
+        assert r["levels"][0] == "clean" and len(r["mean_scores"]) == len(r["levels"])
+        assert all(1.0 <= m <= 5.0 for m in r["mean_scores"])
+        assert r["passed"] == (r["rho"] >= 0.9)
+    nz = report["noizeus"]
+    assert nz["files"] == 4 and set(nz["mean_scores"]) == {"car", "babble"} and nz["snrs"] == [0, 15]
+    text = out.read_text()
+    assert "| mp3 |" in text and "NOIZEUS" in text
+    assert json.loads(js.read_text())["passed"] == report["passed"]
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED / "speech/librispeech").is_dir(), reason="shared data not present")
+def test_make_examples(tmp_path):
+    import make_examples
+
+    written = make_examples.main(["--data-root", str(SHARED), "--out", str(tmp_path)])
+    assert 8 <= len(written) <= 12 and sum(w["bytes"] for w in written) < 1.5e6
+    assert {Path(w["file"]).suffix for w in written} >= {".flac", ".wav", ".mp3", ".ogg"}
+    readme = (tmp_path / "README.md").read_text()
+    assert "CC BY 4.0" in readme and "Panayotov" in readme
+    from jsqa_cli.audio import load_audio
+
+    for w in written:
+        x, info = load_audio(tmp_path / w["file"])
+        assert 3.0 <= info.duration_s <= 5.0 and len(x) > 0

@@ -1,0 +1,204 @@
+"""The bundled model's quality bar, as a script: does it rank degraded speech sensibly on real recordings it
+has never seen?
+
+    python training/quality_checks.py jsqa-small                         # bundled model -> docs/quality-checks.md
+    python training/quality_checks.py runs/finetune/best --out docs/quality-checks.md --json runs/qc.json
+
+1. Degradation ladders on held-out real speech (the test split of prepare_sources.py: LibriSpeech speakers
+   never used for training), each ladder from clean down to its strongest level: additive noise per test-split
+   noise (and white noise, and babble of test speakers) over SNR, clipping, MP3 and Opus bitrates, packet loss
+   (silent gaps and concealed), low-pass band limitation. Per ladder: the Spearman rho between ladder position
+   (clean best) and the mean model score at that level, over the utterances. Bar: rho >= 0.9 for every ladder.
+2. NOIZEUS (../shared/data/eval/noizeus_noisy: 30 sentences x 8 real noises x 0/5/10/15 dB, 8 kHz): mean score
+   per noise and SNR. Bar: the mean rises with SNR for every noise.
+
+Writes a markdown report (--out) and the numbers as JSON (--json). Exit status 0 when every check passes, 1
+otherwise. Scores go through jsqa_cli.scoring, exactly as `jsqa score` computes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import impairments as imp  # noqa: E402
+from jsqa_cli.audio import SAMPLE_RATE, load_audio  # noqa: E402
+from jsqa_cli.model import load_model  # noqa: E402
+from jsqa_cli.scoring import score_files, score_waveforms  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RHO_BAR = 0.9
+SNRS = (30, 20, 15, 10, 5, 0)
+
+
+def test_utterances(sources: Path, n: int, seconds: float, seed: int) -> tuple[list[np.ndarray], list[str]]:
+    """``n`` held-out real utterances (distinct speakers, LibriSpeech first), cropped to ``seconds``, -26 dBFS."""
+    df = pd.read_csv(sources / "speech_test.csv")
+    df = df[(df.kind == "real") & (df.duration_s >= 3.0)]
+    df = df.assign(pref=(df.corpus != "librispeech").astype(int)).sort_values(["pref", "path"])
+    picked = df.groupby("speaker", sort=False).head(1).head(n) if len(df) else df
+    rng = np.random.default_rng(seed)
+    waves = []
+    for path in picked.path:
+        x, _ = load_audio(path)
+        n_s = min(len(x), int(seconds * SAMPLE_RATE))
+        start = int(rng.integers(0, len(x) - n_s + 1))
+        waves.append(imp.set_level(x[start : start + n_s], imp.NOMINAL_LEVEL_DB))
+    return waves, picked.path.tolist()
+
+
+def ladders(sources: Path, seed: int, babble_talkers: list[np.ndarray]) -> dict[str, list[tuple[str, callable]]]:
+    """name -> [(level name, transform)], best first; the first level is always the clean signal."""
+    rng_seed = seed
+    out: dict[str, list] = {}
+
+    def noise_ladder(noise_fn):
+        def at(snr):
+            def f(x, i):
+                return imp.mix_snr(x, noise_fn(len(x), np.random.default_rng([rng_seed, i])), snr)
+            return f
+        return [("clean", lambda x, i: x)] + [(f"{snr} dB", at(snr)) for snr in SNRS]
+
+    noise_csv = sources / "noise_test.csv"
+    for path in (pd.read_csv(noise_csv).path if noise_csv.exists() else []):
+        noise = load_audio(path)[0]
+        out[f"noise:{Path(path).stem}"] = noise_ladder(lambda n, rng, noise=noise: imp.fit_length(noise, n, rng))
+    out["noise:white"] = noise_ladder(lambda n, rng: imp.colored_noise("white", n, rng))
+    if babble_talkers:
+        out["noise:babble"] = noise_ladder(lambda n, rng: imp.babble(babble_talkers, n, rng))
+    out["clipping"] = [("clean", lambda x, i: x)] + [
+        (f"+{od} dB", lambda x, i, od=od: imp.clip(x, od)) for od in (3, 6, 12, 18, 24)]
+    out["mp3"] = [("clean", lambda x, i: x)] + [
+        (f"{kb} kbit/s", lambda x, i, kb=kb: imp.codec(x, "mp3", imp.MP3_LEVELS[kb])) for kb in (56, 32, 24, 16, 8)]
+    out["opus"] = [("clean", lambda x, i: x)] + [
+        (f"level {lv}", lambda x, i, lv=lv: imp.codec(x, "opus", lv)) for lv in (0.9, 0.95, 0.97, 0.99)]
+    for mode in ("zero", "repeat"):
+        out[f"packet_loss:{mode}"] = [("clean", lambda x, i: x)] + [
+            (f"{pct} %", lambda x, i, pct=pct, mode=mode: imp.packet_loss(
+                x, pct / 100, mode, np.random.default_rng([rng_seed, i]), mean_burst=1.5)[0])
+            for pct in (2, 5, 10, 20, 30)]
+    out["lowpass"] = [("clean", lambda x, i: x)] + [
+        (f"{hz} Hz", lambda x, i, hz=hz: imp.band_limit(x, "lowpass", hz)) for hz in (6000, 4000, 3000, 2000, 1000)]
+    return out
+
+
+def run_ladders(model, utterances: list[np.ndarray], ladder_defs: dict, batch_size: int) -> list[dict]:
+    results = []
+    for name, levels in ladder_defs.items():
+        waves = [fn(x, i) for _, fn in levels for i, x in enumerate(utterances)]
+        scores = score_waveforms(model, waves, batch_size=batch_size).reshape(len(levels), len(utterances))
+        means = scores.mean(axis=1)
+        position = -np.arange(len(levels))  # clean (0) is best
+        rho = float(spearmanr(position, means)[0])
+        per_utt = [float(spearmanr(position, scores[:, j])[0]) for j in range(len(utterances))]
+        results.append(dict(ladder=name, levels=[lv for lv, _ in levels], mean_scores=[round(float(m), 3) for m in means],
+                            rho=round(rho, 3), median_rho_per_utterance=round(float(np.nanmedian(per_utt)), 3),
+                            passed=bool(rho >= RHO_BAR)))
+    return results
+
+
+def run_noizeus(model, root: Path, limit: int | None, batch_size: int) -> dict | None:
+    folders = sorted(p for p in root.glob("*_*dB") if p.is_dir()) if root.is_dir() else []
+    if not folders:
+        return None
+    rows = []
+    for folder in folders:
+        noise, snr = re.fullmatch(r"(.+)_(-?\d+)dB", folder.name).groups()
+        files = sorted(folder.glob("*.flac"))[:limit]
+        rows += [dict(noise=noise, snr=int(snr), path=str(f)) for f in files]
+    df = pd.DataFrame(rows)
+    scored = score_files(df.path.tolist(), model, batch_size=batch_size)
+    df["mos"] = scored.mos.to_numpy()
+    table = df.pivot_table(index="noise", columns="snr", values="mos", aggfunc="mean").sort_index(axis=1)
+    rising = {n: bool(np.all(np.diff(row.to_numpy()) > 0)) for n, row in table.iterrows()}
+    rho = {n: round(float(spearmanr(g.snr, g.mos)[0]), 3) for n, g in df.groupby("noise")}
+    return dict(files=len(df), snrs=[int(c) for c in table.columns],
+                mean_scores={n: [round(float(v), 3) for v in row] for n, row in table.iterrows()},
+                rising=rising, per_file_rho=rho, passed=all(rising.values()))
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        "# Quality checks", "",
+        f"Model: `{report['model']}`. Generated by `python training/quality_checks.py {report['model_arg']}` "
+        "(see the script's docstring); do not edit by hand.", "",
+        f"Held-out speech: {report['utterances']} real utterances from the test split (speakers never used in "
+        f"training), {report['seconds']} s each at -26 dBFS. Noise ladders use the test split's noise files, "
+        "white noise and babble of other test speakers.", "",
+        f"**Overall: {'PASS' if report['passed'] else 'FAIL'}** (every ladder rho >= {RHO_BAR}; NOIZEUS mean "
+        "score rising with SNR for every noise).", "",
+        "## Degradation ladders", "",
+        "Spearman rho between ladder position (clean first) and the mean score over the utterances; the median "
+        "of the per-utterance rho is shown for information.", "",
+        "| ladder | levels (best → worst) | mean score per level | rho | median per-utt. rho | pass |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in report["ladders"]:
+        lines.append(f"| {r['ladder']} | {' / '.join(r['levels'])} | {' / '.join(f'{m:.2f}' for m in r['mean_scores'])} "
+                     f"| {r['rho']:.3f} | {r['median_rho_per_utterance']:.3f} | {'yes' if r['passed'] else '**no**'} |")
+    nz = report.get("noizeus")
+    if nz:
+        lines += ["", "## NOIZEUS (real noisy recordings, 8 kHz)", "",
+                  f"{nz['files']} files; mean score per noise and SNR. Pass when it rises with SNR for every noise.", "",
+                  "| noise | " + " | ".join(f"{s} dB" for s in nz["snrs"]) + " | rising | per-file rho |",
+                  "|---|" + "---|" * len(nz["snrs"]) + "---|---|"]
+        for n, vals in nz["mean_scores"].items():
+            lines.append(f"| {n} | " + " | ".join(f"{v:.2f}" for v in vals) +
+                         f" | {'yes' if nz['rising'][n] else '**no**'} | {nz['per_file_rho'][n]:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", nargs="?", default=None, help="model name, folder or Hub id (default: bundled)")
+    ap.add_argument("--sources", default=str(REPO / "data" / "recipe" / "sources"), help="prepare_sources.py output")
+    ap.add_argument("--noizeus", default=str(REPO.parent / "shared" / "data" / "eval" / "noizeus_noisy"))
+    ap.add_argument("--out", default=None, help="markdown report (e.g. docs/quality-checks.md)")
+    ap.add_argument("--json", default=None, help="numbers as JSON")
+    ap.add_argument("--utterances", type=int, default=10)
+    ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--noizeus-limit", type=int, default=None, help="files per NOIZEUS folder (default: all 30)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    sources = Path(args.sources)
+    if not (sources / "speech_test.csv").exists():
+        ap.error(f"{sources}: no speech_test.csv (run training/prepare_sources.py first)")
+    model = load_model(args.model, device="cpu" if args.device == "auto" else args.device)
+    if args.device == "auto":
+        from jsqa_cli.training_utils import resolve_device
+
+        model = model.to(resolve_device("auto"))
+    utterances, paths = test_utterances(sources, args.utterances, args.seconds, args.seed)
+    if not utterances:
+        ap.error(f"{sources}/speech_test.csv: no real test utterances of 3 s or more")
+    babble_src = pd.read_csv(sources / "speech_test.csv")
+    babble_src = babble_src[(babble_src.kind == "real") & ~babble_src.path.isin(paths)].head(6)
+    talkers = [load_audio(p)[0] for p in babble_src.path]
+    report = dict(model=getattr(model, "name", "") or str(args.model), model_arg=args.model or "", utterances=len(utterances),
+                  seconds=args.seconds, utterance_paths=paths)
+    report["ladders"] = run_ladders(model, utterances, ladders(sources, args.seed, talkers), args.batch_size)
+    report["noizeus"] = run_noizeus(model, Path(args.noizeus), args.noizeus_limit, args.batch_size)
+    report["passed"] = all(r["passed"] for r in report["ladders"]) and (report["noizeus"] or {}).get("passed", True)
+    text = markdown(report)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    print(text)
+    return report
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main()["passed"] else 1)
