@@ -262,6 +262,36 @@ def test_finetune_option_errors(tmp_path, csv_split):
                  resume=True, **FAST)
 
 
+def _ddp_worker(rank: int, port: int, train: str, val: str, out: str) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    finetune(output=out, train_csv=train, val_csv=val, from_scratch=True, freeze_encoder_steps=1,
+             **{**FAST, "steps": 3, "eval_every": 2, "batch_size": 2})
+
+
+def test_ddp_two_gloo_ranks(csv_split, tmp_path):
+    """2 CPU ranks: DDP rebuilt when the encoder unfreezes, validation shared out and gathered back in order."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    train, val = csv_split
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    mp.spawn(_ddp_worker, args=(port, str(train), str(val), str(out)), nprocs=2, join=True)
+    _, meta = read_config(out)
+    assert meta["training"]["world_size"] == 2 and meta["training"]["global_batch_size"] == 4
+    assert [r["step"] for r in read_metrics(out / "training") if "loss" in r] == [1, 2, 3]  # rank 0 only
+    val_df = read_labelled_csv(val)
+    rows = score_files(val_df["path"], load_model(out), device="cpu")
+    assert compute_metrics(rows["mos"], val_df["mos"])["rmse"] == pytest.approx(meta["validation"]["rmse"], abs=1e-4)
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
@@ -394,8 +395,6 @@ def validate(model, waves: Sequence[np.ndarray], mos: np.ndarray, conditions: pd
     device = d.device if d is not None else next(model.parameters()).device
     pred = score_waveforms(model, waves, batch_size=batch_size, device=device, window_s=window_s, hop_s=hop_s)
     if d is not None and d.enabled:
-        import torch.distributed as dist
-
         shares = [None] * d.world_size
         dist.all_gather_object(shares, pred)
         pred = np.full(len(mos), np.nan)
@@ -438,6 +437,8 @@ def _finetune(opts: FinetuneOptions, d) -> Path:
     if not (opts.resume or opts.overwrite) and ((out / CONFIG_NAME).exists() or run_dir.exists()):
         raise ValueError(f"{out}: already holds a model or a fine-tuning run; --resume continues it, "
                               "--overwrite starts again")
+    if d.enabled:  # every rank has checked the folder before rank 0 writes to it
+        dist.barrier()
     workers = min(8, os.cpu_count() or 1) if opts.workers < 0 else opts.workers
 
     # ---- data: every file checked up front, validation audio decoded once (this rank's share)
@@ -581,8 +582,6 @@ def _finetune(opts: FinetuneOptions, d) -> Path:
     elif d.is_main:
         say(f"Stopped at step {step} of {opts.steps}; continue with --resume.")
     if d.enabled:
-        import torch.distributed as dist
-
         dist.barrier()
     return out
 
