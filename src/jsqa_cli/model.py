@@ -176,7 +176,10 @@ class Encoder(nn.Module):
                              "score long audio in windows (jsqa_cli.audio.window_bounds)")
         x = x + self.positions[: x.shape[1]].to(x.dtype)
         mask = lengths_to_mask(n, x.shape[1])
-        h = self.transformer(x, src_key_padding_mask=~mask)
+        # Inference on a batch without padding (e.g. full scoring windows) skips the mask: same result, and
+        # PyTorch's fused CPU path runs up to 2x faster without its masked softmax.
+        no_padding = not self.training and not torch.is_grad_enabled() and bool(mask.all())
+        h = self.transformer(x, src_key_padding_mask=None if no_padding else ~mask)
         h = self.norm(h)
         return self.out_norm(self.pool(h, mask))
 
