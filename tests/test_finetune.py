@@ -206,6 +206,16 @@ def test_finetune_from_pretrained_on_nisqa(nisqa_root, pretrained_dir, tmp_path)
     assert got["rmse"] == pytest.approx(val["rmse"], abs=1e-4) and got["pcc"] == pytest.approx(val["pcc"], abs=1e-3)
 
 
+def test_finetune_keep_projection_head_round_trips(csv_split, pretrained_dir, tmp_path):
+    train, val = csv_split
+    out = finetune(output=str(tmp_path / "keep"), train_csv=str(train), val_csv=str(val), init=str(pretrained_dir),
+                   projection_head="keep", **{**FAST, "steps": 2})
+    cfg, meta = read_config(out)
+    assert cfg.projection_head and cfg.mos_input == "projection" and meta["init"]["projection_head"] == "keep"
+    rows = score_files(read_labelled_csv(val)["path"], str(out), device="cpu")
+    assert rows["error"].eq("").all() and rows["mos"].between(1, 5).all()
+
+
 def test_finetune_from_scratch_csv_l1_frozen_encoder(csv_split, pretrained_dir, tmp_path):
     train, val = csv_split
     out = finetune(output=str(tmp_path / "scratch"), train_csv=str(train), val_csv=str(val), init=str(pretrained_dir),
