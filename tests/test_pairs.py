@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -213,3 +215,16 @@ def test_cli_make_pairs(jnd_sources, tmp_path):
     bad = CliRunner().invoke(app, ["make-pairs", "--speech", str(tmp_path / "none"), "--noise",
                                    str(jnd_sources / "noise"), "-o", str(out)])
     assert bad.exit_code == 2 and "none: no such file or folder" in bad.output
+
+
+def test_discover_audio_reads_list_files(jnd_sources, tmp_path):
+    from jsqa_cli.pairs import discover_audio
+
+    speech = sorted((jnd_sources / "speech").rglob("*-7-0000.flac"))[:3]
+    listing = tmp_path / "train.txt"
+    listing.write_text("# a split\n" + "\n".join(str(p) for p in speech[:2]) + "\n\n"
+                       + os.path.relpath(speech[2], tmp_path) + "\n")
+    assert discover_audio([listing]) == sorted(p.resolve() for p in speech)
+    (tmp_path / "bad.txt").write_text("nowhere.flac\n")
+    with pytest.raises(FileNotFoundError, match="bad.txt: lists 1 missing"):
+        discover_audio([tmp_path / "bad.txt"])

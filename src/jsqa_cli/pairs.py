@@ -136,13 +136,23 @@ def speaker_of(path: str | Path) -> str:
 
 
 def discover_audio(dirs) -> list[Path]:
-    """All audio files under ``dirs`` (folders searched recursively, files taken as is), sorted, deduplicated."""
+    """All audio files under ``dirs`` (folders searched recursively, files taken as is), sorted, deduplicated.
+
+    A ``.txt`` file is a list: one audio path per line (relative paths are relative to the list's folder;
+    blank lines and lines starting with ``#`` are ignored), e.g. one split of a speaker-disjoint recipe."""
     if isinstance(dirs, (str, Path)):
         dirs = [dirs]
     found: set[Path] = set()
     for d in dirs:
         d = Path(d).expanduser()
-        if d.is_file():
+        if d.is_file() and d.suffix.lower() == ".txt":
+            lines = [ln.strip() for ln in d.read_text().splitlines()]
+            listed = [d.parent / ln for ln in lines if ln and not ln.startswith("#")]
+            missing = [p for p in listed if not p.is_file()]
+            if missing:
+                raise FileNotFoundError(f"{d}: lists {len(missing)} missing file(s), e.g. {missing[0]}")
+            found.update(p.resolve() for p in listed)
+        elif d.is_file():
             found.add(d.resolve())
         elif d.is_dir():
             found.update(p.resolve() for p in d.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
