@@ -97,7 +97,8 @@ def main() -> None:
     if args.device == "cuda":
         results["gpu"] = torch.cuda.get_device_name(0)
     # Fixed cost of one command (Python and torch imports, model load, one 4-12 s file): the throughput figures
-    # are given with it ("whole command") and without it ("steady state", what a large corpus sees).
+    # are given with it ("whole command") and without it ("steady state", what a large corpus sees; left out when
+    # the corpus is too small for the difference to mean anything).
     one = sorted((tmp / "corpus").glob("*.flac"))[0]
     startup, _, _ = run_score([str(one), "-o", str(tmp / "one.csv"), "-m", str(model), "-q", "--overwrite",
                                "-j", "0", "--device", args.device])
@@ -110,8 +111,8 @@ def main() -> None:
                                        "--overwrite", "-j", str(workers), "-b", str(bs), "--device", args.device])
             assert rc == 0, f"jsqa score exited {rc}"
             run = dict(workers=workers, batch_size=bs, wall_s=round(wall, 2), realtime=round(audio_s / wall, 1),
-                       realtime_steady=round(audio_s / max(wall - startup, 1e-9), 1), peak_rss_mib=rss,
-                       load_before=round(load, 2))
+                       realtime_steady=round(audio_s / (wall - startup), 1) if wall > 1.5 * startup else None,
+                       peak_rss_mib=rss, load_before=round(load, 2))
             results["runs"].append(run)
             print(json.dumps(run), flush=True)
 
