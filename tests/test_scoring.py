@@ -235,3 +235,16 @@ def test_shard_parsing_and_names(monkeypatch):
     assert scoring.torchrun_shard() == (2, 3)
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert scoring.torchrun_shard() is None
+
+
+def test_jsonl_parts_merge_exactly(corpus, tiny, tmp_path):
+    root, _ = corpus
+    paths = scoring.find_audio([root])
+    out = tmp_path / "s.jsonl"
+    for k in range(2):
+        scoring.score_to_file(paths, out, tiny, shard=(k, 2))
+    merged = scoring.merge_parts(out)
+    lines = out.read_text().splitlines()
+    part_lines = [ln for p in sorted(tmp_path.glob("s.part-*.jsonl")) for ln in p.read_text().splitlines()]
+    assert sorted(lines) == sorted(part_lines) and len(merged) == 6  # values copied as written (ints stay ints)
+    assert [json.loads(ln)["path"] for ln in lines] == sorted(map(str, paths))

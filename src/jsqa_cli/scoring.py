@@ -12,6 +12,7 @@ into a batch at a time, so memory does not grow with file length beyond the audi
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -118,15 +119,21 @@ def merge_parts(output: str | Path, sort_by_path: bool = True) -> pd.DataFrame:
     output = Path(output)
     parts, _ = find_parts(output)
     jsonl = output.suffix.lower() == ".jsonl"
-    # Read as text so that the merge copies values exactly as the parts wrote them.
-    frames = [pd.read_json(p, lines=True, dtype=False) if jsonl else
-              pd.read_csv(p, dtype=str, keep_default_na=False) for p in parts if p.stat().st_size]
-    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    # Values are copied exactly as the parts wrote them: strings for CSV, parsed JSON records for JSONL.
+    if jsonl:
+        records = [json.loads(line) for p in parts for line in p.read_text(encoding="utf-8").splitlines()
+                   if line.strip()]
+        df = pd.DataFrame(records, columns=list(records[0]) if records else COLUMNS)
+        if sort_by_path:
+            records.sort(key=lambda r: str(r.get("path", "")))
+    else:
+        frames = [pd.read_csv(p, dtype=str, keep_default_na=False) for p in parts if p.stat().st_size]
+        df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
     if sort_by_path and "path" in df:
         df = df.sort_values("path", kind="stable", ignore_index=True)
     tmp = output.with_name(output.name + ".tmp")
     if jsonl:
-        df.to_json(tmp, orient="records", lines=True, force_ascii=False)
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     else:
         df.to_csv(tmp, index=False)
     os.replace(tmp, output)
@@ -167,7 +174,7 @@ def _decoded(paths: Sequence, channel: int | None, workers: int) -> Iterator[dic
         ds = AudioFiles(paths, channel)
         return (ds[i] for i in range(len(ds)))
     loader = DataLoader(AudioFiles(paths, channel), batch_size=None, shuffle=False, num_workers=workers,
-                        collate_fn=_keep_one, prefetch_factor=4, persistent_workers=False)
+                        collate_fn=_keep_one, prefetch_factor=2, persistent_workers=False)
     return iter(loader)
 
 
