@@ -107,6 +107,15 @@ def test_usage_errors_exit_2_with_one_line(runner, folder, tiny_model_dir, tmp_p
     assert message in r.stderr and r.stderr.strip().count("\n") == 0 and "Traceback" not in r.output
 
 
+def test_cuda_without_a_gpu_is_a_usage_error(runner, folder, tiny_model_dir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = _score(runner, folder, "-m", tiny_model_dir, "--device", "cuda")
+    assert r.exit_code == 2 and "CUDA is not available" in r.stderr and "Traceback" not in r.output
+
+
 def test_without_a_model_the_missing_default_fails_cleanly(runner, folder, monkeypatch):
     from jsqa_cli.model import DEFAULT_MODEL, bundled_models
 

@@ -205,6 +205,9 @@ def prepare_model(model, device: str | torch.device | None = "auto"):
     from jsqa_cli.model import JSQA, load_model
     from jsqa_cli.training_utils import resolve_device, unwrap
 
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu or auto)")
+
     if model is None or isinstance(model, (str, os.PathLike)):
         dev = resolve_device("auto" if device is None else str(device)) if not isinstance(device, torch.device) \
             else device
@@ -480,9 +483,9 @@ def score_to_file(paths: Sequence[str | os.PathLike], output: str | os.PathLike,
             ScoreProgress(len(paths), enabled=progress) as bar:
         for r in iter_scores(paths, model, batch_size=batch_size, workers=workers, device=device, channel=channel,
                              window_s=window_s, hop_s=hop_s, segments=bool(segments_path)):
-            rows_out.write(r.row)
-            for s in r.segments:
+            for s in r.segments:  # segments first: a row in the output means its segments are complete
                 seg_out.write(s)
+            rows_out.write(r.row)
             run.scored += 1
             run.failed += bool(r.row["error"])
             if not r.row["error"]:
