@@ -7,7 +7,7 @@ read by seeking) unless --speech/--noise point at real data, so it runs anywhere
     python benchmarks/pretrain_throughput.py --presets tiny small --workers 0 2            # CPU
     python benchmarks/pretrain_throughput.py --presets small base --workers 0 4 8 16 --batch-size 64 --e2e base
 
-Prints a table and writes JSON (--json). Figures go to docs/performance-pretrain.md.
+Prints a table and writes JSON (--json). Figures go to docs/performance.md (section Pretraining).
 """
 
 from __future__ import annotations

@@ -1,0 +1,75 @@
+"""Copy a fine-tuned model folder into the package as a bundled model (weights + config + model card).
+
+    python training/bundle_model.py data/recipe/runs/jsqa-s0 --eval data/recipe/eval-test/metrics.json
+
+Only config.json, model.safetensors, metrics.json and a generated README.md card go into the package; absolute
+paths in the provenance are rewritten relative to the repository so the shipped config names no local folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from jsqa_cli.hub import model_card
+from jsqa_cli.model import CARD_NAME, CONFIG_NAME, DEFAULT_MODEL, WEIGHTS_DIR, WEIGHTS_NAME, load_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+TRAINING_DATA = {
+    "speech": "LibriSpeech slice (CC BY 4.0), LJSpeech (public domain), AN4 (CMU, BSD-style), IVR prompts "
+              "'Allison' (CC BY-SA 3.0), espeak-ng/flite synthetic voices; speaker-disjoint splits",
+    "noise": "ambient recordings (Blanket app sounds: CC0 / CC BY / CC BY-SA / public domain), Speech Commands "
+             "backgrounds (CC BY 4.0), SpeechBrain test noises and RIRs (Apache-2.0), ambient-engine (public "
+             "domain / CC BY 4.0); no research-only material",
+    "labels": "simulated MOS: wideband PESQ (P.862.2) calibrated to listener scales, E-model (G.107) for packet "
+              "loss and echo; see docs/recipe-data.md",
+}
+
+
+def _relative(value):
+    """Absolute paths inside the repository → repository-relative strings (recursively)."""
+    if isinstance(value, dict):
+        return {k: _relative(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relative(v) for v in value]
+    if isinstance(value, str) and value.startswith("/"):
+        p = Path(value)
+        try:
+            return str(p.resolve().relative_to(REPO))
+        except ValueError:
+            return p.name
+    return value
+
+
+def bundle(src: Path, name: str = DEFAULT_MODEL, eval_metrics: Path | None = None) -> Path:
+    load_model(src)  # refuse to ship a folder that does not load
+    dest = WEIGHTS_DIR / name
+    dest.mkdir(parents=True, exist_ok=True)
+    config = json.loads((src / CONFIG_NAME).read_text())
+    meta = _relative(config.get("metadata", {}))
+    meta.update({"name": name, "training_data": TRAINING_DATA, "license": "mit",
+                 "recipe": "training/run_recipe.sh (CPU profile)"})
+    config["metadata"] = meta
+    (dest / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    shutil.copyfile(src / WEIGHTS_NAME, dest / WEIGHTS_NAME)
+    if eval_metrics is not None:
+        shutil.copyfile(eval_metrics, dest / "metrics.json")
+    model_card(dest, f"jsqa/{name}", license="mit").save(dest / CARD_NAME)
+    load_model(name)  # the bundled copy resolves by name and loads
+    return dest
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", type=Path, help="fine-tuned model folder")
+    ap.add_argument("--name", default=DEFAULT_MODEL)
+    ap.add_argument("--eval", type=Path, default=None, help="metrics.json written by jsqa evaluate")
+    args = ap.parse_args()
+    print(bundle(args.model, args.name, args.eval))
+
+
+if __name__ == "__main__":
+    main()

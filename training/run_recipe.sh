@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The bundled model's recipe, one stage per step, every stage a plain command a user can run alone.
+#
+#   bash training/run_recipe.sh            # all stages, CPU profile (2 cores: a few hours)
+#   PROFILE=gpu bash training/run_recipe.sh # same commands, the GPU sizes (base preset, more data and steps)
+#   bash training/run_recipe.sh finetune   # one stage (sources corpus pairs pretrain finetune evaluate checks bundle)
+#
+# Needs: pip install -e ".[recipe]"; apt-get install espeak-ng flite (synthetic voices, sources stage only);
+# the shared data folder (DATA_ROOT, default ../shared/data). Wall time of each stage goes to $OUT/timings.tsv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PROFILE=${PROFILE:-cpu}
+OUT=${OUT:-data/recipe}
+DATA_ROOT=${DATA_ROOT:-../shared/data}
+SEED=${SEED:-0}
+if [ "$PROFILE" = gpu ]; then
+  PRESET=base; FILES="12000 1000 1000"; PAIRS=200000; PT_STEPS=20000; PT_BATCH=128; FT_STEPS=6000; FT_BATCH=64
+  WORKERS=${WORKERS:-16}; DEVICE=cuda
+else
+  PRESET=small; FILES="3000 400 400"; PAIRS=40000; PT_STEPS=600; PT_BATCH=32; FT_STEPS=700; FT_BATCH=16
+  WORKERS=${WORKERS:-1}; DEVICE=cpu
+fi
+SRC=$OUT/sources MOS=$OUT/mos RUNS=$OUT/runs
+
+stage() {  # stage NAME COMMAND... : run it, append its wall time to timings.tsv
+  local name=$1; shift
+  echo "== $name: $*"
+  local t0=$SECONDS
+  "$@"
+  printf '%s\t%s\t%s\t%d\n' "$PROFILE" "$name" "$(date -u +%FT%TZ)" $((SECONDS - t0)) >> "$OUT/timings.tsv"
+}
+
+sources() { stage sources python training/prepare_sources.py --data-root "$DATA_ROOT" --out "$SRC" --seed "$SEED"; }
+corpus() {
+  # shellcheck disable=SC2086
+  stage corpus python training/simulate_mos.py --sources "$SRC" --out "$MOS" --num-files $FILES \
+    --workers "$(nproc)" --seed "$SEED"
+}
+pairs() {
+  stage pairs jsqa make-pairs --speech "$SRC/speech_train.txt" --noise "$SRC/noise_train.txt" -o "$OUT/pairs" \
+    --num-pairs "$PAIRS" --pairing cross-source --seed "$SEED" --workers "$(nproc)"
+}
+pretrain() {
+  stage pretrain jsqa pretrain --pairs "$OUT/pairs" -o "$RUNS/pretrain" --preset "$PRESET" --device "$DEVICE" \
+    --batch-size "$PT_BATCH" --max-steps "$PT_STEPS" --warmup-steps $((PT_STEPS / 15)) --lr 5e-4 \
+    --negatives jnd-aware --val-every 200 --workers "$WORKERS" --seed "$SEED" --quiet
+}
+finetune() {
+  # The paper's comparison: the same network and the same budget, from the JND-pretrained encoder and from scratch.
+  local common=(--train "$MOS/train.csv" --val "$MOS/val.csv" --steps "$FT_STEPS" --batch-size "$FT_BATCH"
+                --eval-every 100 --patience 4 --cache-audio --device "$DEVICE" --workers "$WORKERS" --seed "$SEED" -q)
+  stage finetune-jsqa jsqa finetune "${common[@]}" --init "$RUNS/pretrain/encoder" -o "$RUNS/jsqa-s$SEED"
+  stage finetune-scratch jsqa finetune "${common[@]}" --init "$RUNS/pretrain/encoder" --from-scratch \
+    -o "$RUNS/scratch-s$SEED"
+}
+evaluate() {
+  stage evaluate jsqa evaluate -m "$RUNS/scratch-s$SEED" -m "$RUNS/jsqa-s$SEED" --csv "$MOS/test.csv" \
+    -o "$OUT/eval-test"
+}
+checks() { stage checks python training/quality_checks.py "$RUNS/jsqa-s$SEED" --out "$OUT/quality-checks.md" \
+  --json "$OUT/quality-checks.json" --sources "$SRC" --noizeus "$DATA_ROOT/eval/noizeus_noisy"; }
+bundle() {  # copy the chosen model into the package (weights + config + card)
+  stage bundle python training/bundle_model.py "$RUNS/jsqa-s$SEED" --eval "$OUT/eval-test/metrics.json"
+}
+
+mkdir -p "$OUT"
+if [ $# -eq 0 ]; then set -- sources corpus pairs pretrain finetune evaluate checks; fi
+for s in "$@"; do "$s"; done
