@@ -7,7 +7,6 @@ import math
 import os
 import socket
 
-import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F

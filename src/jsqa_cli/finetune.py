@@ -410,14 +410,11 @@ def validate(model, waves: Sequence[np.ndarray], mos: np.ndarray, conditions: pd
 
 def finetune(options: FinetuneOptions | None = None, **overrides) -> Path:
     """Fine-tune for MOS; returns the model folder (``options.output``) holding the best validation step."""
-    from jsqa_cli.training_utils import cleanup_distributed, setup_distributed
+    from jsqa_cli.training_utils import distributed
 
     opts = _options(options, overrides)
-    d = setup_distributed(opts.device)
-    try:
+    with distributed(opts.device) as d:
         return _finetune(opts, d)
-    finally:
-        cleanup_distributed()
 
 
 def _finetune(opts: FinetuneOptions, d) -> Path:

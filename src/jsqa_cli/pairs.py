@@ -22,7 +22,6 @@ Manifest layout (``PAIRS_DIR``)::
 from __future__ import annotations
 
 import json
-import math
 import multiprocessing as mp
 import os
 import re

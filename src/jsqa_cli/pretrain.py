@@ -30,11 +30,10 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from jsqa_cli.model import JSQA, JSQAConfig, build_model, config_from_preset, save_model
+from jsqa_cli.model import JSQA, JSQAConfig, config_from_preset, save_model
 from jsqa_cli.pairs import PairDataError, PairDataset, PairSampler, read_manifest, worker_init
-from jsqa_cli.training_utils import (MetricsLog, all_reduce_mean, autocast, cleanup_distributed, load_checkpoint,
-                                     save_checkpoint, seed_everything, setup_distributed, training_progress, unwrap,
-                                     warmup_cosine)
+from jsqa_cli.training_utils import (MetricsLog, all_reduce_mean, autocast, distributed, load_checkpoint,
+                                     save_checkpoint, seed_everything, training_progress, warmup_cosine)
 
 NEGATIVES = ("batch", "jnd-aware")
 ENCODER_DIR = "encoder"
@@ -258,11 +257,8 @@ def _loader(dataset, sampler, batch_size: int, workers: int, device: torch.devic
 def pretrain(options: PretrainOptions | None = None, **overrides) -> Path:
     """Pretrain an encoder on a pairs folder; returns ``RUN_DIR/encoder`` (a model folder ``finetune`` takes)."""
     opts = _options(options, overrides)
-    d = setup_distributed(opts.device)
-    try:
+    with distributed(opts.device) as d:
         return _pretrain(opts, d)
-    finally:
-        cleanup_distributed()
 
 
 def _pretrain(opts: PretrainOptions, d) -> Path:

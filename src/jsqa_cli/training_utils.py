@@ -69,6 +69,16 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def distributed(device: str = "auto"):
+    """``with distributed(device) as d:`` — :func:`setup_distributed`, and the process group torn down after."""
+    d = setup_distributed(device)
+    try:
+        yield d
+    finally:
+        cleanup_distributed()
+
+
 def autocast(device: torch.device, enabled: bool = True):
     """bf16 autocast on CUDA (Ampere and newer); full precision elsewhere."""
     if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
