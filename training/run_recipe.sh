@@ -18,7 +18,7 @@ if [ "$PROFILE" = gpu ]; then
   PRESET=base; FILES="12000 1000 1000"; PAIRS=200000; PT_STEPS=20000; PT_BATCH=128; FT_STEPS=6000; FT_BATCH=64
   WORKERS=${WORKERS:-16}; DEVICE=cuda
 else
-  PRESET=small; FILES="3000 400 400"; PAIRS=40000; PT_STEPS=600; PT_BATCH=32; FT_STEPS=700; FT_BATCH=16
+  PRESET=small; FILES="3000 400 400"; PAIRS=40000; PT_STEPS=1500; PT_BATCH=32; FT_STEPS=700; FT_BATCH=16
   WORKERS=${WORKERS:-1}; DEVICE=cpu
 fi
 SRC=$OUT/sources MOS=$OUT/mos RUNS=$OUT/runs
@@ -44,7 +44,7 @@ pairs() {
 pretrain() {
   stage pretrain jsqa pretrain --pairs "$OUT/pairs" -o "$RUNS/pretrain" --preset "$PRESET" --device "$DEVICE" \
     --batch-size "$PT_BATCH" --max-steps "$PT_STEPS" --warmup-steps $((PT_STEPS / 15)) --lr 5e-4 \
-    --negatives jnd-aware --val-every 200 --workers "$WORKERS" --seed "$SEED" --quiet
+    --negatives jnd-aware --val-every 500 --workers "$WORKERS" --seed "$SEED" --quiet
 }
 finetune() {
   # The paper's comparison: the same network and the same budget, from the JND-pretrained encoder and from scratch.
