@@ -1,6 +1,10 @@
 """Copy a fine-tuned model folder into the package as a bundled model (weights + config + model card).
 
-    python training/bundle_model.py data/recipe/runs/jsqa-s0 --eval data/recipe/eval-test/metrics.json
+    python training/bundle_model.py data/recipe/runs/jsqa-s0 --eval data/recipe/eval-test-s0/metrics.json
+    python training/bundle_model.py runs/jsqa-s0 runs/jsqa-s1 --eval eval-s0/metrics.json eval-s1/metrics.json
+
+With several candidates, the one with the best validation PCC (from its config.json) is shipped: the test split
+never chooses the model.
 
 Only config.json, model.safetensors, metrics.json and a generated README.md card go into the package; absolute
 paths in the provenance are rewritten relative to the repository so the shipped config names no local folders.
@@ -94,11 +98,17 @@ def bundle(src: Path, name: str = DEFAULT_MODEL, eval_metrics: Path | None = Non
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", type=Path, help="fine-tuned model folder")
+    ap.add_argument("models", type=Path, nargs="+", help="fine-tuned model folder(s)")
     ap.add_argument("--name", default=DEFAULT_MODEL)
-    ap.add_argument("--eval", type=Path, default=None, help="metrics.json written by jsqa evaluate")
+    ap.add_argument("--eval", type=Path, nargs="*", default=None,
+                    help="metrics.json written by jsqa evaluate, one per model folder")
     args = ap.parse_args()
-    print(bundle(args.model, args.name, args.eval))
+    if args.eval and len(args.eval) != len(args.models):
+        ap.error("give one --eval file per model folder")
+    pcc = [json.loads((m / CONFIG_NAME).read_text())["metadata"]["validation"]["pcc"] for m in args.models]
+    best = max(range(len(pcc)), key=pcc.__getitem__)
+    print(f"shipping {args.models[best]} (validation PCC {pcc[best]:.3f})")
+    print(bundle(args.models[best], args.name, args.eval[best] if args.eval else None))
 
 
 if __name__ == "__main__":

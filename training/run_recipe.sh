@@ -3,7 +3,7 @@
 #
 #   bash training/run_recipe.sh            # all stages, CPU profile (2 cores: a few hours)
 #   PROFILE=gpu bash training/run_recipe.sh # same commands, the GPU sizes (base preset, more data and steps)
-#   bash training/run_recipe.sh finetune   # one stage (sources corpus pairs pretrain finetune evaluate checks bundle)
+#   bash training/run_recipe.sh finetune   # one stage (sources corpus pairs pretrain finetune evaluate bundle checks plots)
 #
 # Needs: pip install -e ".[recipe]"; apt-get install espeak-ng flite (synthetic voices, sources stage only);
 # the shared data folder (DATA_ROOT, default ../shared/data). Wall time of each stage goes to $OUT/timings.tsv.
@@ -13,12 +13,13 @@ cd "$(dirname "$0")/.."
 PROFILE=${PROFILE:-cpu}
 OUT=${OUT:-data/recipe}
 DATA_ROOT=${DATA_ROOT:-../shared/data}
-SEED=${SEED:-0}
+SEED=${SEED:-0}         # pairs and pretraining
+SEEDS=${SEEDS:-"0 1"}   # fine-tuning seeds (scratch and JSQA each)
 if [ "$PROFILE" = gpu ]; then
   PRESET=base; FILES="12000 1000 1000"; PAIRS=200000; PT_STEPS=20000; PT_BATCH=128; FT_STEPS=6000; FT_BATCH=64
   WORKERS=${WORKERS:-16}; DEVICE=cuda
 else
-  PRESET=small; FILES="3000 400 400"; PAIRS=40000; PT_STEPS=1500; PT_BATCH=32; FT_STEPS=700; FT_BATCH=16
+  PRESET=small; FILES="3000 400 400"; PAIRS=40000; PT_STEPS=1500; PT_BATCH=32; FT_STEPS=3000; FT_BATCH=16
   WORKERS=${WORKERS:-1}; DEVICE=cpu
 fi
 SRC=$OUT/sources MOS=$OUT/mos RUNS=$OUT/runs
@@ -49,21 +50,33 @@ pretrain() {
 finetune() {
   # The paper's comparison: the same network and the same budget, from the JND-pretrained encoder and from scratch.
   local common=(--train "$MOS/train.csv" --val "$MOS/val.csv" --steps "$FT_STEPS" --batch-size "$FT_BATCH"
-                --eval-every 100 --patience 4 --cache-audio --device "$DEVICE" --workers "$WORKERS" --seed "$SEED" -q)
-  stage finetune-jsqa jsqa finetune "${common[@]}" --init "$RUNS/pretrain/encoder" -o "$RUNS/jsqa-s$SEED"
-  stage finetune-scratch jsqa finetune "${common[@]}" --init "$RUNS/pretrain/encoder" --from-scratch \
-    -o "$RUNS/scratch-s$SEED"
+                --eval-every 250 --patience 4 --cache-audio --device "$DEVICE" --workers "$WORKERS" -q)
+  for s in $SEEDS; do
+    stage "finetune-jsqa-s$s" jsqa finetune "${common[@]}" --seed "$s" --init "$RUNS/pretrain/encoder" \
+      -o "$RUNS/jsqa-s$s"
+    stage "finetune-scratch-s$s" jsqa finetune "${common[@]}" --seed "$s" --from-scratch --preset "$PRESET" \
+      -o "$RUNS/scratch-s$s"
+  done
 }
 evaluate() {
-  stage evaluate jsqa evaluate -m "$RUNS/scratch-s$SEED" -m "$RUNS/jsqa-s$SEED" --csv "$MOS/test.csv" \
-    -o "$OUT/eval-test"
+  for s in $SEEDS; do
+    stage "evaluate-s$s" jsqa evaluate -m "$RUNS/scratch-s$s" -m "$RUNS/jsqa-s$s" --csv "$MOS/test.csv" \
+      -o "$OUT/eval-test-s$s"
+  done
 }
-checks() { stage checks python training/quality_checks.py "$RUNS/jsqa-s$SEED" --out "$OUT/quality-checks.md" \
-  --json "$OUT/quality-checks.json" --sources "$SRC" --noizeus "$DATA_ROOT/eval/noizeus_noisy"; }
-bundle() {  # copy the chosen model into the package (weights + config + card)
-  stage bundle python training/bundle_model.py "$RUNS/jsqa-s$SEED" --eval "$OUT/eval-test/metrics.json"
+bundle() {  # ship the JSQA model with the best validation PCC (weights + config + card + its test metrics)
+  local models=() evals=()
+  for s in $SEEDS; do models+=("$RUNS/jsqa-s$s"); evals+=("$OUT/eval-test-s$s/metrics.json"); done
+  stage bundle python training/bundle_model.py "${models[@]}" --eval "${evals[@]}"
+}
+checks() { stage checks python training/quality_checks.py jsqa-small --out docs/quality-checks.md \
+  --json docs/quality-checks.json --sources "$SRC" --noizeus "$DATA_ROOT/eval/noizeus_noisy"; }
+plots() {
+  stage plots python training/plot_curves.py "$RUNS/pretrain" -o docs/img/pretraining.png
+  local runs=(); for s in $SEEDS; do runs+=("$RUNS/scratch-s$s" "$RUNS/jsqa-s$s"); done
+  python training/plot_curves.py "${runs[@]}" --finetune -o docs/img/finetuning.png
 }
 
 mkdir -p "$OUT"
-if [ $# -eq 0 ]; then set -- sources corpus pairs pretrain finetune evaluate checks; fi
+if [ $# -eq 0 ]; then set -- sources corpus pairs pretrain finetune evaluate bundle checks plots; fi
 for s in "$@"; do "$s"; done
