@@ -31,6 +31,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from jsqa_cli.audio import HOP_S, SAMPLE_RATE, WINDOW_S, AudioError, load_audio, pad_batch
+from jsqa_cli.evaluate import compute_metrics, condition_means
+from jsqa_cli.model import (CONFIG_NAME, JSQA, WEIGHTS_NAME, config_from_preset, load_model, read_config,
+                            resolve_model, save_model)
+from jsqa_cli.pairs import PairSampler
+from jsqa_cli.scoring import score_waveforms
+from jsqa_cli.training_utils import (CHECKPOINT_NAME, MetricsLog, all_reduce_mean, autocast, distributed,
+                                     load_checkpoint, save_checkpoint, seed_everything, set_rng_state,
+                                     training_progress, unwrap, warmup_cosine)
 
 NISQA_CORPUS_CSV = "NISQA_corpus_file.csv"
 NISQA_TRAIN_DBS = ("NISQA_TRAIN_SIM", "NISQA_TRAIN_LIVE")
@@ -244,8 +252,6 @@ def build_finetune_model(init: str | None, from_scratch: bool, preset: str = "sm
     and without ``init`` the architecture is ``preset``. ``projection_head``: ``drop`` puts the MOS head on the
     encoder embedding (and removes the projection head), ``keep`` puts it on the projection head's output.
     """
-    from jsqa_cli.model import JSQA, config_from_preset, load_model, read_config, resolve_model
-
     if projection_head not in ("drop", "keep"):
         raise ValueError(f"--projection-head must be drop or keep, not {projection_head!r}")
     if init is None and not from_scratch:
@@ -387,10 +393,6 @@ def validate(model, waves: Sequence[np.ndarray], mos: np.ndarray, conditions: pd
 
     Returns (metrics: n, rmse, mae, pcc, srcc, and ``condition`` with the same per condition when ``conditions``
     has values; the predictions). Every rank returns the same."""
-    from jsqa_cli.evaluate import compute_metrics, condition_means
-    from jsqa_cli.scoring import score_waveforms
-    from jsqa_cli.training_utils import unwrap
-
     model = unwrap(model)
     device = d.device if d is not None else next(model.parameters()).device
     pred = score_waveforms(model, waves, batch_size=batch_size, device=device, window_s=window_s, hop_s=hop_s)
@@ -410,20 +412,12 @@ def validate(model, waves: Sequence[np.ndarray], mos: np.ndarray, conditions: pd
 
 def finetune(options: FinetuneOptions | None = None, **overrides) -> Path:
     """Fine-tune for MOS; returns the model folder (``options.output``) holding the best validation step."""
-    from jsqa_cli.training_utils import distributed
-
     opts = _options(options, overrides)
     with distributed(opts.device) as d:
         return _finetune(opts, d)
 
 
 def _finetune(opts: FinetuneOptions, d) -> Path:
-    from jsqa_cli.model import CONFIG_NAME, WEIGHTS_NAME, save_model
-    from jsqa_cli.pairs import PairSampler
-    from jsqa_cli.training_utils import (CHECKPOINT_NAME, MetricsLog, all_reduce_mean, autocast, load_checkpoint,
-                                         save_checkpoint, seed_everything, set_rng_state, training_progress,
-                                         warmup_cosine)
-
     out = Path(opts.output).expanduser()
     run_dir = out / TRAINING_DIR
     say = (lambda *a: None) if (opts.quiet or not d.is_main) else print
