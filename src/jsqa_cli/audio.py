@@ -7,7 +7,9 @@ fine-tuning and evaluation all see the same samples.
 from __future__ import annotations
 
 import functools
+import os
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,6 +88,32 @@ def check_audio(wav: np.ndarray, sample_rate: int) -> list[str]:
     if clipped > CLIP_FRACTION:
         warnings.append(f"clipped ({100 * clipped:.1f}% of samples at full scale)")
     return warnings
+
+
+def find_audio(paths: Iterable[str | os.PathLike], extensions: Sequence[str] = AUDIO_EXTENSIONS) -> list[Path]:
+    """Files and folders (searched recursively) → audio files, in a deterministic order without duplicates.
+
+    Files named on the command line are kept whatever their extension (a bad one becomes an error row later);
+    folders contribute the files whose extension (case-insensitive) is in ``extensions``, sorted by path.
+    Arguments keep their order; a file reached twice (same resolved path) is kept once, at its first place.
+    Raises FileNotFoundError naming a missing path.
+    """
+    exts = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
+    found: list[Path] = []
+    seen: set[Path] = set()
+    for p in map(Path, paths):
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.suffix.lower() in exts and f.is_file())
+        elif p.exists():
+            files = [p]
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+        for f in files:
+            key = f.resolve()
+            if key not in seen:
+                seen.add(key)
+                found.append(f)
+    return found
 
 
 def load_audio(

@@ -35,7 +35,7 @@ import pandas as pd
 import soundfile as sf
 import torch
 
-from jsqa_cli.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, SILENCE_PEAK, AudioError, load_audio
+from jsqa_cli.audio import SAMPLE_RATE, SILENCE_PEAK, AudioError, find_audio, load_audio
 
 MANIFEST_NAME = "pairs.csv"
 SETTINGS_NAME = "pairs.json"
@@ -141,23 +141,18 @@ def discover_audio(dirs) -> list[Path]:
     blank lines and lines starting with ``#`` are ignored), e.g. one split of a speaker-disjoint recipe."""
     if isinstance(dirs, (str, Path)):
         dirs = [dirs]
-    found: set[Path] = set()
-    for d in dirs:
-        d = Path(d).expanduser()
+    paths: list[Path] = []
+    for d in (Path(x).expanduser() for x in dirs):
         if d.is_file() and d.suffix.lower() == ".txt":
             lines = [ln.strip() for ln in d.read_text().splitlines()]
             listed = [d.parent / ln for ln in lines if ln and not ln.startswith("#")]
             missing = [p for p in listed if not p.is_file()]
             if missing:
                 raise FileNotFoundError(f"{d}: lists {len(missing)} missing file(s), e.g. {missing[0]}")
-            found.update(p.resolve() for p in listed)
-        elif d.is_file():
-            found.add(d.resolve())
-        elif d.is_dir():
-            found.update(p.resolve() for p in d.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+            paths.extend(listed)
         else:
-            raise FileNotFoundError(f"{d}: no such file or folder")
-    return sorted(found)
+            paths.append(d)
+    return sorted({p.resolve() for p in find_audio(paths)})
 
 
 def probe_sources(paths, skipped: list[str] | None = None) -> list[Source]:

@@ -1,7 +1,7 @@
 """Scoring: find audio files, decode them in parallel, cut them into windows, batch the windows by length through the
 model, and turn window scores into file scores (file MOS = mean of its window scores).
 
-    paths ──► find_audio ──► shard ──► DataLoader (workers: load_audio) ──► windows ──► pools sorted by length
+    paths ──► audio.find_audio ──► shard ──► DataLoader (workers: load_audio) ──► windows ──► pools sorted by length
           ──► batches of ``batch_size`` windows ──► model ──► per-file rows, yielded as each file finishes
 
 One engine (:func:`_score_stream`) serves every entry point, so ``score_waveforms`` (arrays), ``score_files``
@@ -26,43 +26,14 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from jsqa_cli.audio import AUDIO_EXTENSIONS, HOP_S, SAMPLE_RATE, WINDOW_S, AudioError, load_audio, pad_batch, \
-    window_bounds
+from jsqa_cli.audio import HOP_S, SAMPLE_RATE, WINDOW_S, AudioError, load_audio, pad_batch, window_bounds
+from jsqa_cli.audio import find_audio  # noqa: F401  (public API: scoring.find_audio, as in the docs)
 from jsqa_cli.writers import open_writer, read_done_paths
 
 COLUMNS = ["path", "mos", "duration_s", "sample_rate", "channels", "segments", "model", "warnings", "error"]
 SEGMENT_COLUMNS = ["path", "start_s", "end_s", "mos"]
 POOL_BATCHES = 8  # windows are sorted by length within pools of POOL_BATCHES * batch_size windows
 MOS_DECIMALS = 4  # rows carry MOS rounded to this many decimals (batch composition moves scores by < 1e-5)
-
-
-# ------------------------------------------------------------------------------------------------ discovery
-
-
-def find_audio(paths: Iterable[str | os.PathLike], extensions: Sequence[str] = AUDIO_EXTENSIONS) -> list[Path]:
-    """Files and folders (searched recursively) → audio files, in a deterministic order without duplicates.
-
-    Files named on the command line are kept whatever their extension (a bad one becomes an error row later);
-    folders contribute the files whose extension (case-insensitive) is in ``extensions``, sorted by path.
-    Arguments keep their order; a file reached twice (same resolved path) is kept once, at its first place.
-    Raises FileNotFoundError naming a missing path.
-    """
-    exts = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
-    found: list[Path] = []
-    seen: set[Path] = set()
-    for p in map(Path, paths):
-        if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.suffix.lower() in exts and f.is_file())
-        elif p.exists():
-            files = [p]
-        else:
-            raise FileNotFoundError(f"{p}: no such file or folder")
-        for f in files:
-            key = f.resolve()
-            if key not in seen:
-                seen.add(key)
-                found.append(f)
-    return found
 
 
 # ------------------------------------------------------------------------------------------------- shards
