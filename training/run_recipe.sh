@@ -4,6 +4,7 @@
 #   bash training/run_recipe.sh            # all stages, CPU profile (2 cores: a few hours)
 #   PROFILE=gpu bash training/run_recipe.sh # same commands, the GPU sizes (base preset, more data and steps)
 #   bash training/run_recipe.sh finetune   # one stage (sources corpus pairs pretrain finetune evaluate bundle checks plots)
+#   bash training/ablation.sh              # after corpus + pairs: the pretraining modes compared by fine-tuning
 #
 # Needs: pip install -e ".[recipe]"; apt-get install espeak-ng flite (synthetic voices, sources stage only);
 # the shared data folder (DATA_ROOT, default ../shared/data). Wall time of each stage goes to $OUT/timings.tsv.
@@ -36,11 +37,11 @@ sources() { stage sources python training/prepare_sources.py --data-root "$DATA_
 corpus() {
   # shellcheck disable=SC2086
   stage corpus python training/simulate_mos.py --sources "$SRC" --out "$MOS" --num-files $FILES \
-    --workers "$(nproc)" --seed "$SEED"
+    --workers "$(env -u OMP_NUM_THREADS nproc)" --seed "$SEED"
 }
 pairs() {
   stage pairs jsqa make-pairs --speech "$SRC/speech_train.txt" --noise "$SRC/noise_train.txt" -o "$OUT/pairs" \
-    --num-pairs "$PAIRS" --pairing cross-source --seed "$SEED" --workers "$(nproc)"
+    --num-pairs "$PAIRS" --pairing cross-source --seed "$SEED" --workers "$(env -u OMP_NUM_THREADS nproc)"
 }
 pretrain() {
   stage pretrain jsqa pretrain --pairs "$OUT/pairs" -o "$RUNS/pretrain" --preset "$PRESET" --device "$DEVICE" \
