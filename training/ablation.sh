@@ -8,8 +8,9 @@
 #   bash training/ablation.sh evaluate report    # some stages (pairs pretrain finetune evaluate report)
 #
 # Each variant's pretraining goes to $AB/pt-NAME, each fine-tuning to $AB/ft-NAME-sSEED (ft-scratch-sSEED for
-# scratch), test metrics to $AB/eval-sSEED and the table to docs/ablation.md. Finished runs are skipped, so an
-# interrupted stage can be started again. JOBS commands of a stage run at the same time (logs in $AB/logs).
+# scratch), test metrics to $AB/eval-sSEED and the table to $REPORT (docs/ablation.md). Finished runs are
+# skipped, so an interrupted stage can be started again. JOBS commands of a stage run at the same time (logs in
+# $AB/logs). Sizes, JOBS, SEEDS, PRESET, ONLY (a subset of modes) and FT_INITS are read from the environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -75,8 +76,8 @@ pretrain() {
 
 finetune() {
   local common=(--train "$MOS/train.csv" --val "$MOS/val.csv" --steps "$FT_STEPS" --batch-size "$FT_BATCH"
-                --lr-encoder "$LR_ENC" --lr-head "$LR_HEAD" --eval-every $((FT_STEPS / 10)) --patience 4
-                --cache-audio --device "$DEVICE" --workers 0 -q)
+                --lr-encoder "$LR_ENC" --lr-head "$LR_HEAD" --eval-every $((FT_STEPS >= 20 ? FT_STEPS / 10 : 1))
+                --patience 4                --cache-audio --device "$DEVICE" --workers 0 -q)
   for s in $SEEDS; do
     for n in ${FT_INITS:-scratch ${NAMES[*]}}; do
       local dir=$AB/ft-$n-s$s
@@ -98,7 +99,7 @@ evaluate() {  # every model of a seed side by side on the test split (scratch fi
   done
 }
 
-report() { python training/ablation_report.py "$AB" -o docs/ablation.md; }
+report() { python training/ablation_report.py "$AB" -o "${REPORT:-docs/ablation.md}"; }
 
 if [ $# -eq 0 ]; then set -- pairs pretrain finetune evaluate report; fi
 for stage in "$@"; do echo "=== $stage"; t0=$SECONDS; "$stage"; echo "=== $stage: $((SECONDS - t0)) s"; done
