@@ -15,6 +15,8 @@ import soundfile as sf
 
 from conftest import synth_speech
 
+from jsqa_cli.model import load_model
+
 TRAINING = Path(__file__).resolve().parents[1] / "training"
 sys.path.insert(0, str(TRAINING))
 
@@ -182,6 +184,38 @@ def test_label_calibration():
     assert sm.label(4.64, 4.64, False, None, None, -50.0) < clean - 1.0  # far too quiet
 
 
+def test_voice_shift_and_spectral_tilt():
+    t = np.arange(SR) / SR
+    x = (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+    deeper = imp.voice_shift(x, 0.8)
+    assert len(deeper) == pytest.approx(SR / 0.8, abs=2)
+    spectrum = np.abs(np.fft.rfft(deeper))
+    assert np.fft.rfftfreq(len(deeper), 1 / SR)[spectrum.argmax()] == pytest.approx(160, abs=2)
+    assert imp.voice_shift(x, 1.0) is x
+    noise = np.random.default_rng(0).standard_normal(SR * 2).astype(np.float32)
+    dark = imp.spectral_tilt(noise, -2.0)
+
+    def band_db(y, lo, hi):
+        f = np.fft.rfftfreq(len(y), 1 / SR)
+        return 10 * np.log10(np.mean(np.abs(np.fft.rfft(y))[(f >= lo) & (f < hi)] ** 2))
+
+    # -2 dB/octave: 250 Hz is 2 octaves below the 1 kHz pivot (+4 dB), 4 kHz two above (-4 dB)
+    assert band_db(dark, 240, 260) - band_db(noise, 240, 260) == pytest.approx(4.0, abs=0.6)
+    assert band_db(dark, 3900, 4100) - band_db(noise, 3900, 4100) == pytest.approx(-4.0, abs=0.4)
+    assert band_db(imp.spectral_tilt(noise, 3.0), 7000, 8000) - band_db(noise, 7000, 8000) <= 9.0 + 0.3
+
+
+@needs_pesq
+def test_timbre_varied_references_keep_clean_labels(recipe_sources, tmp_path):
+    out = tmp_path / "mos"
+    simulate_mos.main(["--sources", str(recipe_sources), "--out", str(out), "--num-files", "3", "0", "0",
+                       "--workers", "1", "--max-factor", "1", "--seed", "2", "--timbre-share", "1",
+                       "--clean-share", "1"])
+    df = pd.read_csv(out / "train.csv")
+    assert df.detail.str.startswith("voice:x").all() and (df.condition == "clean").all()
+    assert (df.mos == simulate_mos.MOS_MAX).all()  # measured against the varied reference: still clean
+
+
 @needs_pesq
 def test_simulate_mos_corpus(recipe_sources, tmp_path):
     out = tmp_path / "mos"
@@ -235,9 +269,31 @@ def test_quality_checks_with_tiny_model(tiny_model_dir, recipe_sources, recipe_d
         assert r["passed"] == (r["rho"] >= 0.9)
     nz = report["noizeus"]
     assert nz["files"] == 4 and set(nz["mean_scores"]) == {"car", "babble"} and nz["snrs"] == [0, 15]
+    clean = report["clean_by_source"]
+    test_speech = pd.read_csv(recipe_sources / "speech_test.csv")
+    assert {c["source"] for c in clean} == set(test_speech[test_speech.duration_s >= 2.0].corpus)
+    for c in clean:
+        assert 1.0 <= c["min"] <= c["mean"] <= 5.0 and c["files"] >= 1
+        assert c["passed"] is None if c["kind"] == "synthetic" else c["passed"] == (c["mean"] >= 3.5)
     text = out.read_text()
-    assert "| mp3 |" in text and "NOIZEUS" in text
+    assert "| mp3 |" in text and "NOIZEUS" in text and "Clean held-out speech by source" in text
     assert json.loads(js.read_text())["passed"] == report["passed"]
+    assert report["passed"] == (all(r["passed"] for r in report["ladders"]) and nz["passed"]
+                                and all(c["passed"] is not False for c in clean))
+
+
+@needs_pesq
+def test_quality_checks_reference_labels_fall_along_ladders(recipe_sources, tiny_model_dir):
+    """The yardstick: the corpus label of each level, computed against the clean utterance, falls with MP3
+    bitrate and low-pass cutoff (so a model that does not follow is the model's fault, not the ladder's)."""
+    utterances, _ = quality_checks.test_utterances(recipe_sources, 1, 3.0, 0)
+    defs = quality_checks.ladders(recipe_sources, 0, [])
+    model = load_model(tiny_model_dir)
+    for r in quality_checks.run_ladders(model, utterances, {k: defs[k] for k in ("mp3", "lowpass")}, 8,
+                                        reference=True):
+        labels = r["reference_labels"]
+        assert labels[0] == pytest.approx(simulate_mos.MOS_MAX, abs=0.01)
+        assert all(a > b for a, b in zip(labels, labels[1:]))
 
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

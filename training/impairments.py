@@ -155,6 +155,28 @@ def band_limit(x: np.ndarray, kind: str, cutoff_hz: float | None = None) -> np.n
     return signal.sosfiltfilt(sos, x).astype(np.float32)
 
 
+# ------------------------------------------------------------------------------------------------ voice and timbre
+# Not impairments: variations of the *clean* reference, so that a speaker's pitch, formants and spectral tilt are
+# not read as quality (a deep, dark voice is not a muffled one). The label is computed against the varied
+# reference, so a varied clean clip is still clean.
+
+
+def voice_shift(x: np.ndarray, factor: float) -> np.ndarray:
+    """Speed perturbation: pitch and formants times ``factor`` (0.85 = deeper, 1.15 = higher), duration divided
+    by it (resampling, as ASR speed perturbation)."""
+    down = int(round(100 * factor))
+    return signal.resample_poly(x.astype(np.float64), 100, down).astype(np.float32) if down != 100 else x
+
+
+def spectral_tilt(x: np.ndarray, db_per_octave: float, pivot_hz: float = 1000.0, max_db: float = 9.0,
+                  sr: int = SR) -> np.ndarray:
+    """A smooth EQ: gain ``db_per_octave * log2(f / pivot)``, limited to +-``max_db`` (negative = darker)."""
+    spec = np.fft.rfft(x.astype(np.float64))
+    f = np.fft.rfftfreq(len(x), 1 / sr)
+    gain_db = np.clip(db_per_octave * np.log2(np.maximum(f, 50.0) / pivot_hz), -max_db, max_db)
+    return np.fft.irfft(spec * 10 ** (gain_db / 20), n=len(x)).astype(np.float32)
+
+
 # ------------------------------------------------------------------------------------------------ packet loss
 
 PLC_MODES = ("zero", "remove", "fade", "repeat")

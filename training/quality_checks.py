@@ -11,6 +11,12 @@ has never seen?
    (clean best) and the mean model score at that level, over the utterances. Bar: rho >= 0.9 for every ladder.
 2. NOIZEUS (../shared/data/eval/noizeus_noisy: 30 sentences x 8 real noises x 0/5/10/15 dB, 8 kHz): mean score
    per noise and SNR. Bar: the mean rises with SNR for every noise.
+3. Clean held-out speech of every test-split source (up to 10 files each: LibriSpeech, the Italian IVR voice,
+   AN4, synthetic voices). Bar: the mean score of each real source is >= 3.5 ("clean -> high"), so that a
+   voice's timbre is not taken for a degradation.
+
+``--reference-labels`` adds, per ladder level, the label the training corpus would give (calibrated wideband
+PESQ against the clean utterance): it shows whether a ladder asks for differences the labels make.
 
 Writes a markdown report (--out) and the numbers as JSON (--json). Exit status 0 when every check passes, 1
 otherwise. Scores go through jsqa_cli.scoring, exactly as `jsqa score` computes them.
@@ -36,6 +42,7 @@ from jsqa_cli.scoring import score_files, score_waveforms  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RHO_BAR = 0.9
+CLEAN_BAR = 3.5  # mean score of clean held-out speech, per real source ("clean -> high")
 SNRS = (30, 20, 15, 10, 5, 0)
 
 
@@ -90,7 +97,17 @@ def ladders(sources: Path, seed: int, babble_talkers: list[np.ndarray]) -> dict[
     return out
 
 
-def run_ladders(model, utterances: list[np.ndarray], ladder_defs: dict, batch_size: int) -> list[dict]:
+def reference_label(ref: np.ndarray, deg: np.ndarray) -> float:
+    """What the training corpus would call this clip: calibrated wideband PESQ against the clean utterance
+    (simulate_mos.calibrate, noise-free branch), a full-reference yardstick for the ladder itself."""
+    import simulate_mos
+
+    p = simulate_mos._pesq(ref, deg)
+    return simulate_mos.calibrate(p, False) if p is not None else float("nan")
+
+
+def run_ladders(model, utterances: list[np.ndarray], ladder_defs: dict, batch_size: int,
+                reference: bool = False) -> list[dict]:
     results = []
     for name, levels in ladder_defs.items():
         waves = [fn(x, i) for _, fn in levels for i, x in enumerate(utterances)]
@@ -99,10 +116,39 @@ def run_ladders(model, utterances: list[np.ndarray], ladder_defs: dict, batch_si
         position = -np.arange(len(levels))  # clean (0) is best
         rho = float(spearmanr(position, means)[0])
         per_utt = [float(spearmanr(position, scores[:, j])[0]) for j in range(len(utterances))]
-        results.append(dict(ladder=name, levels=[lv for lv, _ in levels], mean_scores=[round(float(m), 3) for m in means],
-                            rho=round(rho, 3), median_rho_per_utterance=round(float(np.nanmedian(per_utt)), 3),
-                            passed=bool(rho >= RHO_BAR)))
+        r = dict(ladder=name, levels=[lv for lv, _ in levels], mean_scores=[round(float(m), 3) for m in means],
+                 rho=round(rho, 3), median_rho_per_utterance=round(float(np.nanmedian(per_utt)), 3),
+                 passed=bool(rho >= RHO_BAR))
+        if reference:
+            labels = np.array([reference_label(utterances[k % len(utterances)], w)
+                               for k, w in enumerate(waves)]).reshape(len(levels), len(utterances))
+            r["reference_labels"] = [round(float(m), 3) for m in np.nanmean(labels, axis=1)]
+        results.append(r)
     return results
+
+
+def clean_by_source(model, sources: Path, per_source: int, seconds: float, seed: int, batch_size: int) -> list[dict]:
+    """Clean held-out speech of every test-split source (real corpora and synthetic voices), distinct speakers
+    first, cropped to ``seconds`` at -26 dBFS. Real sources pass when their mean score is >= CLEAN_BAR."""
+    df = pd.read_csv(sources / "speech_test.csv")
+    df = df[df.duration_s >= 2.0].sort_values("path")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for corpus, g in df.groupby("corpus"):
+        g = pd.concat([g.groupby("speaker").head(1), g]).drop_duplicates("path").head(per_source)
+        waves = []
+        for path in g.path:
+            x, _ = load_audio(path)
+            n = min(len(x), int(seconds * SAMPLE_RATE))
+            start = int(rng.integers(0, len(x) - n + 1))
+            waves.append(imp.set_level(x[start : start + n], imp.NOMINAL_LEVEL_DB))
+        scores = score_waveforms(model, waves, batch_size=batch_size)
+        real = bool((g.kind == "real").all())
+        rows.append(dict(source=corpus, kind="real" if real else "synthetic", files=len(g),
+                         speakers=int(g.speaker.nunique()), mean=round(float(scores.mean()), 3),
+                         min=round(float(scores.min()), 3),
+                         passed=bool(scores.mean() >= CLEAN_BAR) if real else None))
+    return rows
 
 
 def run_noizeus(model, root: Path, limit: int | None, batch_size: int) -> dict | None:
@@ -126,6 +172,7 @@ def run_noizeus(model, root: Path, limit: int | None, batch_size: int) -> dict |
 
 
 def markdown(report: dict) -> str:
+    refs = all("reference_labels" in r for r in report["ladders"]) and bool(report["ladders"])
     lines = [
         "# Quality checks", "",
         f"Model: `{report['model']}`. Generated by `python training/quality_checks.py {report['model_arg']}` "
@@ -134,16 +181,30 @@ def markdown(report: dict) -> str:
         f"training), {report['seconds']} s each at -26 dBFS. Noise ladders use the test split's noise files, "
         "white noise and babble of other test speakers.", "",
         f"**Overall: {'PASS' if report['passed'] else 'FAIL'}** (every ladder rho >= {RHO_BAR}; NOIZEUS mean "
-        "score rising with SNR for every noise).", "",
+        f"score rising with SNR for every noise; clean speech of every real source >= {CLEAN_BAR} on average).", "",
         "## Degradation ladders", "",
         "Spearman rho between ladder position (clean first) and the mean score over the utterances; the median "
         "of the per-utterance rho is shown for information.", "",
-        "| ladder | levels (best → worst) | mean score per level | rho | median per-utt. rho | pass |",
-        "|---|---|---|---|---|---|",
+        "| ladder | levels (best → worst) | mean score per level | rho | median per-utt. rho | pass |"
+        + (" reference label per level |" if refs else ""),
+        "|---|---|---|---|---|---|" + ("---|" if refs else ""),
     ]
     for r in report["ladders"]:
         lines.append(f"| {r['ladder']} | {' / '.join(r['levels'])} | {' / '.join(f'{m:.2f}' for m in r['mean_scores'])} "
-                     f"| {r['rho']:.3f} | {r['median_rho_per_utterance']:.3f} | {'yes' if r['passed'] else '**no**'} |")
+                     f"| {r['rho']:.3f} | {r['median_rho_per_utterance']:.3f} | {'yes' if r['passed'] else '**no**'} |"
+                     + (f" {' / '.join(f'{m:.2f}' for m in r['reference_labels'])} |" if refs else ""))
+    if refs:
+        lines += ["", "Reference label: calibrated wideband PESQ against the clean utterance, i.e. what the "
+                  "training corpus would call each level (not a model score)."]
+    clean = report.get("clean_by_source") or []
+    if clean:
+        lines += ["", "## Clean held-out speech by source", "",
+                  f"Unimpaired test-split speech at -26 dBFS; pass when a real source's mean score is >= {CLEAN_BAR}.",
+                  "", "| source | kind | files (speakers) | mean score | lowest | pass |", "|---|---|---|---|---|---|"]
+        for c in clean:
+            verdict = "–" if c["passed"] is None else ("yes" if c["passed"] else "**no**")
+            lines.append(f"| {c['source']} | {c['kind']} | {c['files']} ({c['speakers']}) | {c['mean']:.2f} | "
+                         f"{c['min']:.2f} | {verdict} |")
     nz = report.get("noizeus")
     if nz:
         lines += ["", "## NOIZEUS (real noisy recordings, 8 kHz)", "",
@@ -166,6 +227,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--utterances", type=int, default=10)
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--noizeus-limit", type=int, default=None, help="files per NOIZEUS folder (default: all 30)")
+    ap.add_argument("--clean-per-source", type=int, default=10, help="clean files per test-split source (0: skip)")
+    ap.add_argument("--reference-labels", action="store_true",
+                    help="also compute each ladder level's PESQ-based label (needs the pesq package)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
@@ -186,9 +250,14 @@ def main(argv=None) -> dict:
     talkers = [load_audio(p)[0] for p in babble_src.path]
     report = dict(model=getattr(model, "name", "") or str(args.model), model_arg=args.model or "", utterances=len(utterances),
                   seconds=args.seconds, utterance_paths=paths)
-    report["ladders"] = run_ladders(model, utterances, ladders(sources, args.seed, talkers), args.batch_size)
+    report["ladders"] = run_ladders(model, utterances, ladders(sources, args.seed, talkers), args.batch_size,
+                                    reference=args.reference_labels)
     report["noizeus"] = run_noizeus(model, Path(args.noizeus), args.noizeus_limit, args.batch_size)
-    report["passed"] = all(r["passed"] for r in report["ladders"]) and (report["noizeus"] or {}).get("passed", True)
+    report["clean_by_source"] = (clean_by_source(model, sources, args.clean_per_source, args.seconds, args.seed,
+                                                 args.batch_size) if args.clean_per_source > 0 else [])
+    report["passed"] = (all(r["passed"] for r in report["ladders"])
+                        and (report["noizeus"] or {}).get("passed", True)
+                        and all(c["passed"] is not False for c in report["clean_by_source"]))
     text = markdown(report)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -274,6 +274,11 @@ def make_candidate(job: tuple[str, int]) -> dict | None:
     src = _SRC[split]
     rng = np.random.default_rng([_CFG["seed"], SPLITS.index(split), index])
     ref, source = src.speech(rng, float(rng.uniform(4.0, 8.0)))
+    timbre = ""
+    if _CFG.get("timbre_share", 0.0) > 0 and rng.random() < _CFG["timbre_share"]:
+        factor, tilt = float(rng.uniform(0.85, 1.15)), float(rng.uniform(-2.5, 2.0))
+        ref = imp.spectral_tilt(imp.voice_shift(ref, factor), tilt)
+        timbre = f"voice:x{factor:.2f},tilt{tilt:+.1f}dB/oct "
     ref = np.clip(imp.set_level(ref, imp.NOMINAL_LEVEL_DB + float(np.clip(rng.normal(0, 2), -3, 3))), -1, 1)
     if rng.random() < _CFG["clean_share"]:
         families = []
@@ -294,7 +299,7 @@ def make_candidate(job: tuple[str, int]) -> dict | None:
     sf.write(buf, deg, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
     return dict(flac=buf.getvalue(), mos=round(mos, 3), condition="+".join(d["parts"]) or "clean",
                 pesq_raw=round(p_final if p_final is not None else p_mid, 3), pesq_mid=round(p_mid, 3),
-                detail=" ".join(d["detail"]), source=_short(source), duration_s=round(len(deg) / SAMPLE_RATE, 3))
+                detail=timbre + " ".join(d["detail"]), source=_short(source), duration_s=round(len(deg) / SAMPLE_RATE, 3))
 
 
 def _short(path: str) -> str:
@@ -344,6 +349,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--synthetic-share", type=float, default=0.08,
                     help="share of clips whose clean reference is a synthetic voice (0: none)")
     ap.add_argument("--clean-share", type=float, default=0.06, help="share of candidates left unimpaired")
+    ap.add_argument("--timbre-share", type=float, default=0.0,
+                    help="share of clean references given another voice (speed perturbation x0.85-1.15) and "
+                    "spectral tilt (-2.5..+2 dB/octave) before degradation; labels stay relative to them")
     ap.add_argument("--max-factor", type=float, default=4.0, help="candidates drawn per kept clip before giving up "
                     "on the label balance")
     args = ap.parse_args(argv)
@@ -357,7 +365,7 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     meta = json.loads((sources / "sources.json").read_text()) if (sources / "sources.json").exists() else {}
     cfg = dict(sources=str(sources), seed=args.seed, synthetic_share=args.synthetic_share,
-               clean_share=args.clean_share, data_root=meta.get("data_root", ""))
+               clean_share=args.clean_share, timbre_share=args.timbre_share, data_root=meta.get("data_root", ""))
     summary = dict(settings=vars(args), splits={})
     t0 = time.perf_counter()
     ctx = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
