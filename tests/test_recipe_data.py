@@ -313,3 +313,20 @@ def test_make_examples(tmp_path):
     for w in written:
         x, info = load_audio(tmp_path / w["file"])
         assert 3.0 <= info.duration_s <= 5.0 and len(x) > 0
+
+
+def test_bundle_card_summary_reads_the_provenance(tmp_path):
+    import bundle_model
+
+    enc = tmp_path / "encoder"
+    enc.mkdir()
+    (enc / "config.json").write_text(json.dumps({"metadata": {"steps": 1200, "batch_size": 64,
+                                                             "pairing": "cross-source", "negatives": "jnd-aware"}}))
+    meta = {"training": {"preset": "small", "steps": 7000, "global_batch_size": 16}, "best_step": 6500,
+            "data": {"train_files": 3000}, "init": {"kind": "pretrained", "model": str(enc)}}
+    text = bundle_model.training_summary(meta, "fine-tuned on 2 CPU cores")
+    assert text == ("`small` preset; encoder pretrained on JND pairs (1200 steps × 64 cross-source pairs, jnd-aware "
+                    "negatives); fine-tuned 7000 steps × 16 crops on 3000 simulated clips (best validation step "
+                    "6500); fine-tuned on 2 CPU cores")
+    scratch = bundle_model.training_summary({**meta, "init": {"kind": "scratch"}}, "")
+    assert "trained from scratch" in scratch and not scratch.endswith("; ")

@@ -42,9 +42,8 @@ BUNDLED_NOTE = """
   scale, with the E-model (ITU-T G.107) for packet loss and echo (`docs/recipe-data.md`). The "MOS" in the
   evaluation table above is that simulated label on a held-out split (unseen speakers, noise files and RIRs;
   about 73 % LibriSpeech, 11 % an Italian voice, 10 % AN4), not human ratings.
-- It was trained on 2 CPU cores in one session (`small` preset, 1500 pretraining steps on JND pairs, 3000
-  fine-tuning steps on 3000 clips): see `docs/results.md` for the comparison with the same network trained from
-  scratch and `docs/quality-checks.md` for its behaviour on degradation ladders and on real noisy recordings.
+- Training: {training}. See `docs/results.md` for the comparison with the same network trained from scratch and
+  `docs/quality-checks.md` for its behaviour on degradation ladders, clean speech and real noisy recordings.
 - Speech only, 16 kHz analysis (content above 8 kHz is not seen); scores of non-speech audio are meaningless.
 """
 
@@ -76,21 +75,38 @@ def _own_metrics(path: Path, src: Path, dataset: str = "jsqa-simulated-mos-test"
     return _relative(doc)
 
 
-def bundle(src: Path, name: str = DEFAULT_MODEL, eval_metrics: Path | None = None) -> Path:
+def training_summary(meta: dict, where: str) -> str:
+    """One sentence on how the model was made, from its provenance (and its encoder's, when still on disk)."""
+    t, data, init = meta.get("training", {}), meta.get("data", {}), meta.get("init", {})
+    text = f"`{t.get('preset', '?')}` preset"
+    if init.get("kind") == "pretrained":
+        enc = REPO / str(init.get("model", "")) / CONFIG_NAME
+        pt = json.loads(enc.read_text()).get("metadata", {}) if enc.is_file() else {}
+        text += (f"; encoder pretrained on JND pairs ({pt['steps']} steps × {pt['batch_size']} {pt['pairing']} pairs, "
+                 f"{pt['negatives']} negatives)" if pt else "; encoder pretrained on JND pairs")
+    else:
+        text += "; trained from scratch"
+    text += (f"; fine-tuned {t.get('steps', '?')} steps × {t.get('global_batch_size', '?')} crops on "
+             f"{data.get('train_files', '?')} simulated clips (best validation step {meta.get('best_step', '?')})")
+    return text + (f"; {where}" if where else "")
+
+
+def bundle(src: Path, name: str = DEFAULT_MODEL, eval_metrics: Path | None = None, where: str = "",
+           recipe: str = "training/run_recipe.sh (CPU profile)") -> Path:
     load_model(src)  # refuse to ship a folder that does not load
     dest = WEIGHTS_DIR / name
     dest.mkdir(parents=True, exist_ok=True)
     config = json.loads((src / CONFIG_NAME).read_text())
     meta = _relative(config.get("metadata", {}))
     meta.update({"name": name, "training_data": TRAINING_DATA, "license": "mit",
-                 "recipe": "training/run_recipe.sh (CPU profile)"})
+                 "recipe": recipe})
     config["metadata"] = meta
     (dest / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     shutil.copyfile(src / WEIGHTS_NAME, dest / WEIGHTS_NAME)
     if eval_metrics is not None:
         (dest / "metrics.json").write_text(json.dumps(_own_metrics(eval_metrics, src), indent=2) + "\n")
     card = model_card(dest, f"jsqa/{name}", license="mit")
-    card.text += BUNDLED_NOTE.format(name=name)
+    card.text += BUNDLED_NOTE.format(name=name, training=training_summary(config.get("metadata", {}), where))
     card.save(dest / CARD_NAME)
     load_model(name)  # the bundled copy resolves by name and loads
     return dest
@@ -102,13 +118,15 @@ def main() -> None:
     ap.add_argument("--name", default=DEFAULT_MODEL)
     ap.add_argument("--eval", type=Path, nargs="*", default=None,
                     help="metrics.json written by jsqa evaluate, one per model folder")
+    ap.add_argument("--where", default="", help="where it was trained, for the card (e.g. '2 CPU cores')")
+    ap.add_argument("--recipe", default="training/run_recipe.sh (CPU profile)", help="how to remake it")
     args = ap.parse_args()
     if args.eval and len(args.eval) != len(args.models):
         ap.error("give one --eval file per model folder")
     pcc = [json.loads((m / CONFIG_NAME).read_text())["metadata"]["validation"]["pcc"] for m in args.models]
     best = max(range(len(pcc)), key=pcc.__getitem__)
     print(f"shipping {args.models[best]} (validation PCC {pcc[best]:.3f})")
-    print(bundle(args.models[best], args.name, args.eval[best] if args.eval else None))
+    print(bundle(args.models[best], args.name, args.eval[best] if args.eval else None, args.where, args.recipe))
 
 
 if __name__ == "__main__":

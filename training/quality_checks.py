@@ -97,13 +97,13 @@ def ladders(sources: Path, seed: int, babble_talkers: list[np.ndarray]) -> dict[
     return out
 
 
-def reference_label(ref: np.ndarray, deg: np.ndarray) -> float:
+def reference_label(ref: np.ndarray, deg: np.ndarray, noisy: bool = False) -> float:
     """What the training corpus would call this clip: calibrated wideband PESQ against the clean utterance
-    (simulate_mos.calibrate, noise-free branch), a full-reference yardstick for the ladder itself."""
+    (simulate_mos.calibrate; ``noisy`` for additive noise), a full-reference yardstick for the ladder itself."""
     import simulate_mos
 
     p = simulate_mos._pesq(ref, deg)
-    return simulate_mos.calibrate(p, False) if p is not None else float("nan")
+    return simulate_mos.calibrate(p, noisy) if p is not None else float("nan")
 
 
 def run_ladders(model, utterances: list[np.ndarray], ladder_defs: dict, batch_size: int,
@@ -120,7 +120,7 @@ def run_ladders(model, utterances: list[np.ndarray], ladder_defs: dict, batch_si
                  rho=round(rho, 3), median_rho_per_utterance=round(float(np.nanmedian(per_utt)), 3),
                  passed=bool(rho >= RHO_BAR))
         if reference:
-            labels = np.array([reference_label(utterances[k % len(utterances)], w)
+            labels = np.array([reference_label(utterances[k % len(utterances)], w, name.startswith("noise:"))
                                for k, w in enumerate(waves)]).reshape(len(levels), len(utterances))
             r["reference_labels"] = [round(float(m), 3) for m in np.nanmean(labels, axis=1)]
         results.append(r)
