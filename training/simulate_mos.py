@@ -299,7 +299,8 @@ def make_candidate(job: tuple[str, int]) -> dict | None:
     sf.write(buf, deg, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
     return dict(flac=buf.getvalue(), mos=round(mos, 3), condition="+".join(d["parts"]) or "clean",
                 pesq_raw=round(p_final if p_final is not None else p_mid, 3), pesq_mid=round(p_mid, 3),
-                detail=timbre + " ".join(d["detail"]), source=_short(source), duration_s=round(len(deg) / SAMPLE_RATE, 3))
+                detail=timbre + " ".join(d["detail"]), source=_short(source),
+                duration_s=round(len(deg) / SAMPLE_RATE, 3))
 
 
 def _short(path: str) -> str:
@@ -350,8 +351,9 @@ def main(argv=None) -> dict:
                     help="share of clips whose clean reference is a synthetic voice (0: none)")
     ap.add_argument("--clean-share", type=float, default=0.06, help="share of candidates left unimpaired")
     ap.add_argument("--timbre-share", type=float, default=0.0,
-                    help="share of clean references given another voice (speed perturbation x0.85-1.15) and "
-                    "spectral tilt (-2.5..+2 dB/octave) before degradation; labels stay relative to them")
+                    help="share of clean references given another voice (speed perturbation x0.85-1.15, which "
+                    "also stretches the clip to 3.5-9.4 s) and spectral tilt (-2.5..+2 dB/octave) before "
+                    "degradation; labels stay relative to them")
     ap.add_argument("--max-factor", type=float, default=4.0, help="candidates drawn per kept clip before giving up "
                     "on the label balance")
     args = ap.parse_args(argv)
