@@ -53,13 +53,15 @@ def test_utterances(sources: Path, n: int, seconds: float, seed: int) -> tuple[l
     df = df.assign(pref=(df.corpus != "librispeech").astype(int)).sort_values(["pref", "path"])
     picked = df.groupby("speaker", sort=False).head(1).head(n) if len(df) else df
     rng = np.random.default_rng(seed)
-    waves = []
-    for path in picked.path:
-        x, _ = load_audio(path)
-        n_s = min(len(x), int(seconds * SAMPLE_RATE))
-        start = int(rng.integers(0, len(x) - n_s + 1))
-        waves.append(imp.set_level(x[start : start + n_s], imp.NOMINAL_LEVEL_DB))
-    return waves, picked.path.tolist()
+    return [_crop(path, seconds, rng) for path in picked.path], picked.path.tolist()
+
+
+def _crop(path: str, seconds: float, rng: np.random.Generator) -> np.ndarray:
+    """A random excerpt of at most ``seconds`` of the file, at the nominal -26 dBFS active level."""
+    x, _ = load_audio(path)
+    n = min(len(x), int(seconds * SAMPLE_RATE))
+    start = int(rng.integers(0, len(x) - n + 1))
+    return imp.set_level(x[start : start + n], imp.NOMINAL_LEVEL_DB)
 
 
 def ladders(sources: Path, seed: int, babble_talkers: list[np.ndarray]) -> dict[str, list[tuple[str, callable]]]:
@@ -136,13 +138,7 @@ def clean_by_source(model, sources: Path, per_source: int, seconds: float, seed:
     rows = []
     for corpus, g in df.groupby("corpus"):
         g = pd.concat([g.groupby("speaker").head(1), g]).drop_duplicates("path").head(per_source)
-        waves = []
-        for path in g.path:
-            x, _ = load_audio(path)
-            n = min(len(x), int(seconds * SAMPLE_RATE))
-            start = int(rng.integers(0, len(x) - n + 1))
-            waves.append(imp.set_level(x[start : start + n], imp.NOMINAL_LEVEL_DB))
-        scores = score_waveforms(model, waves, batch_size=batch_size)
+        scores = score_waveforms(model, [_crop(p, seconds, rng) for p in g.path], batch_size=batch_size)
         real = bool((g.kind == "real").all())
         rows.append(dict(source=corpus, kind="real" if real else "synthetic", files=len(g),
                          speakers=int(g.speaker.nunique()), mean=round(float(scores.mean()), 3),
