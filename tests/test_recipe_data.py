@@ -3,6 +3,7 @@ examples. Runs on a tiny generated data tree (no shared data, no network)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import sys
@@ -214,6 +215,27 @@ def test_timbre_varied_references_keep_clean_labels(recipe_sources, tmp_path):
     df = pd.read_csv(out / "train.csv")
     assert df.detail.str.startswith("voice:x").all() and (df.condition == "clean").all()
     assert (df.mos == simulate_mos.MOS_MAX).all()  # measured against the varied reference: still clean
+
+
+def test_family_weights_option():
+    w = simulate_mos.parse_family_weights("codec=0.5, band=0")
+    assert w[simulate_mos.FAMILIES.index("codec")] == 0.5 and w[simulate_mos.FAMILIES.index("band")] == 0
+    assert w[0] == simulate_mos.FAMILY_WEIGHTS[0]  # families not named keep their default
+    for bad in ("codek=0.2", "codec", "codec=much", "codec=-1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="codec"):
+            simulate_mos.parse_family_weights(bad)
+
+
+@needs_pesq
+def test_family_weights_pick_the_impairments(recipe_sources, tmp_path):
+    out = tmp_path / "mos"
+    only_clip = ",".join(f"{f}={int(f == 'clip')}" for f in simulate_mos.FAMILIES)
+    summary = simulate_mos.main(["--sources", str(recipe_sources), "--out", str(out), "--num-files", "3", "0", "0",
+                                 "--workers", "1", "--max-factor", "1", "--clean-share", "0",
+                                 "--family-weights", only_clip])
+    df = pd.read_csv(out / "train.csv")
+    assert len(df) and df.condition.str.fullmatch(r"clip-\w+").all()  # one family with non-zero weight: k = 1
+    assert summary["settings"]["family_weights"][simulate_mos.FAMILIES.index("clip")] == 1
 
 
 @needs_pesq

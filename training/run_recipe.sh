@@ -17,15 +17,17 @@ DATA_ROOT=${DATA_ROOT:-../shared/data}
 SEED=${SEED:-0}         # pairs and pretraining
 SEEDS=${SEEDS:-"0 1"}   # fine-tuning seeds (scratch and JSQA each)
 if [ "$PROFILE" = gpu ]; then
-  PRESET=base; FILES="12000 1000 1000"; PAIRS=200000; PT_STEPS=20000; PT_BATCH=128; FT_STEPS=6000; FT_BATCH=64
+  PRESET=base; FILES="12000 1000 1000"; EXTRA_FILES=24000; PAIRS=200000; PT_STEPS=20000; PT_BATCH=128; FT_STEPS=6000; FT_BATCH=64
   FT_LR="2e-4 2e-3"; FT_EVAL=300; WORKERS=${WORKERS:-16}; DEVICE=cuda
 else
   # fine-tuning as for the shipped jsqa-small (7000 steps, lr 3e-4: 3000 steps at 1e-4 had not converged)
-  PRESET=small; FILES="3000 400 400"; PAIRS=40000; PT_STEPS=1500; PT_BATCH=32; FT_STEPS=7000; FT_BATCH=16
+  PRESET=small; FILES="3000 400 400"; EXTRA_FILES=6000; PAIRS=40000; PT_STEPS=1500; PT_BATCH=32; FT_STEPS=7000; FT_BATCH=16
   FT_LR="3e-4 1e-3"; FT_EVAL=500; WORKERS=${WORKERS:-1}; DEVICE=cpu
 fi
 read -r LR_ENC LR_HEAD <<< "$FT_LR"
-SRC=$OUT/sources MOS=$OUT/mos RUNS=$OUT/runs
+SRC=$OUT/sources MOS=$OUT/mos RUNS=$OUT/runs TRAIN=$OUT/train-all.csv
+# the second training draw: more codecs and band limitation (VoIP-style), 30 % timbre-varied clean references
+VOIP_WEIGHTS=noise=0.25,codec=0.22,packet_loss=0.15,clip=0.08,band=0.13,reverb=0.07,echo=0.05,level=0.05
 
 stage() {  # stage NAME COMMAND... : run it, append its wall time to timings.tsv
   local name=$1; shift
@@ -40,6 +42,19 @@ corpus() {
   # shellcheck disable=SC2086
   stage corpus python training/simulate_mos.py --sources "$SRC" --out "$MOS" --num-files $FILES \
     --workers "$(env -u OMP_NUM_THREADS nproc)" --seed "$SEED"
+  stage corpus-extra python training/simulate_mos.py --sources "$SRC" --out "$OUT/mos-extra" \
+    --num-files "$EXTRA_FILES" 0 0 --workers "$(env -u OMP_NUM_THREADS nproc)" --seed $((SEED + 1)) \
+    --timbre-share 0.3 --family-weights "$VOIP_WEIGHTS"
+  # fine-tuning reads both training draws from one CSV (paths relative to it); val and test stay those of $MOS
+  python - "$TRAIN" "$MOS/train.csv" "$OUT/mos-extra/train.csv" <<'EOF'
+import os, sys
+import pandas as pd
+out, *csvs = sys.argv[1:]
+parts = [pd.read_csv(c).assign(path=lambda d, c=c: [os.path.relpath(os.path.join(os.path.dirname(c), p),
+                                                                   os.path.dirname(out)) for p in d.path])
+         for c in csvs]
+pd.concat(parts, ignore_index=True).to_csv(out, index=False)
+EOF
 }
 pairs() {
   stage pairs jsqa make-pairs --speech "$SRC/speech_train.txt" --noise "$SRC/noise_train.txt" -o "$OUT/pairs" \
@@ -52,7 +67,7 @@ pretrain() {
 }
 finetune() {
   # The paper's comparison: the same network and the same budget, from the JND-pretrained encoder and from scratch.
-  local common=(--train "$MOS/train.csv" --val "$MOS/val.csv" --steps "$FT_STEPS" --batch-size "$FT_BATCH"
+  local common=(--train "$TRAIN" --val "$MOS/val.csv" --steps "$FT_STEPS" --batch-size "$FT_BATCH"
                 --lr-encoder "$LR_ENC" --lr-head "$LR_HEAD" --warmup-steps 200 --eval-every "$FT_EVAL" --patience 5
                 --cache-audio --device "$DEVICE" --workers "$WORKERS" -q)
   for s in $SEEDS; do

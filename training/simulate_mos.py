@@ -114,6 +114,22 @@ FAMILY_WEIGHTS = np.array([0.30, 0.17, 0.15, 0.09, 0.09, 0.08, 0.06, 0.06])
 ORDER = {f: i for i, f in enumerate(["reverb", "echo", "noise", "level", "clip", "band", "codec", "packet_loss"])}
 
 
+def parse_family_weights(text: str) -> list[float]:
+    """``"codec=0.22,band=0.13"`` -> the full weight list, defaults for the families not named."""
+    weights = dict(zip(FAMILIES, FAMILY_WEIGHTS.tolist()))
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or name.strip() not in weights:
+            raise argparse.ArgumentTypeError(f"{item!r}: expected NAME=WEIGHT with NAME one of {', '.join(FAMILIES)}")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r}: {value!r} is not a number") from None
+    if min(weights.values()) < 0 or sum(weights.values()) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: weights must be >= 0 with a positive sum")
+    return list(weights.values())
+
+
 def strength_word(u: float) -> str:
     return "mild" if u < 1 / 3 else "mid" if u < 2 / 3 else "strong"
 
@@ -284,7 +300,9 @@ def make_candidate(job: tuple[str, int]) -> dict | None:
         families = []
     else:
         k = int(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15]))
-        families = list(rng.choice(FAMILIES, size=k, replace=False, p=FAMILY_WEIGHTS / FAMILY_WEIGHTS.sum()))
+        weights = np.asarray(_CFG.get("family_weights", FAMILY_WEIGHTS), dtype=float)
+        k = min(k, int(np.count_nonzero(weights)))
+        families = list(rng.choice(FAMILIES, size=k, replace=False, p=weights / weights.sum()))
     d = degrade(ref, rng, src, families)
     p_mid = _pesq(ref, d["mid"])
     if p_mid is None:
@@ -354,6 +372,10 @@ def main(argv=None) -> dict:
                     help="share of clean references given another voice (speed perturbation x0.85-1.15, which "
                     "also stretches the clip to 3.5-9.4 s) and spectral tilt (-2.5..+2 dB/octave) before "
                     "degradation; labels stay relative to them")
+    ap.add_argument("--family-weights", type=parse_family_weights, default=FAMILY_WEIGHTS.tolist(),
+                    metavar="NAME=W,...", help="override impairment family weights, e.g. codec=0.22,band=0.13 "
+                    f"(families: {', '.join(FAMILIES)}; defaults {', '.join(f'{f}={w:g}' for f, w in zip(FAMILIES, FAMILY_WEIGHTS))}; "
+                    "renormalised)")
     ap.add_argument("--max-factor", type=float, default=4.0, help="candidates drawn per kept clip before giving up "
                     "on the label balance")
     args = ap.parse_args(argv)
@@ -367,7 +389,8 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     meta = json.loads((sources / "sources.json").read_text()) if (sources / "sources.json").exists() else {}
     cfg = dict(sources=str(sources), seed=args.seed, synthetic_share=args.synthetic_share,
-               clean_share=args.clean_share, timbre_share=args.timbre_share, data_root=meta.get("data_root", ""))
+               clean_share=args.clean_share, timbre_share=args.timbre_share,
+               family_weights=args.family_weights, data_root=meta.get("data_root", ""))
     summary = dict(settings=vars(args), splits={})
     t0 = time.perf_counter()
     ctx = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
