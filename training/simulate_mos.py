@@ -372,10 +372,10 @@ def main(argv=None) -> dict:
                     help="share of clean references given another voice (speed perturbation x0.85-1.15, which "
                     "also stretches the clip to 3.5-9.4 s) and spectral tilt (-2.5..+2 dB/octave) before "
                     "degradation; labels stay relative to them")
+    defaults = ", ".join(f"{f}={w:g}" for f, w in zip(FAMILIES, FAMILY_WEIGHTS))
     ap.add_argument("--family-weights", type=parse_family_weights, default=FAMILY_WEIGHTS.tolist(),
                     metavar="NAME=W,...", help="override impairment family weights, e.g. codec=0.22,band=0.13 "
-                    f"(families: {', '.join(FAMILIES)}; defaults {', '.join(f'{f}={w:g}' for f, w in zip(FAMILIES, FAMILY_WEIGHTS))}; "
-                    "renormalised)")
+                    f"(defaults {defaults}; renormalised)")
     ap.add_argument("--max-factor", type=float, default=4.0, help="candidates drawn per kept clip before giving up "
                     "on the label balance")
     args = ap.parse_args(argv)
