@@ -328,3 +328,24 @@ def test_cli_finetune_runs_and_errors_are_one_line(csv_split, tmp_path):
                               "--device", "cpu", "--quiet"])
     assert res.exit_code == 2 and "--from-scratch" in res.output
     json.loads((out / "training" / "options.json").read_text())
+
+
+def test_cli_finetune_reads_several_train_csvs_as_one_set(csv_split, tmp_path):
+    train, val = csv_split
+    df = read_labelled_csv(train)  # absolute paths now; each half goes to its own folder
+    halves = []
+    for i, part in enumerate((df.iloc[: len(df) // 2], df.iloc[len(df) // 2:])):
+        (tmp_path / f"part{i}").mkdir()
+        halves.append(tmp_path / f"part{i}" / "train.csv")
+        part.to_csv(halves[-1], index=False)
+    out = tmp_path / "two"
+    args = ["finetune", "-o", str(out), "--train", str(halves[0]), "--train", str(halves[1]), "--val", str(val),
+            "--from-scratch", "--preset", "tiny", "--steps", "1", "--batch-size", "4", "--eval-every", "1",
+            "--workers", "0", "--crop", "0.5", "1.0", "--device", "cpu", "--quiet"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    data = read_config(out)[1]["data"]
+    assert data["train_files"] == len(df) and data["train_csv"] == [str(h) for h in halves]
+    args[2] = str(tmp_path / "three")
+    res = runner.invoke(app, [*args, "--train", str(tmp_path / "missing.csv")])  # a third CSV that is not there
+    assert res.exit_code == 2 and "missing.csv" in res.output and "Traceback" not in res.output

@@ -27,7 +27,7 @@ else
   FT_LR="3e-4 1e-3"; FT_EVAL=500; WORKERS=${WORKERS:-1}; DEVICE=cpu
 fi
 read -r LR_ENC LR_HEAD <<< "$FT_LR"
-SRC=$OUT/sources MOS=$OUT/mos RUNS=$OUT/runs TRAIN=$OUT/train-all.csv
+SRC=$OUT/sources MOS=$OUT/mos RUNS=$OUT/runs
 # the second training draw: more codecs and band limitation (VoIP-style), 30 % timbre-varied clean references
 VOIP_WEIGHTS=noise=0.25,codec=0.22,packet_loss=0.15,clip=0.08,band=0.13,reverb=0.07,echo=0.05,level=0.05
 
@@ -47,16 +47,6 @@ corpus() {
   stage corpus-extra python training/simulate_mos.py --sources "$SRC" --out "$OUT/mos-extra" \
     --num-files "$EXTRA_FILES" 0 0 --workers "$(env -u OMP_NUM_THREADS nproc)" --seed $((SEED + 1)) \
     --timbre-share 0.3 --family-weights "$VOIP_WEIGHTS"
-  # fine-tuning reads both training draws from one CSV (paths relative to it); val and test stay those of $MOS
-  python - "$TRAIN" "$MOS/train.csv" "$OUT/mos-extra/train.csv" <<'EOF'
-import os, sys
-import pandas as pd
-out, *csvs = sys.argv[1:]
-parts = [pd.read_csv(c).assign(path=lambda d, c=c: [os.path.relpath(os.path.join(os.path.dirname(c), p),
-                                                                   os.path.dirname(out)) for p in d.path])
-         for c in csvs]
-pd.concat(parts, ignore_index=True).to_csv(out, index=False)
-EOF
 }
 pairs() {
   stage pairs jsqa make-pairs --speech "$SRC/speech_train.txt" --noise "$SRC/noise_train.txt" -o "$OUT/pairs" \
@@ -69,7 +59,9 @@ pretrain() {
 }
 finetune() {
   # The paper's comparison: the same network and the same budget, from the JND-pretrained encoder and from scratch.
-  local common=(--train "$TRAIN" --val "$MOS/val.csv" --steps "$FT_STEPS" --batch-size "$FT_BATCH"
+  # Both training draws; validation (and, in `evaluate`, test) stay those of the first draw.
+  local common=(--train "$MOS/train.csv" --train "$OUT/mos-extra/train.csv" --val "$MOS/val.csv"
+                --steps "$FT_STEPS" --batch-size "$FT_BATCH"
                 --lr-encoder "$LR_ENC" --lr-head "$LR_HEAD" --warmup-steps 200 --eval-every "$FT_EVAL" --patience 5
                 --cache-audio --device "$DEVICE" --workers "$WORKERS" -q)
   for s in $SEEDS; do

@@ -297,7 +297,7 @@ class FinetuneOptions:
     nisqa_root: str | None = None
     train_db: tuple[str, ...] = NISQA_TRAIN_DBS
     val_db: tuple[str, ...] = NISQA_VAL_DBS
-    train_csv: str | None = None
+    train_csv: str | tuple[str, ...] | None = None  # one labelled CSV, or several read as one training set
     val_csv: str | None = None
     # where to start
     init: str | None = None  # a pretrained encoder (model name, folder or Hub id)
@@ -344,6 +344,8 @@ def _options(options: FinetuneOptions | None, overrides: dict) -> FinetuneOption
     o.train_db, o.val_db, o.crop_s = tuple(o.train_db), tuple(o.val_db), tuple(float(c) for c in o.crop_s)
     if not o.output:
         raise ValueError("finetune needs an output model folder (-o)")
+    if o.train_csv is not None and not isinstance(o.train_csv, (str, os.PathLike)):
+        o.train_csv = tuple(str(c) for c in o.train_csv) or None
     if (o.nisqa_root is None) == (o.train_csv is None):
         raise ValueError("give either --nisqa-root or --train/--val CSVs, not both or neither")
     if o.train_csv is not None and o.val_csv is None:
@@ -369,8 +371,11 @@ def load_finetune_data(opts: FinetuneOptions) -> tuple[pd.DataFrame, pd.DataFram
         info = {"source": "nisqa", "nisqa_root": str(opts.nisqa_root), "train_db": list(opts.train_db),
                 "val_db": list(opts.val_db)}
     else:
-        train, val = read_labelled_csv(opts.train_csv), read_labelled_csv(opts.val_csv)
-        info = {"source": "csv", "train_csv": str(opts.train_csv), "val_csv": str(opts.val_csv)}
+        csvs = [opts.train_csv] if isinstance(opts.train_csv, (str, os.PathLike)) else list(opts.train_csv)
+        train = pd.concat([read_labelled_csv(c) for c in csvs], ignore_index=True)
+        val = read_labelled_csv(opts.val_csv)
+        info = {"source": "csv", "train_csv": str(csvs[0]) if len(csvs) == 1 else [str(c) for c in csvs],
+                "val_csv": str(opts.val_csv)}
     for name, df in (("train", train), ("val", val)):
         if not len(df):
             raise ValueError(f"the {name} set is empty")

@@ -24,8 +24,9 @@ def finetune_command(
                                                  "Default: NISQA_TRAIN_SIM and NISQA_TRAIN_LIVE."),
     val_db: Optional[List[str]] = typer.Option(None, "--val-db", help="NISQA validation database(s) (repeat). "
                                                "Default: NISQA_VAL_SIM and NISQA_VAL_LIVE."),
-    train: Optional[Path] = typer.Option(None, "--train", help="Labelled CSV instead of NISQA: columns path (or "
-                                         "file) and mos, optional condition; relative paths from the CSV's folder."),
+    train: Optional[List[Path]] = typer.Option(None, "--train", help="Labelled CSV instead of NISQA: columns path "
+                                               "(or file) and mos, optional condition; relative paths from the CSV's "
+                                               "folder. Repeat to train on several CSVs as one set."),
     val: Optional[Path] = typer.Option(None, "--val", help="Labelled CSV for validation (with --train)."),
     init: Optional[str] = typer.Option(None, "--init", help="Pretrained encoder: a folder from `jsqa pretrain` "
                                        "(RUN/encoder), a bundled name or a Hub id."),
@@ -78,7 +79,7 @@ def finetune_command(
     folder = finetune(
         output=str(out), nisqa_root=str(nisqa_root) if nisqa_root else None,
         train_db=tuple(train_db or NISQA_TRAIN_DBS), val_db=tuple(val_db or NISQA_VAL_DBS),
-        train_csv=str(train) if train else None, val_csv=str(val) if val else None, init=init,
+        train_csv=tuple(map(str, train)) if train else None, val_csv=str(val) if val else None, init=init,
         from_scratch=from_scratch, preset=preset, projection_head=projection_head, steps=steps,
         batch_size=batch_size, lr_encoder=lr_encoder, lr_head=lr_head, weight_decay=weight_decay,
         warmup_steps=warmup_steps, freeze_encoder_steps=freeze_encoder_steps, loss=loss, grad_clip=grad_clip,
