@@ -3,7 +3,8 @@
 #
 #   bash training/run_recipe.sh            # all stages, CPU profile (2 cores: a few hours)
 #   PROFILE=gpu bash training/run_recipe.sh # same commands, the GPU sizes (base preset, more data and steps)
-#   bash training/run_recipe.sh finetune   # one stage (sources corpus pairs pretrain finetune evaluate bundle checks plots)
+#   bash training/run_recipe.sh finetune   # one stage, of: sources corpus pairs pretrain finetune more evaluate
+#                                          #   bundle checks plots
 #   bash training/ablation.sh              # after corpus + pairs: the pretraining modes compared by fine-tuning
 #
 # Needs: pip install -e ".[recipe]"; apt-get install espeak-ng flite (synthetic voices, sources stage only);
@@ -19,15 +20,17 @@ SEEDS=${SEEDS:-"0 1"}   # fine-tuning seeds (scratch and JSQA each)
 if [ "$PROFILE" = gpu ]; then
   PRESET=base; FILES="12000 1000 1000"; EXTRA_FILES=24000; PAIRS=200000; PT_STEPS=20000; PT_BATCH=128
   FT_STEPS=6000; FT_BATCH=64
-  FT_LR="2e-4 2e-3"; FT_EVAL=300; WORKERS=${WORKERS:-16}; DEVICE=cuda
+  FT_LR="2e-4 2e-3"; FT_EVAL=300; WORKERS=${WORKERS:-16}; DEVICE=cuda; MORE_STEPS=3000; MORE_LR="1e-4 1e-3"
 else
   # fine-tuning as for the shipped jsqa-small (7000 steps, lr 3e-4: 3000 steps at 1e-4 had not converged)
   PRESET=small; FILES="3000 400 400"; EXTRA_FILES=6000; PAIRS=40000; PT_STEPS=1500; PT_BATCH=32
   FT_STEPS=7000; FT_BATCH=16
-  FT_LR="3e-4 1e-3"; FT_EVAL=500; WORKERS=${WORKERS:-1}; DEVICE=cpu
+  FT_LR="3e-4 1e-3"; FT_EVAL=500; WORKERS=${WORKERS:-1}; DEVICE=cpu; MORE_STEPS=6000; MORE_LR="1.5e-4 5e-4"
 fi
 read -r LR_ENC LR_HEAD <<< "$FT_LR"
 SRC=$OUT/sources MOS=$OUT/mos RUNS=$OUT/runs
+# Fine-tuning reads both training draws; validation (and, in `evaluate`, test) stay those of the first draw.
+FT_DATA=(--train "$MOS/train.csv" --train "$OUT/mos-extra/train.csv" --val "$MOS/val.csv")
 # the second training draw: more codecs and band limitation (VoIP-style), 30 % timbre-varied clean references
 VOIP_WEIGHTS=noise=0.25,codec=0.22,packet_loss=0.15,clip=0.08,band=0.13,reverb=0.07,echo=0.05,level=0.05
 
@@ -59,9 +62,7 @@ pretrain() {
 }
 finetune() {
   # The paper's comparison: the same network and the same budget, from the JND-pretrained encoder and from scratch.
-  # Both training draws; validation (and, in `evaluate`, test) stay those of the first draw.
-  local common=(--train "$MOS/train.csv" --train "$OUT/mos-extra/train.csv" --val "$MOS/val.csv"
-                --steps "$FT_STEPS" --batch-size "$FT_BATCH"
+  local common=("${FT_DATA[@]}" --steps "$FT_STEPS" --batch-size "$FT_BATCH"
                 --lr-encoder "$LR_ENC" --lr-head "$LR_HEAD" --warmup-steps 200 --eval-every "$FT_EVAL" --patience 5
                 --cache-audio --device "$DEVICE" --workers "$WORKERS" -q)
   for s in $SEEDS; do
@@ -71,15 +72,30 @@ finetune() {
       -o "$RUNS/scratch-s$s"
   done
 }
+more() {
+  # A second cosine cycle from each fine-tuned model, JSQA and scratch alike: half the learning rates, and crops
+  # of 2-6 s, which made short and narrowband clips score steadier (docs/results.md, fourth version).
+  local lr; read -r -a lr <<< "$MORE_LR"
+  local common=("${FT_DATA[@]}" --steps "$MORE_STEPS" --batch-size "$FT_BATCH" --lr-encoder "${lr[0]}"
+                --lr-head "${lr[1]}" --warmup-steps 100 --eval-every "$FT_EVAL" --patience 0 --crop 2 6
+                --cache-audio --device "$DEVICE" --workers "$WORKERS" -q)
+  for s in $SEEDS; do
+    for kind in jsqa scratch; do
+      stage "more-$kind-s$s" jsqa finetune "${common[@]}" --seed $((s + 1)) --init "$RUNS/$kind-s$s" \
+        -o "$RUNS/$kind-more-s$s"
+    done
+  done
+}
+final() { if [ -d "$RUNS/$1-more-s$2" ]; then echo "$RUNS/$1-more-s$2"; else echo "$RUNS/$1-s$2"; fi; }
 evaluate() {
   for s in $SEEDS; do
-    stage "evaluate-s$s" jsqa evaluate -m "$RUNS/scratch-s$s" -m "$RUNS/jsqa-s$s" --csv "$MOS/test.csv" \
+    stage "evaluate-s$s" jsqa evaluate -m "$(final scratch "$s")" -m "$(final jsqa "$s")" --csv "$MOS/test.csv" \
       -o "$OUT/eval-test-s$s"
   done
 }
 bundle() {  # ship the JSQA model with the best validation PCC (weights + config + card + its test metrics)
   local models=() evals=()
-  for s in $SEEDS; do models+=("$RUNS/jsqa-s$s"); evals+=("$OUT/eval-test-s$s/metrics.json"); done
+  for s in $SEEDS; do models+=("$(final jsqa "$s")"); evals+=("$OUT/eval-test-s$s/metrics.json"); done
   stage bundle python training/bundle_model.py "${models[@]}" --eval "${evals[@]}" --where "$PROFILE profile" \
     --recipe "training/run_recipe.sh (PROFILE=$PROFILE)"
 }
@@ -93,5 +109,5 @@ plots() {
 }
 
 mkdir -p "$OUT"
-if [ $# -eq 0 ]; then set -- sources corpus pairs pretrain finetune evaluate bundle checks plots; fi
+if [ $# -eq 0 ]; then set -- sources corpus pairs pretrain finetune more evaluate bundle checks plots; fi
 for s in "$@"; do "$s"; done
