@@ -352,3 +352,12 @@ def test_bundle_card_summary_reads_the_provenance(tmp_path):
                     "6500); fine-tuned on 2 CPU cores")
     scratch = bundle_model.training_summary({**meta, "init": {"kind": "scratch"}}, "")
     assert "trained from scratch" in scratch and not scratch.endswith("; ")
+    first = tmp_path / "first"  # a second cycle, continued from the model above
+    first.mkdir()
+    (first / "config.json").write_text(json.dumps({"metadata": meta}))
+    more = {"training": {"preset": "small", "steps": 6000, "global_batch_size": 16, "crop_s": [2.0, 6.0]},
+            "best_step": 5500, "data": {"train_files": 9000}, "init": {"kind": "pretrained", "model": str(first)}}
+    assert bundle_model.training_summary(more, "") == (
+        "`small` preset; encoder pretrained on JND pairs (1200 steps × 64 cross-source pairs, jnd-aware negatives); "
+        "fine-tuned 7000 steps × 16 crops on 3000 simulated clips (best validation step 6500); fine-tuned 6000 "
+        "steps × 16 crops of 2-6 s on 9000 simulated clips (best validation step 5500)")

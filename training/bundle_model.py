@@ -75,19 +75,32 @@ def _own_metrics(path: Path, src: Path, dataset: str = "jsqa-simulated-mos-test"
     return _relative(doc)
 
 
+def _start(init: dict) -> str:
+    """Where fine-tuning started: random weights, a JND-pretrained encoder, or (a second cycle) a fine-tuned model,
+    described from its own provenance when its folder is still on disk."""
+    if init.get("kind") != "pretrained":
+        return "; trained from scratch"
+    cfg = REPO / str(init.get("model", "")) / CONFIG_NAME
+    m = json.loads(cfg.read_text()).get("metadata", {}) if cfg.is_file() else {}
+    if "training" in m and "init" in m:  # continued from a fine-tuned model
+        return _start(m["init"]) + _fine_tuned(m)
+    if {"steps", "batch_size", "pairing", "negatives"} <= m.keys():
+        return (f"; encoder pretrained on JND pairs ({m['steps']} steps × {m['batch_size']} {m['pairing']} pairs, "
+                f"{m['negatives']} negatives)")
+    return "; encoder pretrained on JND pairs"
+
+
+def _fine_tuned(meta: dict) -> str:
+    t, data = meta.get("training", {}), meta.get("data", {})
+    crop = t.get("crop_s")
+    return (f"; fine-tuned {t.get('steps', '?')} steps × {t.get('global_batch_size', '?')} crops"
+            + (f" of {crop[0]:g}-{crop[1]:g} s" if crop else "")
+            + f" on {data.get('train_files', '?')} simulated clips (best validation step {meta.get('best_step', '?')})")
+
+
 def training_summary(meta: dict, where: str) -> str:
-    """One sentence on how the model was made, from its provenance (and its encoder's, when still on disk)."""
-    t, data, init = meta.get("training", {}), meta.get("data", {}), meta.get("init", {})
-    text = f"`{t.get('preset', '?')}` preset"
-    if init.get("kind") == "pretrained":
-        enc = REPO / str(init.get("model", "")) / CONFIG_NAME
-        pt = json.loads(enc.read_text()).get("metadata", {}) if enc.is_file() else {}
-        text += (f"; encoder pretrained on JND pairs ({pt['steps']} steps × {pt['batch_size']} {pt['pairing']} pairs, "
-                 f"{pt['negatives']} negatives)" if pt else "; encoder pretrained on JND pairs")
-    else:
-        text += "; trained from scratch"
-    text += (f"; fine-tuned {t.get('steps', '?')} steps × {t.get('global_batch_size', '?')} crops on "
-             f"{data.get('train_files', '?')} simulated clips (best validation step {meta.get('best_step', '?')})")
+    """One sentence on how the model was made, from its provenance (and its starting point's, when on disk)."""
+    text = f"`{meta.get('training', {}).get('preset', '?')}` preset" + _start(meta.get("init", {})) + _fine_tuned(meta)
     return text + (f"; {where}" if where else "")
 
 
