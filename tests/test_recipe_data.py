@@ -361,3 +361,38 @@ def test_bundle_card_summary_reads_the_provenance(tmp_path):
         "`small` preset; encoder pretrained on JND pairs (1200 steps × 64 cross-source pairs, jnd-aware negatives); "
         "fine-tuned 7000 steps × 16 crops on 3000 simulated clips (best validation step 6500); fine-tuned 6000 "
         "steps × 16 crops of 2-6 s on 9000 simulated clips (best validation step 5500)")
+    part = {"steps": 6000, "global_batch_size": 16, "crop_s": [2.0, 6.0], "train_files": 9000}
+    soup = {"training": more["training"], "init": more["init"],
+            "averaged_from": [{**part, "best_step": 5500}, {**part, "best_step": 4000}]}
+    assert bundle_model.training_summary(soup, "").endswith(
+        "; then 2 runs from there, weights averaged: fine-tuned 6000 steps × 16 crops of 2-6 s on 9000 simulated "
+        "clips (best validation step 5500) | fine-tuned 6000 steps × 16 crops of 2-6 s on 9000 simulated clips "
+        "(best validation step 4000)")
+
+
+def test_average_models_is_the_mean_of_the_weights_and_validates(tmp_path, make_audio):
+    import torch
+    from average_models import average_models
+
+    from jsqa_cli.model import build_model, read_config, save_model
+
+    folders = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        meta = {"stage": "finetuned", "init": {"kind": "scratch"}, "best_step": 10 + seed,
+                "training": {"preset": "tiny", "steps": 20, "crop_s": [2.0 + seed, 6.0]}, "validation": {"pcc": 0.1}}
+        folders.append(save_model(build_model("tiny", projection_head=False), tmp_path / f"m{seed}", meta))
+    rows = [(make_audio(f"val/{i}.wav", seconds=1.5, seed=i), 1.5 + i) for i in range(4)]
+    pd.DataFrame({"path": [str(p) for p, _ in rows], "mos": [m for _, m in rows]}).to_csv(tmp_path / "val.csv")
+    out = average_models(folders, tmp_path / "soup", tmp_path / "val.csv")
+    a, b, soup = (load_model(f).state_dict() for f in (*folders, out))
+    assert all(torch.allclose(soup[k], (a[k] + b[k]) / 2) for k in a if a[k].is_floating_point())
+    _, meta = read_config(out)
+    assert [(p["best_step"], p["crop_s"], p["validation_pcc"]) for p in meta["averaged_from"]] == [
+        (10, [2.0, 6.0], 0.1), (11, [3.0, 6.0], 0.1)] and "best_step" not in meta
+    assert meta["validation"]["n"] == 4 and meta["validation"]["pcc"] != 0.1  # its own, not a part's
+    other = save_model(build_model("tiny"), tmp_path / "other", {})  # with a projection head: another network
+    with pytest.raises(ValueError, match="other"):
+        average_models([folders[0], other], tmp_path / "bad")
+    with pytest.raises(ValueError, match="at least two"):
+        average_models(folders[:1], tmp_path / "bad")

@@ -91,7 +91,8 @@ def _start(init: dict) -> str:
 
 
 def _fine_tuned(meta: dict) -> str:
-    t, data = meta.get("training", {}), meta.get("data", {})
+    """A model's fine-tuning from its metadata, or from one ``averaged_from`` entry (the same keys, flat)."""
+    t, data = meta.get("training", meta), meta.get("data", meta)
     crop = t.get("crop_s")
     return (f"; fine-tuned {t.get('steps', '?')} steps × {t.get('global_batch_size', '?')} crops"
             + (f" of {crop[0]:g}-{crop[1]:g} s" if crop else "")
@@ -100,7 +101,13 @@ def _fine_tuned(meta: dict) -> str:
 
 def training_summary(meta: dict, where: str) -> str:
     """One sentence on how the model was made, from its provenance (and its starting point's, when on disk)."""
-    text = f"`{meta.get('training', {}).get('preset', '?')}` preset" + _start(meta.get("init", {})) + _fine_tuned(meta)
+    text = f"`{meta.get('training', {}).get('preset', '?')}` preset" + _start(meta.get("init", {}))
+    parts = meta.get("averaged_from")  # training/average_models.py: runs from the same starting point
+    if parts:
+        text += f"; then {len(parts)} runs from there, weights averaged: " + " | ".join(
+            _fine_tuned(p).removeprefix("; ") for p in parts)
+    else:
+        text += _fine_tuned(meta)
     return text + (f"; {where}" if where else "")
 
 

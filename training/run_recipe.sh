@@ -20,12 +20,14 @@ SEEDS=${SEEDS:-"0 1"}   # fine-tuning seeds (scratch and JSQA each)
 if [ "$PROFILE" = gpu ]; then
   PRESET=base; FILES="12000 1000 1000"; EXTRA_FILES=24000; PAIRS=200000; PT_STEPS=20000; PT_BATCH=128
   FT_STEPS=6000; FT_BATCH=64
-  FT_LR="2e-4 2e-3"; FT_EVAL=300; WORKERS=${WORKERS:-16}; DEVICE=cuda; MORE_STEPS=3000; MORE_LR="1e-4 1e-3"
+  FT_LR="2e-4 2e-3"; FT_EVAL=300; WORKERS=${WORKERS:-16}; DEVICE=cuda
+  MORE_STEPS=3000; MORE_LR="1e-4 1e-3"; MORE_SEEDS=${MORE_SEEDS:-$SEEDS}
 else
   # fine-tuning as for the shipped jsqa-small (7000 steps, lr 3e-4: 3000 steps at 1e-4 had not converged)
   PRESET=small; FILES="3000 400 400"; EXTRA_FILES=6000; PAIRS=40000; PT_STEPS=1500; PT_BATCH=32
   FT_STEPS=7000; FT_BATCH=16
-  FT_LR="3e-4 1e-3"; FT_EVAL=500; WORKERS=${WORKERS:-1}; DEVICE=cpu; MORE_STEPS=6000; MORE_LR="1.5e-4 5e-4"
+  FT_LR="3e-4 1e-3"; FT_EVAL=500; WORKERS=${WORKERS:-1}; DEVICE=cpu
+  MORE_STEPS=6000; MORE_LR="1.5e-4 5e-4"; MORE_SEEDS=${MORE_SEEDS:-${SEEDS##* }}  # the second cycle: last seed only
 fi
 read -r LR_ENC LR_HEAD <<< "$FT_LR"
 SRC=$OUT/sources MOS=$OUT/mos RUNS=$OUT/runs
@@ -73,29 +75,43 @@ finetune() {
   done
 }
 more() {
-  # A second cosine cycle from each fine-tuned model, JSQA and scratch alike: half the learning rates, and crops
-  # of 2-6 s, which made short and narrowband clips score steadier (docs/results.md, fourth version).
+  # A second cosine cycle from each fine-tuned model, JSQA and scratch alike, at half the learning rates: once with
+  # the first cycle's 4-6 s crops, once with 2-6 s crops, then the two runs' weights averaged
+  # (training/average_models.py). Short crops make short and narrowband clips score steadier; the average keeps
+  # more of the first's clean-speech scores (docs/results.md, fourth version). Seeds: MORE_SEEDS.
   local lr; read -r -a lr <<< "$MORE_LR"
   local common=("${FT_DATA[@]}" --steps "$MORE_STEPS" --batch-size "$FT_BATCH" --lr-encoder "${lr[0]}"
-                --lr-head "${lr[1]}" --warmup-steps 100 --eval-every "$FT_EVAL" --patience 0 --crop 2 6
+                --lr-head "${lr[1]}" --warmup-steps 100 --eval-every "$FT_EVAL" --patience 0
                 --cache-audio --device "$DEVICE" --workers "$WORKERS" -q)
-  for s in $SEEDS; do
+  for s in $MORE_SEEDS; do
     for kind in jsqa scratch; do
-      stage "more-$kind-s$s" jsqa finetune "${common[@]}" --seed $((s + 1)) --init "$RUNS/$kind-s$s" \
-        -o "$RUNS/$kind-more-s$s"
+      stage "more-$kind-s$s-crop4" jsqa finetune "${common[@]}" --seed $((s + 1)) --init "$RUNS/$kind-s$s" \
+        --crop 4 6 -o "$RUNS/$kind-more-crop4-s$s"
+      stage "more-$kind-s$s-crop2" jsqa finetune "${common[@]}" --seed $((s + 1)) --init "$RUNS/$kind-s$s" \
+        --crop 2 6 -o "$RUNS/$kind-more-crop2-s$s"
+      stage "more-$kind-s$s-average" python training/average_models.py "$RUNS/$kind-more-crop4-s$s" \
+        "$RUNS/$kind-more-crop2-s$s" -o "$RUNS/$kind-more-s$s" --val "$MOS/val.csv"
     done
   done
 }
-final() { if [ -d "$RUNS/$1-more-s$2" ]; then echo "$RUNS/$1-more-s$2"; else echo "$RUNS/$1-s$2"; fi; }
 evaluate() {
   for s in $SEEDS; do
-    stage "evaluate-s$s" jsqa evaluate -m "$(final scratch "$s")" -m "$(final jsqa "$s")" --csv "$MOS/test.csv" \
+    stage "evaluate-s$s" jsqa evaluate -m "$RUNS/scratch-s$s" -m "$RUNS/jsqa-s$s" --csv "$MOS/test.csv" \
       -o "$OUT/eval-test-s$s"
+    if [ -d "$RUNS/jsqa-more-s$s" ]; then
+      stage "evaluate-more-s$s" jsqa evaluate -m "$RUNS/scratch-more-s$s" -m "$RUNS/jsqa-more-s$s" \
+        --csv "$MOS/test.csv" -o "$OUT/eval-test-more-s$s"
+    fi
   done
 }
 bundle() {  # ship the JSQA model with the best validation PCC (weights + config + card + its test metrics)
   local models=() evals=()
-  for s in $SEEDS; do models+=("$(final jsqa "$s")"); evals+=("$OUT/eval-test-s$s/metrics.json"); done
+  for s in $SEEDS; do
+    models+=("$RUNS/jsqa-s$s"); evals+=("$OUT/eval-test-s$s/metrics.json")
+    if [ -d "$RUNS/jsqa-more-s$s" ]; then
+      models+=("$RUNS/jsqa-more-s$s"); evals+=("$OUT/eval-test-more-s$s/metrics.json")
+    fi
+  done
   stage bundle python training/bundle_model.py "${models[@]}" --eval "${evals[@]}" --where "$PROFILE profile" \
     --recipe "training/run_recipe.sh (PROFILE=$PROFILE)"
 }

@@ -285,6 +285,8 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, (list, tuple)):
+        if any(isinstance(x, dict) for x in v):  # e.g. the parts of an averaged model: one (...) each
+            return "; ".join(f"({_fmt(x)})" for x in v)
         return ", ".join(map(str, v))
     if isinstance(v, dict):
         return ", ".join(f"{k}={_fmt(x)}" for k, x in v.items())
