@@ -1,6 +1,6 @@
 """Average the weights of fine-tuned models of one network: a uniform "model soup" (Wortsman et al., 2022).
 
-    python training/average_models.py runs/jsqa-more-a-s1 runs/jsqa-more-b-s1 -o runs/jsqa-more-s1 \
+    python training/average_models.py runs/jsqa-more-crop4-s1 runs/jsqa-more-crop2-s1 -o runs/jsqa-more-s1 \
         --val data/recipe/mos/val.csv
 
 Averaging works for runs that share a starting point (e.g. two continuations of one fine-tuned model with other
