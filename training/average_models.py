@@ -10,7 +10,7 @@ not average well.
 
 The output is a normal model folder (config.json + model.safetensors). Its metadata is the first model's, plus
 ``averaged_from`` (each part's folder, main training options, best step and validation PCC) and, with ``--val``, the
-average's own ``validation`` metrics, scored exactly as `jsqa evaluate` scores, so that ``bundle_model.py`` can
+average's own ``validation`` metrics, computed as fine-tuning computes them, so that ``bundle_model.py`` can
 compare it with single runs. Without ``--val`` the copied validation metrics are removed.
 """
 
@@ -35,17 +35,12 @@ def average_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tens
 
 
 def validation_of(model, val_csv: str | Path) -> dict:
-    """Validation metrics of a loaded model on a labelled CSV, in the layout finetune writes to metadata."""
-    from jsqa_cli.evaluate import evaluate
-    from jsqa_cli.finetune import read_labelled_csv
+    """Validation metrics of a loaded model on a labelled CSV, computed as fine-tuning records them."""
+    from jsqa_cli.finetune import decode_all, read_labelled_csv, validate
 
-    table = evaluate([model], read_labelled_csv(val_csv), device="cpu", plot=False).metrics
-    levels = {r["level"]: {"n": int(r["n"]), **{m: float(r[m]) for m in ("rmse", "mae", "pcc", "srcc")}}
-              for r in table.to_dict("records")}
-    out = levels["file"]
-    if "condition" in levels:
-        out["condition"] = levels["condition"]
-    return out
+    val = read_labelled_csv(val_csv)
+    metrics, _ = validate(model, list(decode_all(list(val["path"]))), val["mos"].to_numpy(float), val["condition"])
+    return metrics
 
 
 def _part(folder, meta: dict) -> dict:
