@@ -58,6 +58,12 @@ def recipe_data_root(tmp_path_factory):
         sf.write(p, _wave(1.5, 50 + j), SR)
     (root / "speech/ljspeech").mkdir(parents=True)
     sf.write(root / "speech/ljspeech/LJ001-0001.flac", _wave(3.0, 5, f0=210), SR)
+    ivr = root / "speech/ivr_allison_en"  # an IVR prompt set: prompts plus a silence, a beep and a muted prompt
+    ivr.mkdir(parents=True)
+    sf.write(ivr / "hello.flac", _wave(2.5, 6, f0=190), SR)
+    sf.write(ivr / "silence_2.flac", np.zeros(2 * SR, np.float32), SR)
+    sf.write(ivr / "beep.flac", 0.3 * np.sin(2 * np.pi * 1000 * np.arange(SR // 4) / SR), SR)
+    sf.write(ivr / "muted.flac", 1e-4 * _wave(2.0, 7), SR)
     for folder, names in {"ambient_blanket": ["city", "rain", "pink-noise"], "speech_commands": ["pink_noise", "tap"],
                           "speechbrain": ["noise1", "noise2", "noise3"], "nonspeech100_nc": ["n1", "n2"]}.items():
         for name in names:
@@ -96,7 +102,9 @@ def test_sources_are_disjoint_and_permissive(recipe_sources):
     everything = pd.concat(noise.values())
     assert not everything.path.str.contains("nonspeech100_nc").any()
     assert everything.name.str.contains("pink").sum() == 2 and set(noise["train"].name) >= {"pink-noise", "pink_noise"}
-    assert set(speech["train"].corpus) >= {"librispeech", "ljspeech"}
+    assert set(speech["train"].corpus) >= {"librispeech", "ljspeech", "ivr_allison_en"}
+    names = {Path(p).stem for p in pd.concat(speech.values()).path}
+    assert "hello" in names and not names & {"silence_2", "beep", "muted"}  # non-speech files are left out
     assert all(len(speech[s]) for s in speech)  # every split has speech
     # the same seed gives the same split; the .txt lists match the CSVs
     summary = json.loads((recipe_sources / "sources.json").read_text())

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -59,6 +60,10 @@ NOISE_FOLDERS = {
 }
 EXCLUDED_NOISE = ("nonspeech100_nc",)
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+# The Asterisk prompt sets (ivr_*) also ship silences, beeps and tones; they are not speech. Digital silence is
+# caught by level too (any corpus), the tones by name.
+NON_SPEECH_NAME = re.compile(r"^(silence_\d+|beep|beeperr|ascending-2tone|descending-2tone)$")
+SILENCE_PEAK = 10 ** (-50 / 20)  # a file whose peak stays below -50 dBFS holds no speech
 
 
 def _hash_rank(key: str, seed: int) -> float:
@@ -92,17 +97,30 @@ def speaker_of(corpus: str, path: Path) -> str:
     return corpus  # one speaker
 
 
+def is_speech_file(path: Path) -> bool:
+    """False for the non-speech files of the speech folders: known tone and silence prompts, digital silence."""
+    if NON_SPEECH_NAME.match(path.stem):
+        return False
+    x, _ = sf.read(str(path), dtype="float32", always_2d=True)
+    return bool(x.size) and float(np.abs(x).max()) >= SILENCE_PEAK
+
+
 def real_speech(data_root: Path, seed: int) -> pd.DataFrame:
-    rows = []
+    rows, skipped = [], []
     for corpus, licence in SPEECH_CORPORA.items():
         folder = data_root / "speech" / corpus
         if not folder.is_dir():
             print(f"warning: {folder} not found, skipped", file=sys.stderr)
             continue
         for p in sorted(folder.rglob("*.flac")):
+            if not is_speech_file(p):
+                skipped.append(p.relative_to(data_root).as_posix())
+                continue
             dur, sr = _info(p)
             rows.append(dict(path=str(p.resolve()), corpus=corpus, speaker=f"{corpus}:{speaker_of(corpus, p)}",
                              kind="real", duration_s=round(dur, 3), sample_rate=sr, licence=licence))
+    if skipped:
+        print(f"{len(skipped)} non-speech files left out (silences, beeps, tones), e.g. {skipped[0]}")
     df = pd.DataFrame(rows)
     split = pd.Series("train", index=df.index)
     for corpus, g in df.groupby("corpus"):
