@@ -303,10 +303,13 @@ def test_quality_checks_with_tiny_model(tiny_model_dir, recipe_sources, recipe_d
     test_speech = pd.read_csv(recipe_sources / "speech_test.csv")
     assert {c["source"] for c in clean} == set(test_speech[test_speech.duration_s >= 2.0].corpus)
     for c in clean:
-        assert 1.0 <= c["min"] <= c["mean"] <= 5.0 and c["files"] >= 1
+        assert 1.0 <= c["min"] <= c["mean"] <= 5.0 and c["files"] >= 1 and c["sd"] >= 0
+        has_long = (test_speech[test_speech.corpus == c["source"]].duration_s >= 4.0).any()
+        assert (c["crop_sd"] >= 0) if has_long else c["crop_sd"] is None  # steadiness needs 4 s recordings
         assert c["passed"] is None if c["kind"] == "synthetic" else c["passed"] == (c["mean"] >= 3.5)
     text = out.read_text()
     assert "| mp3 |" in text and "NOIZEUS" in text and "Clean held-out speech by source" in text
+    assert any(c["crop_sd"] is not None for c in clean) and "within-recording sd" in text
     assert json.loads(js.read_text())["passed"] == report["passed"]
     assert report["passed"] == (all(r["passed"] for r in report["ladders"]) and nz["passed"]
                                 and all(c["passed"] is not False for c in clean))

@@ -11,9 +11,13 @@ has never seen?
    (clean best) and the mean model score at that level, over the utterances. Bar: rho >= 0.9 for every ladder.
 2. NOIZEUS (../shared/data/eval/noizeus_noisy: 30 sentences x 8 real noises x 0/5/10/15 dB, 8 kHz): mean score
    per noise and SNR. Bar: the mean rises with SNR for every noise.
-3. Clean held-out speech of every test-split source (up to 10 files each: LibriSpeech, the Italian IVR voice,
+3. Clean held-out speech of every test-split source (up to 30 files each: LibriSpeech, the Italian IVR voice,
    AN4, synthetic voices). Bar: the mean score of each real source is >= 3.5 ("clean -> high"), so that a
-   voice's timbre is not taken for a degradation.
+   voice's timbre is not taken for a degradation. The spread (sd) of the scores is reported with the mean.
+
+Sample sizes: every check uses all the held-out LibriSpeech speakers (up to 30 utterances, one per speaker) by
+default. Clean scores of single utterances vary by about 0.5 MOS, so 10 utterances (the default before
+2026-11-26) left a standard error of about 0.17 on a mean compared with a bar.
 
 ``--reference-labels`` adds, per ladder level, the label the training corpus would give (calibrated wideband
 PESQ against the clean utterance): it shows whether a ladder asks for differences the labels make.
@@ -54,6 +58,13 @@ def test_utterances(sources: Path, n: int, seconds: float, seed: int) -> tuple[l
     picked = df.groupby("speaker", sort=False).head(1).head(n) if len(df) else df
     rng = np.random.default_rng(seed)
     return [_crop(path, seconds, rng) for path in picked.path], picked.path.tolist()
+
+
+CROP_N = int(2.5 * SAMPLE_RATE)  # the excerpts of the within-recording steadiness figure
+
+
+def _load(path: str) -> np.ndarray:
+    return load_audio(path)[0]
 
 
 def _crop(path: str, seconds: float, rng: np.random.Generator) -> np.ndarray:
@@ -131,7 +142,9 @@ def run_ladders(model, utterances: list[np.ndarray], ladder_defs: dict, batch_si
 
 def clean_by_source(model, sources: Path, per_source: int, seconds: float, seed: int, batch_size: int) -> list[dict]:
     """Clean held-out speech of every test-split source (real corpora and synthetic voices), distinct speakers
-    first, cropped to ``seconds`` at -26 dBFS. Real sources pass when their mean score is >= CLEAN_BAR."""
+    first, cropped to ``seconds`` at -26 dBFS. Real sources pass when their mean score is >= CLEAN_BAR.
+    ``crop_sd``: how steady the score is within a recording, the mean over files of 4 s or more of the standard
+    deviation of the scores of 4 evenly spaced 2.5 s excerpts (information, no bar)."""
     df = pd.read_csv(sources / "speech_test.csv")
     df = df[df.duration_s >= 2.0].sort_values("path")
     rng = np.random.default_rng(seed)
@@ -139,11 +152,16 @@ def clean_by_source(model, sources: Path, per_source: int, seconds: float, seed:
     for corpus, g in df.groupby("corpus"):
         g = pd.concat([g.groupby("speaker").head(1), g]).drop_duplicates("path").head(per_source)
         scores = score_waveforms(model, [_crop(p, seconds, rng) for p in g.path], batch_size=batch_size)
+        long = g.path[g.duration_s >= 4.0].tolist()
+        excerpts = [imp.set_level(x[s : s + CROP_N], imp.NOMINAL_LEVEL_DB) for x in map(_load, long)
+                    for s in np.linspace(0, len(x) - CROP_N, 4).astype(int)]
+        crop_sd = (round(float(score_waveforms(model, excerpts, batch_size=batch_size).reshape(len(long), 4)
+                               .std(1).mean()), 3) if long else None)
         real = bool((g.kind == "real").all())
         rows.append(dict(source=corpus, kind="real" if real else "synthetic", files=len(g),
                          speakers=int(g.speaker.nunique()), mean=round(float(scores.mean()), 3),
-                         min=round(float(scores.min()), 3),
-                         passed=bool(scores.mean() >= CLEAN_BAR) if real else None))
+                         sd=round(float(scores.std()), 3), min=round(float(scores.min()), 3),
+                         crop_sd=crop_sd, passed=bool(scores.mean() >= CLEAN_BAR) if real else None))
     return rows
 
 
@@ -197,11 +215,14 @@ def markdown(report: dict) -> str:
     if clean:
         lines += ["", "## Clean held-out speech by source", "",
                   f"Unimpaired test-split speech at -26 dBFS; pass when a real source's mean score is >= {CLEAN_BAR}.",
-                  "", "| source | kind | files (speakers) | mean score | lowest | pass |", "|---|---|---|---|---|---|"]
+                  "Within-recording sd: the spread of the scores of four 2.5 s excerpts of one recording (files of 4 s or "
+                  "more), averaged over files; a steady model keeps it small.",
+                  "", "| source | kind | files (speakers) | mean score | sd | lowest | within-recording sd | pass |",
+                  "|---|---|---|---|---|---|---|---|"]
         for c in clean:
             verdict = "–" if c["passed"] is None else ("yes" if c["passed"] else "**no**")
             lines.append(f"| {c['source']} | {c['kind']} | {c['files']} ({c['speakers']}) | {c['mean']:.2f} | "
-                         f"{c['min']:.2f} | {verdict} |")
+                         f"{c['sd']:.2f} | {c['min']:.2f} | {'–' if c['crop_sd'] is None else format(c['crop_sd'], '.2f')} | {verdict} |")
     nz = report.get("noizeus")
     if nz:
         lines += ["", "## NOIZEUS (real noisy recordings, 8 kHz)", "",
@@ -221,10 +242,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--noizeus", default=str(REPO.parent / "shared" / "data" / "eval" / "noizeus_noisy"))
     ap.add_argument("--out", default=None, help="markdown report (e.g. docs/quality-checks.md)")
     ap.add_argument("--json", default=None, help="numbers as JSON")
-    ap.add_argument("--utterances", type=int, default=10)
+    ap.add_argument("--utterances", type=int, default=30, help="held-out utterances, one per speaker")
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--noizeus-limit", type=int, default=None, help="files per NOIZEUS folder (default: all 30)")
-    ap.add_argument("--clean-per-source", type=int, default=10, help="clean files per test-split source (0: skip)")
+    ap.add_argument("--clean-per-source", type=int, default=30, help="clean files per test-split source (0: skip)")
     ap.add_argument("--reference-labels", action="store_true",
                     help="also compute each ladder level's PESQ-based label (needs the pesq package)")
     ap.add_argument("--batch-size", type=int, default=16)
