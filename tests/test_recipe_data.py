@@ -379,6 +379,15 @@ def test_bundle_card_summary_reads_the_provenance(tmp_path):
         "; then 2 runs from there, weights averaged: fine-tuned 6000 steps × 16 crops of 2-6 s on 9000 simulated "
         "clips (best validation step 5500) | fine-tuned 6000 steps × 16 crops of 2-6 s on 9000 simulated clips "
         "(best validation step 4000)")
+    averaged = tmp_path / "averaged"  # a third cycle, continued from the averaged model: both averages are told
+    averaged.mkdir()
+    (averaged / "config.json").write_text(json.dumps({"metadata": soup}))
+    third = {"training": {"preset": "small", "steps": 3000, "global_batch_size": 16, "crop_s": [4.0, 6.0]},
+             "best_step": 1500, "data": {"train_files": 11400}, "init": {"kind": "pretrained", "model": str(averaged)}}
+    text = bundle_model.training_summary(third, "")
+    assert text.count("weights averaged") == 1 and text.count("best validation step 4000") == 1
+    assert text.endswith("(best validation step 4000); fine-tuned 3000 steps × 16 crops of 4-6 s on 11400 "
+                         "simulated clips (best validation step 1500)")
 
 
 def test_average_models_is_the_mean_of_the_weights_and_validates(tmp_path, make_audio):

@@ -82,8 +82,8 @@ def _start(init: dict) -> str:
         return "; trained from scratch"
     cfg = REPO / str(init.get("model", "")) / CONFIG_NAME
     m = json.loads(cfg.read_text()).get("metadata", {}) if cfg.is_file() else {}
-    if "training" in m and "init" in m:  # continued from a fine-tuned model
-        return _start(m["init"]) + _fine_tuned(m)
+    if "training" in m and "init" in m:  # continued from a fine-tuned (perhaps averaged) model
+        return _start(m["init"]) + _made(m)
     if {"steps", "batch_size", "pairing", "negatives"} <= m.keys():
         return (f"; encoder pretrained on JND pairs ({m['steps']} steps × {m['batch_size']} {m['pairing']} pairs, "
                 f"{m['negatives']} negatives)")
@@ -99,15 +99,18 @@ def _fine_tuned(meta: dict) -> str:
             + f" on {data.get('train_files', '?')} simulated clips (best validation step {meta.get('best_step', '?')})")
 
 
-def training_summary(meta: dict, where: str) -> str:
-    """One sentence on how the model was made, from its provenance (and its starting point's, when on disk)."""
-    text = f"`{meta.get('training', {}).get('preset', '?')}` preset" + _start(meta.get("init", {}))
+def _made(meta: dict) -> str:
+    """What was done from the starting point: one fine-tuning run, or several whose weights were averaged."""
     parts = meta.get("averaged_from")  # training/average_models.py: runs from the same starting point
     if parts:
-        text += f"; then {len(parts)} runs from there, weights averaged: " + " | ".join(
+        return f"; then {len(parts)} runs from there, weights averaged: " + " | ".join(
             _fine_tuned(p).removeprefix("; ") for p in parts)
-    else:
-        text += _fine_tuned(meta)
+    return _fine_tuned(meta)
+
+
+def training_summary(meta: dict, where: str) -> str:
+    """One sentence on how the model was made, from its provenance (and its starting point's, when on disk)."""
+    text = f"`{meta.get('training', {}).get('preset', '?')}` preset" + _start(meta.get("init", {})) + _made(meta)
     return text + (f"; {where}" if where else "")
 
 
