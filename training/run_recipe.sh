@@ -3,8 +3,8 @@
 #
 #   bash training/run_recipe.sh            # all stages, CPU profile (2 cores: a few hours)
 #   PROFILE=gpu bash training/run_recipe.sh # same commands, the GPU sizes (base preset, more data and steps)
-#   bash training/run_recipe.sh finetune   # one stage, of: sources corpus pairs pretrain finetune more evaluate
-#                                          #   bundle checks plots
+#   bash training/run_recipe.sh finetune   # one stage, of: sources corpus pairs pretrain finetune more polish
+#                                          #   evaluate bundle checks plots
 #   bash training/ablation.sh              # after corpus + pairs: the pretraining modes compared by fine-tuning
 #
 # Needs: pip install -e ".[recipe]"; apt-get install espeak-ng flite (synthetic voices, sources stage only);
@@ -22,12 +22,14 @@ if [ "$PROFILE" = gpu ]; then
   FT_STEPS=6000; FT_BATCH=64
   FT_LR="2e-4 2e-3"; FT_EVAL=300; WORKERS=${WORKERS:-16}; DEVICE=cuda
   MORE_STEPS=3000; MORE_LR="1e-4 1e-3"; MORE_SEEDS=${MORE_SEEDS:-$SEEDS}
+  CLEAN_FILES=9600; POLISH_STEPS=1500; POLISH_LR="5e-5 5e-4"  # not run yet: the CPU sizes scaled as above
 else
   # fine-tuning as for the shipped jsqa-small (7000 steps, lr 3e-4: 3000 steps at 1e-4 had not converged)
   PRESET=small; FILES="3000 400 400"; EXTRA_FILES=6000; PAIRS=40000; PT_STEPS=1500; PT_BATCH=32
   FT_STEPS=7000; FT_BATCH=16
   FT_LR="3e-4 1e-3"; FT_EVAL=500; WORKERS=${WORKERS:-1}; DEVICE=cpu
   MORE_STEPS=6000; MORE_LR="1.5e-4 5e-4"; MORE_SEEDS=${MORE_SEEDS:-${SEEDS##* }}  # the second cycle: last seed only
+  CLEAN_FILES=2400; POLISH_STEPS=3000; POLISH_LR="1e-4 3e-4"                       # the third: the same seeds
 fi
 read -r LR_ENC LR_HEAD <<< "$FT_LR"
 SRC=$OUT/sources MOS=$OUT/mos RUNS=$OUT/runs
@@ -35,6 +37,7 @@ SRC=$OUT/sources MOS=$OUT/mos RUNS=$OUT/runs
 FT_DATA=(--train "$MOS/train.csv" --train "$OUT/mos-extra/train.csv" --val "$MOS/val.csv")
 # the second training draw: more codecs and band limitation (VoIP-style), 30 % timbre-varied clean references
 VOIP_WEIGHTS=noise=0.25,codec=0.22,packet_loss=0.15,clip=0.08,band=0.13,reverb=0.07,echo=0.05,level=0.05
+# the third, read by the `polish` cycle only: half clean references (half of all timbre-varied), no label balance
 
 stage() {  # stage NAME COMMAND... : run it, append its wall time to timings.tsv
   local name=$1; shift
@@ -52,6 +55,9 @@ corpus() {
   stage corpus-extra python training/simulate_mos.py --sources "$SRC" --out "$OUT/mos-extra" \
     --num-files "$EXTRA_FILES" 0 0 --workers "$(env -u OMP_NUM_THREADS nproc)" --seed $((SEED + 1)) \
     --timbre-share 0.3 --family-weights "$VOIP_WEIGHTS"
+  stage corpus-clean python training/simulate_mos.py --sources "$SRC" --out "$OUT/mos-clean" \
+    --num-files "$CLEAN_FILES" 0 0 --workers "$(env -u OMP_NUM_THREADS nproc)" --seed $((SEED + 2)) \
+    --clean-share 0.5 --timbre-share 0.5 --max-factor 0
 }
 pairs() {
   stage pairs jsqa make-pairs --speech "$SRC/speech_train.txt" --noise "$SRC/noise_train.txt" -o "$OUT/pairs" \
@@ -94,23 +100,41 @@ more() {
     done
   done
 }
+polish() {
+  # A third cycle from each second-cycle average, JSQA and scratch alike: shorter, at lower learning rates, 2-6 s
+  # crops, with the clean-heavy third draw added. Clean speech of unseen voices scores higher and steadier
+  # (docs/results.md, fifth version). One run per model: a 4-6 s run and its average with this one did worse.
+  local lr; read -r -a lr <<< "$POLISH_LR"
+  for s in $MORE_SEEDS; do
+    for kind in jsqa scratch; do
+      stage "polish-$kind-s$s" jsqa finetune "${FT_DATA[@]}" --train "$OUT/mos-clean/train.csv" \
+        --steps "$POLISH_STEPS" --batch-size "$FT_BATCH" --lr-encoder "${lr[0]}" --lr-head "${lr[1]}" \
+        --warmup-steps 100 --eval-every "$FT_EVAL" --patience 0 --crop 2 6 --cache-audio --device "$DEVICE" \
+        --workers "$WORKERS" -q --seed $((s + 2)) --init "$RUNS/$kind-more-s$s" -o "$RUNS/$kind-polish-s$s"
+    done
+  done
+}
 evaluate() {
   for s in $SEEDS; do
     stage "evaluate-s$s" jsqa evaluate -m "$RUNS/scratch-s$s" -m "$RUNS/jsqa-s$s" --csv "$MOS/test.csv" \
       -o "$OUT/eval-test-s$s"
-    if [ -d "$RUNS/jsqa-more-s$s" ]; then
-      stage "evaluate-more-s$s" jsqa evaluate -m "$RUNS/scratch-more-s$s" -m "$RUNS/jsqa-more-s$s" \
-        --csv "$MOS/test.csv" -o "$OUT/eval-test-more-s$s"
-    fi
+    for c in more polish; do
+      if [ -d "$RUNS/jsqa-$c-s$s" ]; then
+        stage "evaluate-$c-s$s" jsqa evaluate -m "$RUNS/scratch-$c-s$s" -m "$RUNS/jsqa-$c-s$s" \
+          --csv "$MOS/test.csv" -o "$OUT/eval-test-$c-s$s"
+      fi
+    done
   done
 }
 bundle() {  # ship the JSQA model with the best validation PCC (weights + config + card + its test metrics)
   local models=() evals=()
   for s in $SEEDS; do
     models+=("$RUNS/jsqa-s$s"); evals+=("$OUT/eval-test-s$s/metrics.json")
-    if [ -d "$RUNS/jsqa-more-s$s" ]; then
-      models+=("$RUNS/jsqa-more-s$s"); evals+=("$OUT/eval-test-more-s$s/metrics.json")
-    fi
+    for c in more polish; do
+      if [ -d "$RUNS/jsqa-$c-s$s" ]; then
+        models+=("$RUNS/jsqa-$c-s$s"); evals+=("$OUT/eval-test-$c-s$s/metrics.json")
+      fi
+    done
   done
   stage bundle python training/bundle_model.py "${models[@]}" --eval "${evals[@]}" --where "$PROFILE profile" \
     --recipe "training/run_recipe.sh (PROFILE=$PROFILE)"
@@ -125,5 +149,5 @@ plots() {
 }
 
 mkdir -p "$OUT"
-if [ $# -eq 0 ]; then set -- sources corpus pairs pretrain finetune more evaluate bundle checks plots; fi
+if [ $# -eq 0 ]; then set -- sources corpus pairs pretrain finetune more polish evaluate bundle checks plots; fi
 for s in "$@"; do "$s"; done
