@@ -215,14 +215,15 @@ def markdown(report: dict) -> str:
     if clean:
         lines += ["", "## Clean held-out speech by source", "",
                   f"Unimpaired test-split speech at -26 dBFS; pass when a real source's mean score is >= {CLEAN_BAR}.",
-                  "Within-recording sd: the spread of the scores of four 2.5 s excerpts of one recording (files of 4 s or "
-                  "more), averaged over files; a steady model keeps it small.",
+                  "Within-recording sd: the spread of the scores of four 2.5 s excerpts of one recording (files of "
+                  "4 s or more), averaged over files; a steady model keeps it small.",
                   "", "| source | kind | files (speakers) | mean score | sd | lowest | within-recording sd | pass |",
                   "|---|---|---|---|---|---|---|---|"]
         for c in clean:
             verdict = "–" if c["passed"] is None else ("yes" if c["passed"] else "**no**")
+            steady = "–" if c["crop_sd"] is None else f"{c['crop_sd']:.2f}"
             lines.append(f"| {c['source']} | {c['kind']} | {c['files']} ({c['speakers']}) | {c['mean']:.2f} | "
-                         f"{c['sd']:.2f} | {c['min']:.2f} | {'–' if c['crop_sd'] is None else format(c['crop_sd'], '.2f')} | {verdict} |")
+                         f"{c['sd']:.2f} | {c['min']:.2f} | {steady} | {verdict} |")
     nz = report.get("noizeus")
     if nz:
         lines += ["", "## NOIZEUS (real noisy recordings, 8 kHz)", "",

@@ -29,7 +29,7 @@ else
   FT_STEPS=7000; FT_BATCH=16
   FT_LR="3e-4 1e-3"; FT_EVAL=500; WORKERS=${WORKERS:-1}; DEVICE=cpu
   MORE_STEPS=6000; MORE_LR="1.5e-4 5e-4"; MORE_SEEDS=${MORE_SEEDS:-${SEEDS##* }}  # the second cycle: last seed only
-  CLEAN_FILES=2400; POLISH_STEPS=3000; POLISH_LR="1e-4 3e-4"                       # the third: the same seeds
+  CLEAN_FILES=2400; POLISH_STEPS=3000; POLISH_LR="1e-4 3e-4"                       # the third cycle: MORE_SEEDS too
 fi
 read -r LR_ENC LR_HEAD <<< "$FT_LR"
 SRC=$OUT/sources MOS=$OUT/mos RUNS=$OUT/runs
@@ -37,7 +37,6 @@ SRC=$OUT/sources MOS=$OUT/mos RUNS=$OUT/runs
 FT_DATA=(--train "$MOS/train.csv" --train "$OUT/mos-extra/train.csv" --val "$MOS/val.csv")
 # the second training draw: more codecs and band limitation (VoIP-style), 30 % timbre-varied clean references
 VOIP_WEIGHTS=noise=0.25,codec=0.22,packet_loss=0.15,clip=0.08,band=0.13,reverb=0.07,echo=0.05,level=0.05
-# the third, read by the `polish` cycle only: half clean references (half of all timbre-varied), no label balance
 
 stage() {  # stage NAME COMMAND... : run it, append its wall time to timings.tsv
   local name=$1; shift
@@ -55,6 +54,7 @@ corpus() {
   stage corpus-extra python training/simulate_mos.py --sources "$SRC" --out "$OUT/mos-extra" \
     --num-files "$EXTRA_FILES" 0 0 --workers "$(env -u OMP_NUM_THREADS nproc)" --seed $((SEED + 1)) \
     --timbre-share 0.3 --family-weights "$VOIP_WEIGHTS"
+  # the third, read by the `polish` cycle only: half clean references, half of all timbre-varied, no label balance
   stage corpus-clean python training/simulate_mos.py --sources "$SRC" --out "$OUT/mos-clean" \
     --num-files "$CLEAN_FILES" 0 0 --workers "$(env -u OMP_NUM_THREADS nproc)" --seed $((SEED + 2)) \
     --clean-share 0.5 --timbre-share 0.5 --max-factor 0
