@@ -57,19 +57,14 @@ def test_utterances(sources: Path, n: int, seconds: float, seed: int) -> tuple[l
     df = df.assign(pref=(df.corpus != "librispeech").astype(int)).sort_values(["pref", "path"])
     picked = df.groupby("speaker", sort=False).head(1).head(n) if len(df) else df
     rng = np.random.default_rng(seed)
-    return [_crop(path, seconds, rng) for path in picked.path], picked.path.tolist()
+    return [_crop(load_audio(path)[0], seconds, rng) for path in picked.path], picked.path.tolist()
 
 
 CROP_N = int(2.5 * SAMPLE_RATE)  # the excerpts of the within-recording steadiness figure
 
 
-def _load(path: str) -> np.ndarray:
-    return load_audio(path)[0]
-
-
-def _crop(path: str, seconds: float, rng: np.random.Generator) -> np.ndarray:
-    """A random excerpt of at most ``seconds`` of the file, at the nominal -26 dBFS active level."""
-    x, _ = load_audio(path)
+def _crop(x: np.ndarray, seconds: float, rng: np.random.Generator) -> np.ndarray:
+    """A random excerpt of at most ``seconds`` of the signal, at the nominal -26 dBFS active level."""
     n = min(len(x), int(seconds * SAMPLE_RATE))
     start = int(rng.integers(0, len(x) - n + 1))
     return imp.set_level(x[start : start + n], imp.NOMINAL_LEVEL_DB)
@@ -151,9 +146,10 @@ def clean_by_source(model, sources: Path, per_source: int, seconds: float, seed:
     rows = []
     for corpus, g in df.groupby("corpus"):
         g = pd.concat([g.groupby("speaker").head(1), g]).drop_duplicates("path").head(per_source)
-        scores = score_waveforms(model, [_crop(p, seconds, rng) for p in g.path], batch_size=batch_size)
-        long = g.path[g.duration_s >= 4.0].tolist()
-        excerpts = [imp.set_level(x[s : s + CROP_N], imp.NOMINAL_LEVEL_DB) for x in map(_load, long)
+        audio = [load_audio(p)[0] for p in g.path]  # each file read once, for both figures
+        scores = score_waveforms(model, [_crop(x, seconds, rng) for x in audio], batch_size=batch_size)
+        long = [x for x, d in zip(audio, g.duration_s) if d >= 4.0]
+        excerpts = [imp.set_level(x[s : s + CROP_N], imp.NOMINAL_LEVEL_DB) for x in long
                     for s in np.linspace(0, len(x) - CROP_N, 4).astype(int)]
         crop_sd = (round(float(score_waveforms(model, excerpts, batch_size=batch_size).reshape(len(long), 4)
                                .std(1).mean()), 3) if long else None)
