@@ -266,6 +266,24 @@ def test_simulate_mos_corpus(recipe_sources, tmp_path):
 
 
 @needs_pesq
+def test_versions_share_one_reference(recipe_sources, tmp_path):
+    """--versions 3: groups of the clean reference and two degraded copies, kept whole, each labelled against it."""
+    out = tmp_path / "mos"
+    simulate_mos.main(["--sources", str(recipe_sources), "--out", str(out), "--num-files", "5", "0", "0",
+                       "--workers", "1", "--max-factor", "0", "--seed", "4", "--versions", "3", "--clean-share", "0"])
+    df = pd.read_csv(out / "train.csv")
+    assert len(df) == 6 and list(df.columns)[-1] == "group"  # whole groups until at least 5 clips
+    for _, g in df.groupby("group", sort=False):
+        assert len(g) == 3 and g.source.nunique() == 1 and g.path.str.endswith(("_v0.flac", "_v1.flac", "_v2.flac")).all()
+        assert g.condition.iloc[0] == "clean" and g.mos.iloc[0] == simulate_mos.MOS_MAX
+        assert (g.condition.iloc[1:] != "clean").all()
+        kept = g[~g.condition.str.contains("remove")]  # packet loss that removes audio shortens a clip
+        assert {round(sf.info(str(out / p)).duration, 2) for p in kept.path} == {round(g.duration_s.iloc[0], 2)}
+    with pytest.raises(SystemExit):
+        simulate_mos.main(["--sources", str(recipe_sources), "--out", str(out), "--versions", "0"])
+
+
+@needs_pesq
 def test_candidate_pesq_and_codec_paths(recipe_sources):
     """One candidate per family group, including every codec path, labelled by PESQ."""
     simulate_mos._init_worker(dict(sources=str(recipe_sources), seed=0, synthetic_share=0.0, clean_share=0.0,
@@ -279,8 +297,10 @@ def test_candidate_pesq_and_codec_paths(recipe_sources):
     assert p_clean > 4.5 and p_codec < p_clean - 0.3
     noisy = simulate_mos._pesq(ref, imp.mix_snr(ref, imp.colored_noise("white", len(ref), rng), 0.0))
     assert noisy < 2.0
-    c = simulate_mos.make_candidate(("train", 3))
-    assert c is not None and 1.0 <= c["mos"] <= simulate_mos.MOS_MAX and c["flac"][:4] == b"fLaC"
+    clips = simulate_mos.make_candidate(("train", 3))
+    assert clips is not None and len(clips) == 1
+    c = clips[0]
+    assert 1.0 <= c["mos"] <= simulate_mos.MOS_MAX and c["flac"][:4] == b"fLaC"
 
 
 # ------------------------------------------------------------------------------------------------ checks, examples

@@ -282,8 +282,10 @@ def _init_worker(cfg: dict) -> None:
     _CFG.update(cfg)
 
 
-def make_candidate(job: tuple[str, int]) -> dict | None:
-    """One candidate clip (deterministic in seed, split, index), FLAC-encoded, with its label."""
+def make_candidate(job: tuple[str, int]) -> list[dict] | None:
+    """One candidate (deterministic in seed, split, index): a list of FLAC-encoded clips with their labels. The
+    list holds one clip, or with ``versions`` > 1 a group of versions of one clean reference: the reference
+    itself first, then independently degraded copies (each labelled against the same reference)."""
     split, index = job
     if split not in _SRC:
         _SRC[split] = Sources(Path(_CFG["sources"]), split, _CFG["synthetic_share"])
@@ -296,14 +298,25 @@ def make_candidate(job: tuple[str, int]) -> dict | None:
         ref = imp.spectral_tilt(imp.voice_shift(ref, factor), tilt)
         timbre = f"voice:x{factor:.2f},tilt{tilt:+.1f}dB/oct "
     ref = np.clip(imp.set_level(ref, imp.NOMINAL_LEVEL_DB + float(np.clip(rng.normal(0, 2), -3, 3))), -1, 1)
-    if rng.random() < _CFG["clean_share"]:
-        families = []
-    else:
-        k = int(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15]))
-        weights = np.asarray(_CFG.get("family_weights", FAMILY_WEIGHTS), dtype=float)
-        k = min(k, int(np.count_nonzero(weights)))
-        families = list(rng.choice(FAMILIES, size=k, replace=False, p=weights / weights.sum()))
-    d = degrade(ref, rng, src, families)
+    versions = int(_CFG.get("versions", 1))
+    clips = []
+    for v in range(versions):
+        if (versions > 1 and v == 0) or rng.random() < _CFG["clean_share"]:
+            families = []
+        else:
+            k = int(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15]))
+            weights = np.asarray(_CFG.get("family_weights", FAMILY_WEIGHTS), dtype=float)
+            k = min(k, int(np.count_nonzero(weights)))
+            families = list(rng.choice(FAMILIES, size=k, replace=False, p=weights / weights.sum()))
+        clip = _labelled_clip(ref, degrade(ref, rng, src, families))
+        if clip is None:
+            return None
+        clips.append(dict(clip, detail=timbre + clip["detail"], source=_short(source)))
+    return clips
+
+
+def _labelled_clip(ref: np.ndarray, d: dict) -> dict | None:
+    """A degraded clip (``degrade``'s output) FLAC-encoded, with its label against ``ref``; None without a label."""
     p_mid = _pesq(ref, d["mid"])
     if p_mid is None:
         return None
@@ -317,8 +330,7 @@ def make_candidate(job: tuple[str, int]) -> dict | None:
     sf.write(buf, deg, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
     return dict(flac=buf.getvalue(), mos=round(mos, 3), condition="+".join(d["parts"]) or "clean",
                 pesq_raw=round(p_final if p_final is not None else p_mid, 3), pesq_mid=round(p_mid, 3),
-                detail=timbre + " ".join(d["detail"]), source=_short(source),
-                duration_s=round(len(deg) / SAMPLE_RATE, 3))
+                detail=" ".join(d["detail"]), duration_s=round(len(deg) / SAMPLE_RATE, 3))
 
 
 def _short(path: str) -> str:
@@ -329,9 +341,15 @@ def _short(path: str) -> str:
     return path
 
 
+def label_bin(mos: float) -> int:
+    """The label-balance bin of ``mos``: 0 for [1, 1.5) ... 6 for [4, 4.5]."""
+    return int(np.clip(np.searchsorted(BIN_EDGES, mos, side="right") - 1, 0, len(BIN_EDGES) - 2))
+
+
 def build_split(pool, split: str, n: int, out: Path, max_factor: float, chunksize: int) -> pd.DataFrame:
     """Draw candidates in index order and keep each one whose label bin still has room (n / 7 per bin);
-    after ``max_factor * n`` candidates the remaining places are filled by whatever comes."""
+    after ``max_factor * n`` candidates the remaining places are filled by whatever comes. Groups of versions
+    (``--versions``) are kept whole, without label balancing, until at least ``n`` clips are written."""
     quota = np.full(len(BIN_EDGES) - 1, n // (len(BIN_EDGES) - 1))
     quota[: n - quota.sum()] += 1
     counts, rows, drawn = np.zeros_like(quota), [], 0
@@ -340,10 +358,17 @@ def build_split(pool, split: str, n: int, out: Path, max_factor: float, chunksiz
     batch = max(8, 8 * getattr(pool, "_processes", 1))
     results = (c for start in range(0, 10**9, batch)  # bounded batches: nothing is queued past the end
                for c in pool.map(make_candidate, [(split, i) for i in range(start, start + batch)], chunksize))
-    for i, c in enumerate(results):
+    for i, clips in enumerate(results):
         drawn = i + 1
-        if c is not None:
-            b = int(np.clip(np.searchsorted(BIN_EDGES, c["mos"], side="right") - 1, 0, len(quota) - 1))
+        if clips is not None and len(clips) > 1:  # a group of versions of one reference
+            for k, c in enumerate(clips):
+                counts[label_bin(c["mos"])] += 1
+                rel = f"{split}/{split}_{i:06d}_v{k}.flac"
+                (out / rel).write_bytes(c.pop("flac"))
+                rows.append(dict(path=rel, group=f"{split}_{i:06d}", **c))
+        elif clips is not None:
+            c = clips[0]
+            b = label_bin(c["mos"])
             if counts[b] < quota[b] or drawn > limit:
                 counts[b] += 1
                 rel = f"{split}/{split}_{i:06d}.flac"
@@ -353,7 +378,8 @@ def build_split(pool, split: str, n: int, out: Path, max_factor: float, chunksiz
             break
         if drawn % 500 == 0:
             print(f"  {split}: {drawn} drawn, {len(rows)}/{n} kept, bins {counts.tolist()}", flush=True)
-    df = pd.DataFrame(rows)[["path", "mos", "condition", "pesq_raw", "pesq_mid", "source", "detail", "duration_s"]]
+    columns = ["path", "mos", "condition", "pesq_raw", "pesq_mid", "source", "detail", "duration_s"]
+    df = pd.DataFrame(rows)[columns + (["group"] if rows and "group" in rows[0] else [])]
     df.to_csv(out / f"{split}.csv", index=False)
     return df, drawn
 
@@ -376,9 +402,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--family-weights", type=parse_family_weights, default=FAMILY_WEIGHTS.tolist(),
                     metavar="NAME=W,...", help="override impairment family weights, e.g. codec=0.22,band=0.13 "
                     f"(defaults {defaults}; renormalised)")
+    ap.add_argument("--versions", type=int, default=1, help="clips per clean reference: with 2 or more, the "
+                    "reference itself and independently degraded copies, sharing a `group` column (for `jsqa "
+                    "finetune --rank-weight`); groups are kept whole and not label-balanced")
     ap.add_argument("--max-factor", type=float, default=4.0, help="candidates drawn per kept clip before giving up "
                     "on the label balance")
     args = ap.parse_args(argv)
+    if args.versions < 1:
+        ap.error(f"--versions must be at least 1 (got {args.versions})")
     sources, out = Path(args.sources), Path(args.out)
     if not (sources / "speech_train.csv").exists():
         ap.error(f"{sources}: no speech_train.csv (run training/prepare_sources.py first)")
@@ -389,7 +420,7 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     meta = json.loads((sources / "sources.json").read_text()) if (sources / "sources.json").exists() else {}
     cfg = dict(sources=str(sources), seed=args.seed, synthetic_share=args.synthetic_share,
-               clean_share=args.clean_share, timbre_share=args.timbre_share,
+               clean_share=args.clean_share, timbre_share=args.timbre_share, versions=args.versions,
                family_weights=args.family_weights, data_root=meta.get("data_root", ""))
     summary = dict(settings=vars(args), splits={})
     t0 = time.perf_counter()
