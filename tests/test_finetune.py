@@ -132,12 +132,73 @@ def test_crops_are_random_in_range_reproducible_and_same_with_cache(tmp_path, ma
     cached = MOSCrops(paths, [2.0, 4.0], crop_s=(1.0, 2.0), cache=decode_all(paths), seed=3)
     lengths = set()
     for epoch in range(6):
-        wav, mos = plain[(epoch, 0)]
+        wav, mos, partner = plain[(epoch, 0)]
+        assert partner is None  # no groups: no partners
         assert SAMPLE_RATE <= len(wav) <= 2 * SAMPLE_RATE and mos == 2.0
         assert torch.equal(wav, cached[(epoch, 0)][0]) and torch.equal(wav, plain[(epoch, 0)][0])
         lengths.add(len(wav))
         assert len(plain[(epoch, 1)][0]) == int(0.6 * SAMPLE_RATE)  # shorter than a crop: the whole file
     assert len(lengths) > 1  # a new crop every epoch
+
+
+def test_decoded_audio_packs_waves_into_blocks():
+    from jsqa_cli.finetune import DecodedAudio
+
+    rng = np.random.default_rng(0)
+    waves = [rng.standard_normal(n).astype(np.float32) for n in (300, 500, 250, 1500, 100)]
+    cache = DecodedAudio(iter(waves), block=1000)  # 300+500 | 250 | 1500 (longer than a block) | 100
+    assert len(cache) == 5 and len(cache.blocks) == 4 and cache.nbytes == 4 * 2650
+    assert all(np.array_equal(cache[i], w) for i, w in enumerate(waves))
+    assert [len(w) for w in cache] == [300, 500, 250, 1500, 100]  # iterable, as the validation set is read
+    assert len(DecodedAudio([])) == 0
+
+
+def test_grouped_crops_come_with_a_partner_cropped_at_the_same_place(tmp_path, make_audio):
+    """Versions of one reference (same length; here the same signal at two gains) are cropped alike; files with
+    no group, or alone in theirs, have no partner; the collated batch indexes each crop and its partner."""
+    import soundfile as sf
+
+    from jsqa_cli.finetune import collate_crops
+
+    base = make_audio("ref.wav", seconds=3.0, seed=1)
+    x, sr = sf.read(base, dtype="float32")
+    paths = [str(base)]
+    for k, g in ((1, 0.5), (2, 0.25)):
+        sf.write(tmp_path / f"v{k}.wav", x * g, sr, subtype="FLOAT")
+        paths.append(str(tmp_path / f"v{k}.wav"))
+    paths.append(str(make_audio("alone.wav", seconds=2.0, seed=2)))
+    paths.append(str(make_audio("nogroup.wav", seconds=2.0, seed=3)))
+    crops = MOSCrops(paths, [4.5, 3.0, 2.0, 4.0, 1.0], crop_s=(1.0, 1.5), seed=0,
+                     groups=["a", "a", "a", "b", pd.NA])
+    partners = set()
+    for epoch in range(8):
+        wav, mos, (other, other_mos) = crops[(epoch, 0)]
+        gain = {3.0: 0.5, 2.0: 0.25}[other_mos]
+        assert len(other) == len(wav) and torch.allclose(other, wav * gain, atol=1e-6)  # the same place
+        partners.add(other_mos)
+    assert partners == {3.0, 2.0}  # either other version
+    assert crops[(0, 3)][2] is None and crops[(0, 4)][2] is None
+    wav, lengths, mos, pairs = collate_crops([crops[(0, 3)], crops[(0, 1)], crops[(0, 4)]])
+    assert wav.shape[0] == 4 and pairs.tolist() == [[1, 3]] and mos[1] == 3.0 and mos[3] in (4.5, 2.0)
+    assert collate_crops([crops[(0, 4)]])[3].shape == (0, 2)
+
+
+def test_rank_weight_trains_on_groups_and_needs_them(csv_split, pretrained_dir, tmp_path):
+    train, val = csv_split
+    df = pd.read_csv(train)
+    df["group"] = [f"g{i // 3}" for i in range(len(df))]  # stand-in groups of three
+    grouped = train.parent / "grouped.csv"
+    df.to_csv(grouped, index=False)
+    assert read_labelled_csv(grouped)["group"].iloc[0] == f"{grouped}:g0"  # groups of two CSVs never merge
+    out = finetune(output=str(tmp_path / "rank"), train_csv=[str(grouped), str(train)], val_csv=str(val),
+                   init=str(pretrained_dir), rank_weight=1.0, **{**FAST, "steps": 2})
+    meta = read_config(out)[1]
+    assert meta["training"]["rank_weight"] == 1.0 and meta["data"]["train_files"] == 2 * len(df)
+    losses = [r["loss"] for r in read_metrics(out / "training") if "loss" in r]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    with pytest.raises(ValueError, match="--rank-weight needs training files that share a `group`"):
+        finetune(output=str(tmp_path / "nogroups"), train_csv=str(train), val_csv=str(val),
+                 init=str(pretrained_dir), rank_weight=1.0, **FAST)
 
 
 # ------------------------------------------------------------------------------------------------ init

@@ -18,7 +18,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -137,9 +137,11 @@ def read_nisqa_conditions(root: str | os.PathLike, dbs: Sequence[str]) -> pd.Dat
 
 
 def read_labelled_csv(csv: str | os.PathLike) -> pd.DataFrame:
-    """A labelled CSV (columns path or file, mos, optional condition or con) → DataFrame (path, mos, condition).
+    """A labelled CSV (columns path or file, mos, optional condition or con, optional group) → DataFrame (path,
+    mos, condition[, group]).
 
-    Relative paths are resolved against the CSV's folder.
+    Relative paths are resolved against the CSV's folder. ``group`` names versions of one clean reference (as
+    ``training/simulate_mos.py --versions`` writes them), which ``finetune --rank-weight`` compares.
     """
     csv = Path(csv).expanduser()
     df = _read_csv(csv)
@@ -156,6 +158,8 @@ def read_labelled_csv(csv: str | os.PathLike) -> pd.DataFrame:
                         "condition": _conditions(df, next((c for c in CONDITION_COLUMNS if c in df.columns), None))})
     if "db" in df.columns:
         out["db"] = df["db"].astype(str)
+    if "group" in df.columns:  # qualified by the CSV, so that groups of two corpora never merge
+        out["group"] = [pd.NA if pd.isna(g) else f"{csv}:{g}" for g in df["group"]]
     return out
 
 
@@ -171,21 +175,37 @@ def check_files(df: pd.DataFrame, what: str) -> None:
 
 
 class DecodedAudio:
-    """Many decoded 16 kHz waves in one float32 array (+ offsets), so DataLoader workers share it unchanged."""
+    """Many decoded 16 kHz waves packed into a few large float32 blocks (+ where each wave lies), so DataLoader
+    workers share them unchanged. Filled while the waves arrive: the peak memory is the cache plus one wave,
+    not twice the cache (as collecting the waves and then concatenating them would be)."""
 
-    def __init__(self, waves: Sequence[np.ndarray]):
-        self.offsets = np.cumsum([0] + [len(w) for w in waves]).astype(np.int64)
-        self.samples = np.concatenate(waves).astype(np.float32, copy=False) if len(waves) else np.zeros(0, np.float32)
+    BLOCK = 2**26  # samples per block (256 MiB); a longer wave gets a block of its own
+
+    def __init__(self, waves: Iterable[np.ndarray], block: int = BLOCK):
+        self.blocks: list[np.ndarray] = []
+        where, buf, fill = [], np.zeros(0, np.float32), 0
+        for w in waves:
+            if fill + len(w) > len(buf):
+                if fill:
+                    self.blocks.append(buf[:fill])
+                buf, fill = np.empty(max(block, len(w)), np.float32), 0  # pages are committed as they are filled
+            buf[fill:fill + len(w)] = w
+            where.append((len(self.blocks), fill, fill + len(w)))
+            fill += len(w)
+        if fill:
+            self.blocks.append(buf[:fill])
+        self.where = np.array(where, dtype=np.int64).reshape(-1, 3)
 
     def __len__(self) -> int:
-        return len(self.offsets) - 1
+        return len(self.where)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        return self.samples[self.offsets[i]:self.offsets[i + 1]]
+        b, start, end = self.where[i]
+        return self.blocks[b][start:end]
 
     @property
     def nbytes(self) -> int:
-        return self.samples.nbytes
+        return sum(b.nbytes for b in self.blocks)
 
 
 class _Decode(Dataset):
@@ -206,38 +226,59 @@ def _as_is(item):
 def decode_all(paths: Sequence[str], workers: int = 0) -> DecodedAudio:
     """Decode (and resample) every file once, in ``workers`` DataLoader processes."""
     loader = DataLoader(_Decode(paths), batch_size=None, num_workers=workers, collate_fn=_as_is)
-    return DecodedAudio(list(loader))
+    return DecodedAudio(iter(loader))
 
 
 class MOSCrops(Dataset):
     """Training examples, indexed by ``(epoch, index)`` (see :class:`jsqa_cli.pairs.PairSampler`): a random crop of
-    the file (length uniform in ``crop_s``; the whole file when shorter) and its MOS. The crop is drawn from
-    (seed, epoch, index), never from worker RNG state, so the data is the same for any number of workers and a
-    resumed run sees exactly what an uninterrupted one would. Files are decoded on the fly, or cut from
-    ``cache`` (:class:`DecodedAudio`)."""
+    the file (length uniform in ``crop_s``; the whole file when shorter), its MOS, and a partner or None.
+
+    With ``groups`` (one label per file, NA for none), a file that shares its group with others comes with a
+    partner: another version of the same clean reference, drawn at random, cropped at the same place, with its
+    MOS (for the ranking loss of ``--rank-weight``). Crops and partners are drawn from (seed, epoch, index), never
+    from worker RNG state, so the data is the same for any number of workers and a resumed run sees exactly what
+    an uninterrupted one would. Files are decoded on the fly, or cut from ``cache`` (:class:`DecodedAudio`)."""
 
     def __init__(self, paths: Sequence[str], mos: Sequence[float], crop_s: tuple[float, float] = (4.0, 6.0),
-                 cache: DecodedAudio | None = None, seed: int = 0):
+                 cache: DecodedAudio | None = None, seed: int = 0, groups: Sequence | None = None):
         self.paths, self.mos, self.crop_s = list(paths), [float(m) for m in mos], tuple(crop_s)
         self.cache, self.seed = cache, seed
+        self.others: list[list[int]] = [[] for _ in self.paths]  # the other members of each file's group
+        if groups is not None:
+            members = pd.Series(range(len(self.paths))).groupby(pd.Series(list(groups), dtype="object")).agg(list)
+            for idx in members:
+                for i in idx:
+                    self.others[i] = [j for j in idx if j != i]
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, key: tuple[int, int] | int) -> tuple[torch.Tensor, float]:
+    def _wave(self, i: int) -> np.ndarray:
+        return self.cache[i] if self.cache is not None else load_audio(self.paths[i], SAMPLE_RATE)[0]
+
+    def __getitem__(self, key: tuple[int, int] | int) -> tuple[torch.Tensor, float, tuple[torch.Tensor, float] | None]:
         epoch, i = key if isinstance(key, tuple) else (0, key)
-        wav = self.cache[i] if self.cache is not None else load_audio(self.paths[i], SAMPLE_RATE)[0]
+        wav = self._wave(i)
         rng = np.random.default_rng([self.seed, epoch, i])
         n = int(round(rng.uniform(*self.crop_s) * SAMPLE_RATE))
-        if len(wav) > n:
-            start = int(rng.integers(0, len(wav) - n + 1))
-            wav = wav[start:start + n]
-        return torch.from_numpy(np.array(wav, dtype=np.float32)), self.mos[i]
+        start = int(rng.integers(0, len(wav) - n + 1)) if len(wav) > n else 0
+        partner = None
+        if self.others[i]:
+            j = self.others[i][int(rng.integers(len(self.others[i])))]
+            other = self._wave(j)
+            s = min(start, max(len(other) - n, 0))  # versions are as long as their reference, unless audio was removed
+            partner = torch.from_numpy(np.array(other[s:s + n], dtype=np.float32)), self.mos[j]
+        return torch.from_numpy(np.array(wav[start:start + n], dtype=np.float32)), self.mos[i], partner
 
 
-def collate_crops(items: list[tuple[torch.Tensor, float]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    wav, lengths = pad_batch([w for w, _ in items])
-    return wav, lengths, torch.tensor([m for _, m in items], dtype=torch.float32)
+def collate_crops(items: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(waves, lengths, mos, pairs): the batch's crops, then their partners; ``pairs`` (P, 2) indexes a crop and
+    its partner in that order."""
+    partners = [(k, p) for k, (_, _, p) in enumerate(items) if p is not None]
+    crops = [(w, m) for w, m, _ in items] + [p for _, p in partners]
+    wav, lengths = pad_batch([w for w, _ in crops])
+    pairs = torch.tensor([[k, len(items) + q] for q, (k, _) in enumerate(partners)], dtype=torch.long).reshape(-1, 2)
+    return wav, lengths, torch.tensor([m for _, m in crops], dtype=torch.float32), pairs
 
 
 # ---------------------------------------------------------------------------------------------- the model
@@ -313,6 +354,7 @@ class FinetuneOptions:
     warmup_steps: int = 100
     freeze_encoder_steps: int = 0  # train only the MOS head for this many steps first
     loss: str = "mse"  # mse or l1
+    rank_weight: float = 0.0  # weight of the loss on score differences between versions of one reference (group)
     grad_clip: float = 1.0
     crop_s: tuple[float, float] = (4.0, 6.0)  # random training crop length range, seconds
     # validation (the scoring path: windows, file = mean of windows) and early stopping
@@ -359,8 +401,8 @@ def _options(options: FinetuneOptions | None, overrides: dict) -> FinetuneOption
     for name in ("steps", "batch_size", "eval_every", "val_batch_size", "log_every"):
         if getattr(o, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-    if o.patience < 0 or o.freeze_encoder_steps < 0 or o.warmup_steps < 0:
-        raise ValueError("--patience, --freeze-encoder-steps and --warmup-steps must not be negative")
+    if o.patience < 0 or o.freeze_encoder_steps < 0 or o.warmup_steps < 0 or o.rank_weight < 0:
+        raise ValueError("--patience, --freeze-encoder-steps, --warmup-steps and --rank-weight must not be negative")
     return o
 
 
@@ -478,7 +520,11 @@ def _finetune(opts: FinetuneOptions, d) -> Path:
                                                           "workers": workers}, indent=2) + "\n")
     log = MetricsLog(run_dir, enabled=d.is_main, resume=opts.resume)
 
-    dataset = MOSCrops(train_df["path"], train_df["mos"], opts.crop_s, cache, opts.seed)
+    groups = train_df["group"] if opts.rank_weight > 0 and "group" in train_df.columns else None
+    if opts.rank_weight > 0 and (groups is None or groups.notna().sum() < 2):
+        raise ValueError("--rank-weight needs training files that share a `group` (versions of one clean reference, "
+                         "as training/simulate_mos.py --versions writes them); no training CSV has such a column")
+    dataset = MOSCrops(train_df["path"], train_df["mos"], opts.crop_s, cache, opts.seed, groups)
     sampler = PairSampler(len(dataset), opts.seed, d.rank, d.world_size, start=step * opts.batch_size)
     loader = DataLoader(dataset, batch_size=opts.batch_size, sampler=sampler, num_workers=workers,
                         collate_fn=collate_crops, pin_memory=d.device.type == "cuda",
@@ -505,7 +551,7 @@ def _finetune(opts: FinetuneOptions, d) -> Path:
                                "world_size": d.world_size, "global_batch_size": opts.batch_size * d.world_size,
                                **{k: getattr(opts, k) for k in (
                                    "steps", "lr_encoder", "lr_head", "weight_decay", "warmup_steps",
-                                   "freeze_encoder_steps", "loss", "grad_clip", "crop_s", "eval_every",
+                                   "freeze_encoder_steps", "loss", "rank_weight", "grad_clip", "crop_s", "eval_every",
                                    "early_stop", "patience", "seed")}},
                   "scoring": {"window_s": opts.window_s, "hop_s": opts.hop_s}}
     stop_at = min(opts.steps, step + opts.stop_after) if opts.stop_after else opts.steps
@@ -522,10 +568,13 @@ def _finetune(opts: FinetuneOptions, d) -> Path:
         while step < stop_at and not state["stopped"]:
             if frozen and step >= opts.freeze_encoder_steps:
                 frozen, net = False, wrap(False)
-            wav, lengths, mos = (t.to(d.device, non_blocking=True) for t in next(batches))
+            wav, lengths, mos, pairs = (t.to(d.device, non_blocking=True) for t in next(batches))
             with autocast(d.device, opts.bf16):
-                pred = net(wav, lengths)
-            loss = loss_fn(pred.float(), mos)
+                pred = net(wav, lengths).float()
+            loss = loss_fn(pred, mos)
+            if len(pairs):  # versions of one reference: their score difference should be their label difference
+                a, b = pairs[:, 0], pairs[:, 1]
+                loss = loss + opts.rank_weight * loss_fn(pred[a] - pred[b], mos[a] - mos[b])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if opts.grad_clip > 0:

@@ -25,7 +25,7 @@ def finetune_command(
     val_db: Optional[List[str]] = typer.Option(None, "--val-db", help="NISQA validation database(s) (repeat). "
                                                "Default: NISQA_VAL_SIM and NISQA_VAL_LIVE."),
     train: Optional[List[Path]] = typer.Option(None, "--train", help="Labelled CSV instead of NISQA: columns path "
-                                               "(or file) and mos, optional condition; relative paths from the CSV's "
+                                               "(or file) and mos, optional condition and group; relative paths from the CSV's "
                                                "folder. Repeat to train on several CSVs as one set."),
     val: Optional[Path] = typer.Option(None, "--val", help="Labelled CSV for validation (with --train)."),
     init: Optional[str] = typer.Option(None, "--init", help="Pretrained encoder: a folder from `jsqa pretrain` "
@@ -45,6 +45,9 @@ def finetune_command(
     freeze_encoder_steps: int = typer.Option(0, "--freeze-encoder-steps", help="Train only the MOS head for the "
                                              "first N steps."),
     loss: str = typer.Option("mse", "--loss", help="mse or l1."),
+    rank_weight: float = typer.Option(0.0, "--rank-weight", help="Also fit the score differences between versions "
+                                      "of one clean reference (rows sharing a `group` column, e.g. from "
+                                      "training/simulate_mos.py --versions), with this weight (0: off)."),
     grad_clip: float = typer.Option(1.0, "--grad-clip", help="Gradient-norm clipping (0: off)."),
     crop: Tuple[float, float] = typer.Option((4.0, 6.0), "--crop", metavar="MIN MAX", help="Random training crop "
                                              "length range in seconds (shorter files are used whole)."),
@@ -82,7 +85,7 @@ def finetune_command(
         train_csv=tuple(map(str, train)) if train else None, val_csv=str(val) if val else None, init=init,
         from_scratch=from_scratch, preset=preset, projection_head=projection_head, steps=steps,
         batch_size=batch_size, lr_encoder=lr_encoder, lr_head=lr_head, weight_decay=weight_decay,
-        warmup_steps=warmup_steps, freeze_encoder_steps=freeze_encoder_steps, loss=loss, grad_clip=grad_clip,
+        warmup_steps=warmup_steps, freeze_encoder_steps=freeze_encoder_steps, loss=loss, rank_weight=rank_weight, grad_clip=grad_clip,
         crop_s=tuple(crop), eval_every=eval_every, early_stop=early_stop, patience=patience,
         val_batch_size=val_batch_size, seed=seed, device=device, workers=workers, cache_audio=cache_audio,
         bf16=bf16, resume=resume, overwrite=overwrite, stop_after=stop_after, log_every=log_every, quiet=quiet)
