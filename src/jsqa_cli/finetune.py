@@ -5,6 +5,9 @@ speech, validate through the scoring path, keep the best model, stop early.
                                                           ├─► encoder + MOS head ──► MSE / L1 ──► AdamW (2 LRs)
     validation files ──► scoring windows (score_waveforms) ┘      every eval: RMSE, MAE, PCC, SRCC → best? save
 
+With ``--rank-weight``, grouped training files (versions of one recording) bring a partner crop, and the loss
+also fits the score difference of each crop and its partner.
+
 The output folder is a normal model folder (config.json + model.safetensors, the best validation step) that
 ``score``, ``evaluate`` and ``push`` take; next to it the run keeps ``checkpoint.pt`` (the latest state, for
 ``--resume``) and ``metrics.jsonl``. Provenance and validation metrics go into config.json's ``metadata``.
