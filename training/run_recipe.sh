@@ -22,14 +22,14 @@ if [ "$PROFILE" = gpu ]; then
   FT_STEPS=6000; FT_BATCH=64
   FT_LR="2e-4 2e-3"; FT_EVAL=300; WORKERS=${WORKERS:-16}; DEVICE=cuda
   MORE_STEPS=3000; MORE_LR="1e-4 1e-3"; MORE_SEEDS=${MORE_SEEDS:-$SEEDS}
-  CLEAN_FILES=9600; POLISH_STEPS=1500; POLISH_LR="5e-5 5e-4"  # not run yet: the CPU sizes scaled as above
+  CLEAN_FILES=9600; GROUP_FILES=24000; POLISH_STEPS=1500; POLISH_LR="5e-5 5e-4"  # not run yet: CPU sizes scaled
 else
   # fine-tuning as for the shipped jsqa-small (7000 steps, lr 3e-4: 3000 steps at 1e-4 had not converged)
   PRESET=small; FILES="3000 400 400"; EXTRA_FILES=6000; PAIRS=40000; PT_STEPS=1500; PT_BATCH=32
   FT_STEPS=7000; FT_BATCH=16
   FT_LR="3e-4 1e-3"; FT_EVAL=500; WORKERS=${WORKERS:-1}; DEVICE=cpu
   MORE_STEPS=6000; MORE_LR="1.5e-4 5e-4"; MORE_SEEDS=${MORE_SEEDS:-${SEEDS##* }}  # the second cycle: last seed only
-  CLEAN_FILES=2400; POLISH_STEPS=3000; POLISH_LR="1e-4 3e-4"                       # the third cycle: MORE_SEEDS too
+  CLEAN_FILES=2400; GROUP_FILES=6000; POLISH_STEPS=3000; POLISH_LR="1e-4 3e-4"     # the third cycle: MORE_SEEDS too
 fi
 read -r LR_ENC LR_HEAD <<< "$FT_LR"
 SRC=$OUT/sources MOS=$OUT/mos RUNS=$OUT/runs
@@ -58,6 +58,11 @@ corpus() {
   stage corpus-clean python training/simulate_mos.py --sources "$SRC" --out "$OUT/mos-clean" \
     --num-files "$CLEAN_FILES" 0 0 --workers "$(env -u OMP_NUM_THREADS nproc)" --seed $((SEED + 2)) \
     --clean-share 0.5 --timbre-share 0.5 --max-factor 0
+  # the fourth, also for `polish` only: groups of four versions of one reference (clean + 3 degraded copies), for
+  # the ranking loss (finetune --rank-weight); half of all references timbre-varied, no label balance
+  stage corpus-groups python training/simulate_mos.py --sources "$SRC" --out "$OUT/mos-groups" \
+    --num-files "$GROUP_FILES" 0 0 --workers "$(env -u OMP_NUM_THREADS nproc)" --seed $((SEED + 3)) \
+    --versions 4 --timbre-share 0.5 --max-factor 0
 }
 pairs() {
   stage pairs jsqa make-pairs --speech "$SRC/speech_train.txt" --noise "$SRC/noise_train.txt" -o "$OUT/pairs" \
@@ -102,13 +107,15 @@ more() {
 }
 polish() {
   # A third cycle from each second-cycle average, JSQA and scratch alike: shorter, at lower learning rates, 2-6 s
-  # crops, with the clean-heavy third draw added. Clean speech of unseen voices scores higher and steadier
-  # (docs/results.md, fifth version). One run per model: a 4-6 s run and its average with this one did worse.
+  # crops, with the clean-heavy third draw and the grouped fourth draw added, and the ranking loss on the groups
+  # (score steps between versions of one reference). Clean speech of unseen voices scores higher and steadier
+  # (docs/results.md, fifth version), and the ranking loss adds test PCC (sixth version). One run per model: a
+  # 4-6 s run and its average with this one did worse.
   local lr; read -r -a lr <<< "$POLISH_LR"
   for s in $MORE_SEEDS; do
     for kind in jsqa scratch; do
       stage "polish-$kind-s$s" jsqa finetune "${FT_DATA[@]}" --train "$OUT/mos-clean/train.csv" \
-        --steps "$POLISH_STEPS" --batch-size "$FT_BATCH" --lr-encoder "${lr[0]}" --lr-head "${lr[1]}" \
+        --train "$OUT/mos-groups/train.csv" --rank-weight 1 --steps "$POLISH_STEPS" --batch-size "$FT_BATCH" --lr-encoder "${lr[0]}" --lr-head "${lr[1]}" \
         --warmup-steps 100 --eval-every "$FT_EVAL" --patience 0 --crop 2 6 --cache-audio --device "$DEVICE" \
         --workers "$WORKERS" -q --seed $((s + 2)) --init "$RUNS/$kind-more-s$s" -o "$RUNS/$kind-polish-s$s"
     done
