@@ -274,7 +274,8 @@ def test_versions_share_one_reference(recipe_sources, tmp_path):
     df = pd.read_csv(out / "train.csv")
     assert len(df) == 6 and list(df.columns)[-1] == "group"  # whole groups until at least 5 clips
     for _, g in df.groupby("group", sort=False):
-        assert len(g) == 3 and g.source.nunique() == 1 and g.path.str.endswith(("_v0.flac", "_v1.flac", "_v2.flac")).all()
+        assert len(g) == 3 and g.source.nunique() == 1
+        assert g.path.str.endswith(("_v0.flac", "_v1.flac", "_v2.flac")).all()
         assert g.condition.iloc[0] == "clean" and g.mos.iloc[0] == simulate_mos.MOS_MAX
         assert (g.condition.iloc[1:] != "clean").all()
         kept = g[~g.condition.str.contains("remove")]  # packet loss that removes audio shortens a clip

@@ -115,7 +115,8 @@ polish() {
   for s in $MORE_SEEDS; do
     for kind in jsqa scratch; do
       stage "polish-$kind-s$s" jsqa finetune "${FT_DATA[@]}" --train "$OUT/mos-clean/train.csv" \
-        --train "$OUT/mos-groups/train.csv" --rank-weight 1 --steps "$POLISH_STEPS" --batch-size "$FT_BATCH" --lr-encoder "${lr[0]}" --lr-head "${lr[1]}" \
+        --train "$OUT/mos-groups/train.csv" --rank-weight 1 --steps "$POLISH_STEPS" --batch-size "$FT_BATCH" \
+        --lr-encoder "${lr[0]}" --lr-head "${lr[1]}" \
         --warmup-steps 100 --eval-every "$FT_EVAL" --patience 0 --crop 2 6 --cache-audio --device "$DEVICE" \
         --workers "$WORKERS" -q --seed $((s + 2)) --init "$RUNS/$kind-more-s$s" -o "$RUNS/$kind-polish-s$s"
     done

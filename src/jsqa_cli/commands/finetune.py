@@ -25,8 +25,8 @@ def finetune_command(
     val_db: Optional[List[str]] = typer.Option(None, "--val-db", help="NISQA validation database(s) (repeat). "
                                                "Default: NISQA_VAL_SIM and NISQA_VAL_LIVE."),
     train: Optional[List[Path]] = typer.Option(None, "--train", help="Labelled CSV instead of NISQA: columns path "
-                                               "(or file) and mos, optional condition and group; relative paths from the CSV's "
-                                               "folder. Repeat to train on several CSVs as one set."),
+                                               "(or file) and mos, optional condition and group; relative paths "
+                                               "from the CSV's folder. Repeat to train on several CSVs as one set."),
     val: Optional[Path] = typer.Option(None, "--val", help="Labelled CSV for validation (with --train)."),
     init: Optional[str] = typer.Option(None, "--init", help="Pretrained encoder: a folder from `jsqa pretrain` "
                                        "(RUN/encoder), a bundled name or a Hub id."),
@@ -85,7 +85,8 @@ def finetune_command(
         train_csv=tuple(map(str, train)) if train else None, val_csv=str(val) if val else None, init=init,
         from_scratch=from_scratch, preset=preset, projection_head=projection_head, steps=steps,
         batch_size=batch_size, lr_encoder=lr_encoder, lr_head=lr_head, weight_decay=weight_decay,
-        warmup_steps=warmup_steps, freeze_encoder_steps=freeze_encoder_steps, loss=loss, rank_weight=rank_weight, grad_clip=grad_clip,
+        warmup_steps=warmup_steps, freeze_encoder_steps=freeze_encoder_steps, loss=loss, rank_weight=rank_weight,
+        grad_clip=grad_clip,
         crop_s=tuple(crop), eval_every=eval_every, early_stop=early_stop, patience=patience,
         val_batch_size=val_batch_size, seed=seed, device=device, workers=workers, cache_audio=cache_audio,
         bf16=bf16, resume=resume, overwrite=overwrite, stop_after=stop_after, log_every=log_every, quiet=quiet)
