@@ -299,13 +299,13 @@ def make_candidate(job: tuple[str, int]) -> list[dict] | None:
         timbre = f"voice:x{factor:.2f},tilt{tilt:+.1f}dB/oct "
     ref = np.clip(imp.set_level(ref, imp.NOMINAL_LEVEL_DB + float(np.clip(rng.normal(0, 2), -3, 3))), -1, 1)
     versions = int(_CFG.get("versions", 1))
+    weights = np.asarray(_CFG.get("family_weights", FAMILY_WEIGHTS), dtype=float)
     clips = []
     for v in range(versions):
         if (versions > 1 and v == 0) or rng.random() < _CFG["clean_share"]:
             families = []
         else:
             k = int(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15]))
-            weights = np.asarray(_CFG.get("family_weights", FAMILY_WEIGHTS), dtype=float)
             k = min(k, int(np.count_nonzero(weights)))
             families = list(rng.choice(FAMILIES, size=k, replace=False, p=weights / weights.sum()))
         clip = _labelled_clip(ref, degrade(ref, rng, src, families))

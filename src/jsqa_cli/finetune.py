@@ -524,10 +524,10 @@ def _finetune(opts: FinetuneOptions, d) -> Path:
     log = MetricsLog(run_dir, enabled=d.is_main, resume=opts.resume)
 
     groups = train_df["group"] if opts.rank_weight > 0 and "group" in train_df.columns else None
-    if opts.rank_weight > 0 and (groups is None or groups.notna().sum() < 2):
-        raise ValueError("--rank-weight needs training files that share a `group` (versions of one clean reference, "
-                         "as training/simulate_mos.py --versions writes them); no training CSV has such a column")
     dataset = MOSCrops(train_df["path"], train_df["mos"], opts.crop_s, cache, opts.seed, groups)
+    if opts.rank_weight > 0 and not any(dataset.others):
+        raise ValueError("--rank-weight needs training files that share a `group` (versions of one clean reference, "
+                         "as training/simulate_mos.py --versions writes them); no two training rows do")
     sampler = PairSampler(len(dataset), opts.seed, d.rank, d.world_size, start=step * opts.batch_size)
     loader = DataLoader(dataset, batch_size=opts.batch_size, sampler=sampler, num_workers=workers,
                         collate_fn=collate_crops, pin_memory=d.device.type == "cuda",
