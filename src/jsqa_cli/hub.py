@@ -303,7 +303,7 @@ def evaluation_markdown(rows: list[dict]) -> str:
         lines += ["| data | level | n | PCC | SRCC | RMSE | MAE |", "|---|---|---|---|---|---|---|"]
         lines += [f"| {r['dataset']} | {r['level']} | {r['n'] if r.get('n') is not None else '-'} | "
                   + " | ".join(f"{r[m]:.3f}" if m in r else "-" for m in METRIC_NAMES) + " |" for r in known]
-        lines += ["", "PCC/SRCC: Pearson/Spearman correlation with the listeners' MOS (higher is better); "
+        lines += ["", "PCC/SRCC: Pearson/Spearman correlation with the data's MOS labels (higher is better); "
                       "RMSE/MAE in MOS points (lower is better)."]
     other = [(r, k, v) for r in rows for k, v in r.items()
              if k not in ("dataset", "level", "n", *METRIC_NAMES) and _is_number(v)]
