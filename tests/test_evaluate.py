@@ -211,6 +211,15 @@ def test_cli_evaluate_nisqa_prints_the_comparison_table(nisqa_root, two_models, 
     assert res.exit_code == 2 and "none.csv: no such file" in res.output and "Traceback" not in res.output
 
 
+def test_cli_evaluate_without_model_uses_the_default_as_score_does(nisqa_root, two_models, tmp_path):
+    res = runner.invoke(app, ["evaluate", "--nisqa-root", str(nisqa_root), "--db", "NISQA_TEST_FOR", "-o",
+                              str(tmp_path / "o"), "--device", "cpu", "--workers", "0", "--no-plot", "--quiet"],
+                        env={"JSQA_MODEL": str(two_models[1])})
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert [m["name"] for m in doc["models"]] == [str(two_models[1])]
+
+
 def test_cli_evaluate_help_has_an_example():
     res = runner.invoke(app, ["evaluate", "--help"])
     assert res.exit_code == 0 and "Example" in res.output

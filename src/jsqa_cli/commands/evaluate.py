@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -16,8 +17,9 @@ def register(app: typer.Typer) -> None:
 
 @one_line_errors
 def evaluate_command(
-    model: List[str] = typer.Option(..., "--model", "-m", help="Model to evaluate: bundled name, folder or Hub id. "
-                                    "Repeat to compare; relative changes are against the first."),
+    model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="Model to evaluate: bundled name, folder or "
+                                              "Hub id. Repeat to compare; relative changes are against the first. "
+                                              "Default: $JSQA_MODEL or the bundled jsqa-small, as for score."),
     nisqa_root: Optional[Path] = typer.Option(None, "--nisqa-root", help="NISQA_Corpus folder."),
     db: Optional[List[str]] = typer.Option(None, "--db", help="NISQA database(s) to evaluate on (repeat). Default: "
                                            "NISQA_TEST_FOR, NISQA_TEST_P501, NISQA_TEST_LIVETALK."),
@@ -40,9 +42,11 @@ def evaluate_command(
     Any labelled CSV: jsqa evaluate --model jsqa-small --csv labels.csv -o eval/
     """
     from jsqa_cli.evaluate import evaluate, load_eval_data, rich_table
+    from jsqa_cli.model import DEFAULT_MODEL
 
     data, condition_mos, info = load_eval_data(nisqa_root=nisqa_root, dbs=db or (), csv=csv)
-    result = evaluate(model, data, out, condition_mos=condition_mos, batch_size=batch_size, workers=workers,
+    models = model or [os.environ.get("JSQA_MODEL", DEFAULT_MODEL)]
+    result = evaluate(models, data, out, condition_mos=condition_mos, batch_size=batch_size, workers=workers,
                       device=device, plot=plot, progress=not quiet, data_info=info)
     if not quiet:
         console.print(rich_table(result.metrics, title=f"{len(data)} labelled files"))
