@@ -271,9 +271,14 @@ def bundled_models() -> dict[str, Path]:
     return {p.name: p for p in sorted(WEIGHTS_DIR.iterdir()) if (p / CONFIG_NAME).is_file()}
 
 
+def default_model_name() -> str:
+    """The model used when none is named: ``$JSQA_MODEL``, else the bundled default."""
+    return os.environ.get("JSQA_MODEL", DEFAULT_MODEL)
+
+
 def resolve_model(name_or_path: str | os.PathLike | None = None) -> Path:
     """A bundled name (or None for the default), a local folder, or a Hub id ``ORG/NAME[@REVISION]`` → folder."""
-    name = str(name_or_path) if name_or_path is not None else os.environ.get("JSQA_MODEL", DEFAULT_MODEL)
+    name = str(name_or_path) if name_or_path is not None else default_model_name()
     bundled = bundled_models()
     if name in bundled:
         return bundled[name]

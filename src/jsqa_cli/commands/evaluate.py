@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -42,10 +41,10 @@ def evaluate_command(
     Any labelled CSV: jsqa evaluate --model jsqa-small --csv labels.csv -o eval/
     """
     from jsqa_cli.evaluate import evaluate, load_eval_data, rich_table
-    from jsqa_cli.model import DEFAULT_MODEL
+    from jsqa_cli.model import default_model_name
 
     data, condition_mos, info = load_eval_data(nisqa_root=nisqa_root, dbs=db or (), csv=csv)
-    models = model or [os.environ.get("JSQA_MODEL", DEFAULT_MODEL)]
+    models = model or [default_model_name()]
     result = evaluate(models, data, out, condition_mos=condition_mos, batch_size=batch_size, workers=workers,
                       device=device, plot=plot, progress=not quiet, data_info=info)
     if not quiet:
