@@ -201,6 +201,27 @@ def test_cli_evaluate_csv_with_a_broken_file_is_partial(nisqa_root, two_models, 
     assert file_rows[0]["rmse_change_pct"] is None and file_rows[1]["rmse_change_pct"] is not None
 
 
+def test_cli_evaluate_several_csvs_gives_metrics_per_csv_and_for_all(nisqa_root, two_models, tmp_path):
+    data, _, _ = load_eval_data(nisqa_root=nisqa_root, dbs=["NISQA_TEST_FOR", "NISQA_TEST_P501"])
+    csvs = []
+    for folder, db in (("a", "NISQA_TEST_FOR"), ("b", "NISQA_TEST_P501")):  # the same stem in two folders
+        (tmp_path / folder).mkdir()
+        csvs.append(tmp_path / folder / "test.csv")
+        data[data["db"] == db][["path", "mos", "condition"]].to_csv(csvs[-1], index=False)
+    res = runner.invoke(app, ["evaluate", "-m", two_models[0], "--csv", str(csvs[0]), "--csv", str(csvs[1]), "-o",
+                              str(tmp_path / "out"), "--device", "cpu", "--workers", "0", "--quiet", "--no-plot"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    n_files = {r["dataset"]: r["n"] for r in doc["metrics"] if r["level"] == "file"}
+    counts = data["db"].value_counts()
+    assert n_files == {"a/test": counts["NISQA_TEST_FOR"], "b/test": counts["NISQA_TEST_P501"], "all": len(data)}
+    # conditions are numbered per CSV: the same condition label in two CSVs stays two conditions
+    n_cond = {r["dataset"]: r["n"] for r in doc["metrics"] if r["level"] == "condition"}
+    assert n_cond["all"] == n_cond["a/test"] + n_cond["b/test"]
+    res = runner.invoke(app, ["evaluate", "-m", two_models[0], "--csv", str(csvs[0]), "--csv", str(csvs[0])])
+    assert res.exit_code == 2 and "test.csv: given twice as --csv" in res.output
+
+
 def test_cli_evaluate_nisqa_prints_the_comparison_table(nisqa_root, two_models, tmp_path):
     res = runner.invoke(app, ["evaluate", "-m", two_models[0], "-m", two_models[1], "--nisqa-root",
                               str(nisqa_root), "--db", "NISQA_TEST_FOR", "-o", str(tmp_path / "o"), "--device", "cpu",

@@ -246,19 +246,29 @@ def metrics_document(result: EvalResult, data_info: dict | None = None) -> dict:
 
 
 def load_eval_data(*, nisqa_root: str | os.PathLike | None = None, dbs: Sequence[str] = (),
-                   csv: str | os.PathLike | None = None) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
-    """Labelled files from a NISQA corpus (``dbs``, default the three test sets) or from a CSV.
+                   csv: str | os.PathLike | Sequence[str | os.PathLike] | None = None
+                   ) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
+    """Labelled files from a NISQA corpus (``dbs``, default the three test sets) or from one or more CSVs.
 
+    Each CSV is its own dataset, named by its file stem (``<folder>/<stem>`` where two stems are the same), so
+    that metrics come per CSV and, with several, for all of them together.
     Returns (data with path, mos, condition?, db?, dataset; per-condition MOS from NISQA ``<DB>_con.csv`` or
     None; a description of the data for metrics.json).
     """
     from jsqa_cli.finetune import NISQA_TEST_DBS, read_labelled_csv, read_nisqa, read_nisqa_conditions
 
-    if (nisqa_root is None) == (csv is None):
+    csvs = [] if csv is None else [csv] if isinstance(csv, (str, os.PathLike)) else list(csv)
+    if (nisqa_root is None) == (not csvs):
         raise ValueError("give either --nisqa-root (with --db) or --csv, not both or neither")
-    if csv is not None:
-        data = read_labelled_csv(csv)
-        return data.assign(dataset=Path(csv).stem), None, {"csv": str(csv), "files": len(data)}
+    if csvs:
+        paths = [Path(c) for c in csvs]
+        if len(set(map(str, paths))) < len(paths):
+            raise ValueError(f"{next(str(c) for c in paths if paths.count(c) > 1)}: given twice as --csv")
+        stems = [c.stem for c in paths]
+        names = [c.stem if stems.count(c.stem) == 1 else f"{c.parent.name}/{c.stem}" for c in paths]
+        data = pd.concat([read_labelled_csv(c).assign(dataset=n) for c, n in zip(paths, names)], ignore_index=True)
+        info = {"csv": [str(c) for c in paths] if len(paths) > 1 else str(paths[0]), "files": len(data)}
+        return data, None, info
     dbs = list(dbs) or list(NISQA_TEST_DBS)
     data = read_nisqa(nisqa_root, dbs)
     return (data.assign(dataset=data["db"]), read_nisqa_conditions(nisqa_root, dbs),

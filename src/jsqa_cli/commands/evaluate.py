@@ -22,8 +22,9 @@ def evaluate_command(
     nisqa_root: Optional[Path] = typer.Option(None, "--nisqa-root", help="NISQA_Corpus folder."),
     db: Optional[List[str]] = typer.Option(None, "--db", help="NISQA database(s) to evaluate on (repeat). Default: "
                                            "NISQA_TEST_FOR, NISQA_TEST_P501, NISQA_TEST_LIVETALK."),
-    csv: Optional[Path] = typer.Option(None, "--csv", help="Labelled CSV instead of NISQA: columns path (or file) "
-                                       "and mos, optional condition; relative paths from the CSV's folder."),
+    csv: Optional[List[Path]] = typer.Option(None, "--csv", help="Labelled CSV instead of NISQA: columns path (or "
+                                             "file) and mos, optional condition; relative paths from the CSV's "
+                                             "folder. Repeat for several test sets: metrics per CSV and for all."),
     out: Path = typer.Option(Path("eval"), "-o", "--out", help="Folder for predictions.csv, metrics.json and "
                              "scatter.png."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", help="Windows per batch."),
