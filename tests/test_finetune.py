@@ -16,6 +16,7 @@ from jsqa_cli.cli import app
 from jsqa_cli.evaluate import compute_metrics
 from jsqa_cli.finetune import (NISQA_TRAIN_DBS, MOSCrops, build_finetune_model, check_files, decode_all, finetune,
                                read_labelled_csv, read_nisqa, read_nisqa_conditions)
+from jsqa_cli.hub import model_card
 from jsqa_cli.model import build_model, load_model, read_config, save_model
 from jsqa_cli.scoring import score_files
 from jsqa_cli.training_utils import read_metrics
@@ -410,3 +411,20 @@ def test_cli_finetune_reads_several_train_csvs_as_one_set(csv_split, tmp_path):
     args[2] = str(tmp_path / "three")
     res = runner.invoke(app, [*args, "--train", str(tmp_path / "missing.csv")])  # a third CSV that is not there
     assert res.exit_code == 2 and "missing.csv" in res.output and "Traceback" not in res.output
+
+
+def test_finetune_validates_on_several_val_csvs_as_one_set(csv_split, tmp_path):
+    train, val = csv_split
+    df = read_labelled_csv(val)
+    halves = []
+    for i, part in enumerate((df.iloc[: len(df) // 2], df.iloc[len(df) // 2:])):
+        (tmp_path / f"lang{i}").mkdir()
+        halves.append(tmp_path / f"lang{i}" / "val.csv")
+        part.assign(condition="clean").to_csv(halves[-1], index=False)  # the same condition name in both
+    out = finetune(output=str(tmp_path / "m"), train_csv=str(train), val_csv=[str(h) for h in halves],
+                   from_scratch=True, **{**FAST, "steps": 1, "eval_every": 1})
+    meta = read_config(out)[1]
+    assert meta["data"]["val_files"] == len(df) and meta["data"]["val_csv"] == [str(h) for h in halves]
+    assert meta["validation"]["n"] == len(df) and meta["validation"]["condition"]["n"] == 2  # one per CSV
+    card = model_card(out, "me/m").text
+    assert "lang0/val.csv+lang1/val.csv (validation)" in card

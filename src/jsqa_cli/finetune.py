@@ -342,7 +342,7 @@ class FinetuneOptions:
     train_db: tuple[str, ...] = NISQA_TRAIN_DBS
     val_db: tuple[str, ...] = NISQA_VAL_DBS
     train_csv: str | tuple[str, ...] | None = None  # one labelled CSV, or several read as one training set
-    val_csv: str | None = None
+    val_csv: str | tuple[str, ...] | None = None  # one labelled CSV, or several validated as one set
     # where to start
     init: str | None = None  # a pretrained encoder (model name, folder or Hub id)
     from_scratch: bool = False  # random weights: init's architecture, or preset's
@@ -391,6 +391,8 @@ def _options(options: FinetuneOptions | None, overrides: dict) -> FinetuneOption
         raise ValueError("finetune needs an output model folder (-o)")
     if o.train_csv is not None and not isinstance(o.train_csv, (str, os.PathLike)):
         o.train_csv = tuple(str(c) for c in o.train_csv) or None
+    if o.val_csv is not None and not isinstance(o.val_csv, (str, os.PathLike)):
+        o.val_csv = tuple(str(c) for c in o.val_csv) or None
     if (o.nisqa_root is None) == (o.train_csv is None):
         raise ValueError("give either --nisqa-root or --train/--val CSVs, not both or neither")
     if o.train_csv is not None and o.val_csv is None:
@@ -418,9 +420,14 @@ def load_finetune_data(opts: FinetuneOptions) -> tuple[pd.DataFrame, pd.DataFram
     else:
         csvs = [opts.train_csv] if isinstance(opts.train_csv, (str, os.PathLike)) else list(opts.train_csv)
         train = pd.concat([read_labelled_csv(c) for c in csvs], ignore_index=True)
-        val = read_labelled_csv(opts.val_csv)
+        vcsvs = [opts.val_csv] if isinstance(opts.val_csv, (str, os.PathLike)) else list(opts.val_csv)
+        vals = [read_labelled_csv(c) for c in vcsvs]
+        if len(vals) > 1:  # conditions are named per corpus: qualify them so that two CSVs' conditions never merge
+            vals = [v.assign(condition=[pd.NA if pd.isna(c) else f"{Path(csv).parent.name}/{Path(csv).stem}:{c}"
+                                        for c in v["condition"]]) for v, csv in zip(vals, vcsvs)]
+        val = pd.concat(vals, ignore_index=True)
         info = {"source": "csv", "train_csv": str(csvs[0]) if len(csvs) == 1 else [str(c) for c in csvs],
-                "val_csv": str(opts.val_csv)}
+                "val_csv": str(vcsvs[0]) if len(vcsvs) == 1 else [str(c) for c in vcsvs]}
     for name, df in (("train", train), ("val", val)):
         if not len(df):
             raise ValueError(f"the {name} set is empty")

@@ -258,8 +258,10 @@ def _validation_rows(metadata: dict) -> list[dict]:
     if not isinstance(val, dict) or not val:
         return []
     data = metadata.get("data") if isinstance(metadata.get("data"), dict) else {}
+    csvs = data.get("val_csv")
     name = ("+".join(data["val_db"]) if data.get("val_db") else
-            Path(data["val_csv"]).name if data.get("val_csv") else "validation set")
+            Path(csvs).name if isinstance(csvs, str) else
+            "+".join(f"{Path(c).parent.name}/{Path(c).name}" for c in csvs) if csvs else "validation set")
     levels = {"file": {k: v for k, v in val.items() if k != "condition"}}
     if isinstance(val.get("condition"), dict):
         levels["condition"] = val["condition"]

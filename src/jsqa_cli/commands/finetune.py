@@ -27,7 +27,8 @@ def finetune_command(
     train: Optional[List[Path]] = typer.Option(None, "--train", help="Labelled CSV instead of NISQA: columns path "
                                                "(or file) and mos, optional condition and group; relative paths "
                                                "from the CSV's folder. Repeat to train on several CSVs as one set."),
-    val: Optional[Path] = typer.Option(None, "--val", help="Labelled CSV for validation (with --train)."),
+    val: Optional[List[Path]] = typer.Option(None, "--val", help="Labelled CSV for validation (with --train). "
+                                             "Repeat to validate on several CSVs as one set."),
     init: Optional[str] = typer.Option(None, "--init", help="Pretrained encoder: a folder from `jsqa pretrain` "
                                        "(RUN/encoder), a bundled name or a Hub id."),
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Random weights (the paper's baseline): the "
@@ -82,7 +83,7 @@ def finetune_command(
     folder = finetune(
         output=str(out), nisqa_root=str(nisqa_root) if nisqa_root else None,
         train_db=tuple(train_db or NISQA_TRAIN_DBS), val_db=tuple(val_db or NISQA_VAL_DBS),
-        train_csv=tuple(map(str, train)) if train else None, val_csv=str(val) if val else None, init=init,
+        train_csv=tuple(map(str, train)) if train else None, val_csv=tuple(map(str, val)) if val else None, init=init,
         from_scratch=from_scratch, preset=preset, projection_head=projection_head, steps=steps,
         batch_size=batch_size, lr_encoder=lr_encoder, lr_head=lr_head, weight_decay=weight_decay,
         warmup_steps=warmup_steps, freeze_encoder_steps=freeze_encoder_steps, loss=loss, rank_weight=rank_weight,
