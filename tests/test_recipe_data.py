@@ -22,6 +22,7 @@ TRAINING = Path(__file__).resolve().parents[1] / "training"
 sys.path.insert(0, str(TRAINING))
 
 import impairments as imp  # noqa: E402
+import multilingual_voices  # noqa: E402
 import prepare_sources  # noqa: E402
 import quality_checks  # noqa: E402
 import simulate_mos  # noqa: E402
@@ -125,6 +126,30 @@ def test_synthetic_voices_render(tmp_path):
     df = prepare_sources.synthetic_speech(tmp_path / "synth", 3, seed=0, workers=1)
     assert len(df) == 3 and (df.kind == "synthetic").all()
     x, sr = sf.read(df.path[0])
+    assert sr == SR and len(x) > SR // 2
+
+
+def test_multilingual_jobs_split_by_language():
+    jobs = multilingual_voices.render_jobs(Path("/x"), per_language=3, seed=0)
+    assert jobs == multilingual_voices.render_jobs(Path("/x"), per_language=3, seed=0)
+    languages = {j["voice"].split("+")[0] for j in jobs}
+    assert languages == set(multilingual_voices.SENTENCES) and "en" not in languages and len(jobs) == 3 * len(languages)
+    assert {j["text"] for j in jobs if j["voice"].startswith("it+")} == set(multilingual_voices.SENTENCES["it"][:3])
+    held_out = {lang for lang, split in multilingual_voices.LANGUAGE_SPLIT.items() if split != "train"}
+    assert "it" in held_out and held_out < languages
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_multilingual_voices_make_a_sources_folder(recipe_sources, tmp_path):
+    out = tmp_path / "multi"
+    summary = multilingual_voices.main(["--sources", str(recipe_sources), "--out", str(out), "--per-language", "1",
+                                        "--workers", "1"])
+    assert summary["splits"]["test"]["languages"] == ["it", "pl"] and summary["splits"]["val"]["languages"] == ["nl"]
+    train = pd.read_csv(out / "speech_train.csv")
+    assert len(train) == len(multilingual_voices.SENTENCES) - 3 and not {"it", "pl", "nl"} & set(train.language)
+    assert (train.kind == "synthetic").all() and (out / "noise_train.csv").read_text() == \
+        (recipe_sources / "noise_train.csv").read_text()
+    x, sr = sf.read(train.path[0])
     assert sr == SR and len(x) > SR // 2
 
 
