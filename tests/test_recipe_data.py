@@ -457,6 +457,35 @@ def test_bundle_card_summary_reads_the_provenance(tmp_path):
     assert text.count("weights averaged") == 1 and text.count("best validation step 4000") == 1
     assert text.endswith("(best validation step 4000); fine-tuned 3000 steps × 16 crops of 4-6 s on 11400 "
                          "simulated clips (best validation step 1500)")
+    loop = tmp_path / "loop"  # a model whose provenance names itself (bundled, then continued) ends the chain
+    loop.mkdir()
+    (loop / "config.json").write_text(json.dumps({"metadata": {**third, "init": {"kind": "pretrained",
+                                                                                   "model": str(loop)}}}))
+    assert bundle_model.training_summary({**third, "init": {"kind": "pretrained", "model": str(loop)}}, "") \
+        .count("fine-tuned 3000 steps") == 2
+    after = {**third, "init": {"kind": "pretrained", "model": "jsqa-small", "previous_training": "`small` preset; X"}}
+    assert bundle_model.training_summary(after, "").startswith(
+        "`small` preset; continued from the bundled model before it (`small` preset; X); fine-tuned 3000 steps")
+
+
+def test_bundle_keeps_only_its_models_metrics_and_names_each_test_set(tmp_path):
+    import bundle_model
+
+    rows = [{"dataset": d, "level": "file", "model": m, "n": 4, "pcc": 0.5}
+            for d in ("mos/test", "mos-multi/test", "all") for m in ("scratch", "jsqa")]
+    doc = {"models": [{"label": "scratch", "name": str(tmp_path / "s")}, {"label": "jsqa", "name": str(tmp_path / "j")}],
+           "metrics": rows}
+    (tmp_path / "m.json").write_text(json.dumps(doc))
+    own = bundle_model._own_metrics(tmp_path / "m.json", tmp_path / "j")
+    assert [m["label"] for m in own["models"]] == ["jsqa"] and {r["model"] for r in own["metrics"]} == {"jsqa"}
+    assert [r["dataset"] for r in own["metrics"]] == ["jsqa-simulated-mos-test", "jsqa-simulated-mos-multi-test",
+                                                       "jsqa-simulated-all"]
+    doc["metrics"] = [r for r in rows if r["dataset"] == "mos/test"]  # one test set: the name it always had
+    (tmp_path / "m.json").write_text(json.dumps(doc))
+    assert {r["dataset"] for r in bundle_model._own_metrics(tmp_path / "m.json", tmp_path / "j")["metrics"]} == \
+        {"jsqa-simulated-mos-test"}
+    with pytest.raises(SystemExit, match="no results for"):
+        bundle_model._own_metrics(tmp_path / "m.json", tmp_path / "other")
 
 
 def test_average_models_is_the_mean_of_the_weights_and_validates(tmp_path, make_audio):

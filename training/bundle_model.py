@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -24,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 TRAINING_DATA = {
     "speech": "LibriSpeech slice (CC BY 4.0), LJSpeech (public domain), AN4 (CMU, BSD-style), IVR prompts "
-              "'Allison' (CC BY-SA 3.0), espeak-ng/flite synthetic voices; speaker-disjoint splits",
+              "'Allison' (CC BY-SA 3.0), espeak-ng/flite synthetic voices in English and (fourth cycle) espeak-ng "
+              "voices in eight other languages; speaker-disjoint splits, language-disjoint for the other languages",
     "noise": "ambient recordings (Blanket app sounds: CC0 / CC BY / CC BY-SA / public domain), Speech Commands "
              "backgrounds (CC BY 4.0), SpeechBrain test noises and RIRs (Apache-2.0), ambient-engine (public "
              "domain / CC BY 4.0), NOISEX-92 (freely redistributable); no research-only or non-commercial material",
@@ -40,8 +42,10 @@ BUNDLED_NOTE = """
 
 - Its labels are **simulated**, not listening-test MOS: wideband PESQ (ITU-T P.862.2) mapped to a listener-like
   scale, with the E-model (ITU-T G.107) for packet loss and echo (`docs/recipe-data.md`). The "MOS" in the
-  evaluation table above is that simulated label on a held-out split (unseen speakers, noise files and RIRs;
-  about 73 % LibriSpeech, 11 % an Italian voice, 10 % AN4), not human ratings.
+  evaluation table above is that simulated label on held-out splits, not human ratings:
+  `jsqa-simulated-mos-test` (unseen speakers, noise files and RIRs; about 73 % LibriSpeech, 11 % an Italian
+  voice, 10 % AN4) and, where listed, `jsqa-simulated-mos-multi-test` (synthetic voices in two languages never
+  heard in training, Italian and Polish).
 - Training: {training}. See `docs/results.md` for the comparison with the same network trained from scratch and
   `docs/quality-checks.md` for its behaviour on degradation ladders, clean speech and real noisy recordings.
 - Speech only, 16 kHz analysis (content above 8 kHz is not seen); scores of non-speech audio are meaningless.
@@ -65,25 +69,32 @@ def _relative(value):
 
 def _own_metrics(path: Path, src: Path, dataset: str = "jsqa-simulated-mos-test") -> dict:
     """The rows of ``jsqa evaluate``'s metrics.json that belong to ``src`` (it may compare several models), with
-    the dataset named so that a model card reader knows what it was measured on."""
+    the dataset named so that a model card reader knows what it was measured on: ``dataset``, or with several
+    test CSVs ``jsqa-simulated-<csv folder>-<stem>`` (and ``jsqa-simulated-all``)."""
     doc = json.loads(path.read_text())
     labels = [m["label"] for m in doc["models"] if Path(m["name"]).resolve() == src.resolve()]
     if not labels:
         raise SystemExit(f"{path}: no results for {src}")
     doc["models"] = [m for m in doc["models"] if m["label"] in labels]
-    doc["metrics"] = [{**r, "dataset": dataset} for r in doc["metrics"] if r["model"] in labels]
+    rows = [r for r in doc["metrics"] if r["model"] in labels]
+    several = len({r["dataset"] for r in rows}) > 1
+    doc["metrics"] = [{**r, "dataset": f"jsqa-simulated-{r['dataset'].replace('/', '-')}" if several else dataset}
+                      for r in rows]
     return _relative(doc)
 
 
-def _start(init: dict) -> str:
+def _start(init: dict, seen: frozenset = frozenset()) -> str:
     """Where fine-tuning started: random weights, a JND-pretrained encoder, or (a second cycle) a fine-tuned model,
-    described from its own provenance when its folder is still on disk."""
+    described from its own provenance when its folder is still on disk (or, for the bundled model a run
+    continued, from what its card said: ``previous_training``)."""
     if init.get("kind") != "pretrained":
         return "; trained from scratch"
-    cfg = REPO / str(init.get("model", "")) / CONFIG_NAME
-    m = json.loads(cfg.read_text()).get("metadata", {}) if cfg.is_file() else {}
+    if init.get("previous_training"):
+        return f"; continued from the bundled model before it ({init['previous_training']})"
+    cfg = (REPO / str(init.get("model", "")) / CONFIG_NAME).resolve()
+    m = json.loads(cfg.read_text()).get("metadata", {}) if cfg.is_file() and cfg not in seen else {}
     if "training" in m and "init" in m:  # continued from a fine-tuned (perhaps averaged) model
-        return _start(m["init"]) + _made(m)
+        return _start(m["init"], seen | {cfg}) + _made(m)
     if {"steps", "batch_size", "pairing", "negatives"} <= m.keys():
         return (f"; encoder pretrained on JND pairs ({m['steps']} steps × {m['batch_size']} {m['pairing']} pairs, "
                 f"{m['negatives']} negatives)")
@@ -121,6 +132,16 @@ def bundle(src: Path, name: str = DEFAULT_MODEL, eval_metrics: Path | None = Non
     dest.mkdir(parents=True, exist_ok=True)
     config = json.loads((src / CONFIG_NAME).read_text())
     meta = _relative(config.get("metadata", {}))
+    init = meta.get("init") or {}
+    shipped = json.loads((dest / CONFIG_NAME).read_text()).get("metadata", {}) if (dest / CONFIG_NAME).is_file() else {}
+    if ((shipped.get("init") or {}).get("previous_training") and (dest / WEIGHTS_NAME).is_file()
+            and (dest / WEIGHTS_NAME).read_bytes() == (src / WEIGHTS_NAME).read_bytes()):
+        meta["init"] = shipped["init"]  # the same model bundled again: the model it replaced is the same too
+    elif (REPO / str(init.get("model", ""))).resolve() == dest.resolve() and (dest / CARD_NAME).is_file():
+        # continued from the model this replaces: keep how that one was made before its files are overwritten
+        found = re.search(r"^- Training: (.*?)\. See `docs/results.md`", (dest / CARD_NAME).read_text(), re.M)
+        meta["init"] = {**init, "model": f"{init['model']} (the bundled model it replaced)",
+                        "previous_training": found.group(1) if found else "its card did not say how it was made"}
     meta.update({"name": name, "training_data": TRAINING_DATA, "license": "mit",
                  "recipe": recipe})
     config["metadata"] = meta
@@ -129,7 +150,7 @@ def bundle(src: Path, name: str = DEFAULT_MODEL, eval_metrics: Path | None = Non
     if eval_metrics is not None:
         (dest / "metrics.json").write_text(json.dumps(_own_metrics(eval_metrics, src), indent=2) + "\n")
     card = model_card(dest, f"jsqa/{name}", license="mit")
-    card.text += BUNDLED_NOTE.format(name=name, training=training_summary(config.get("metadata", {}), where))
+    card.text += BUNDLED_NOTE.format(name=name, training=training_summary(meta, where))
     card.save(dest / CARD_NAME)
     load_model(name)  # the bundled copy resolves by name and loads
     return dest
