@@ -359,7 +359,8 @@ def test_quality_checks_with_tiny_model(tiny_model_dir, recipe_sources, recipe_d
     out, js = tmp_path / "qc.md", tmp_path / "qc.json"
     report = quality_checks.main([str(tiny_model_dir), "--sources", str(recipe_sources), "--utterances", "2",
                                   "--seconds", "3", "--noizeus", str(recipe_data_root / "eval/noizeus_noisy"),
-                                  "--out", str(out), "--json", str(js)])
+                                  "--out", str(out), "--json", str(js), "--multilingual", str(tmp_path / "none")])
+    assert report["clean_by_language"] == []  # no multilingual voices: no table
     names = [r["ladder"] for r in report["ladders"]]
     assert {"clipping", "mp3", "opus", "packet_loss:zero", "packet_loss:repeat", "lowpass", "noise:white"} <= set(names)
     for r in report["ladders"]:
@@ -382,6 +383,27 @@ def test_quality_checks_with_tiny_model(tiny_model_dir, recipe_sources, recipe_d
     assert json.loads(js.read_text())["passed"] == report["passed"]
     assert report["passed"] == (all(r["passed"] for r in report["ladders"]) and nz["passed"]
                                 and all(c["passed"] is not False for c in clean))
+
+
+def test_quality_checks_clean_speech_by_language(tiny_model_dir, recipe_sources, tmp_path):
+    multi = tmp_path / "multi"  # multilingual_voices.py's layout, without espeak-ng: two languages, two splits
+    multi.mkdir()
+    for split, lang, n in (("train", "de", 3), ("test", "it", 2)):
+        rows = []
+        for i in range(n):
+            path = multi / f"{lang}_{i}.flac"
+            sf.write(path, _wave(2.0, 20 + i), SR)
+            rows.append(dict(path=str(path), corpus="synthetic_espeak-ng_multilingual", speaker=f"espeak-ng:{lang}+m1",
+                             kind="synthetic", duration_s=2.0, sample_rate=SR, licence="generated", language=lang))
+        pd.DataFrame(rows).to_csv(multi / f"speech_{split}.csv", index=False)
+    model = load_model(str(tiny_model_dir))
+    rows = quality_checks.clean_by_language(model, multi, recipe_sources, per_language=2, seconds=3.0, seed=0,
+                                            batch_size=4)
+    assert [(r["language"], r["split"], r["files"]) for r in rows] == [("de", "train", 2), ("it", "test", 2)]
+    assert all(1.0 <= r["mean"] <= 5.0 and r["sd"] >= 0 for r in rows)
+    text = quality_checks.markdown(dict(model="tiny", model_arg="tiny", utterances=0, seconds=3.0, ladders=[],
+                                        passed=False, clean_by_language=rows))
+    assert "## Clean synthetic speech by language" in text and "| it | test | 2 |" in text
 
 
 @needs_pesq

@@ -14,6 +14,9 @@ has never seen?
 3. Clean held-out speech of every test-split source (up to 30 files each: LibriSpeech, the Italian IVR voice,
    AN4, synthetic voices). Bar: the mean score of each real source is >= 3.5 ("clean -> high"), so that a
    voice's timbre is not taken for a degradation. The spread (sd) of the scores is reported with the mean.
+4. Clean synthetic speech by language (information, no bar), when training/multilingual_voices.py has made
+   its folder (--multilingual): the same espeak-ng engine in English (the test split's English voices) and in
+   eleven other languages, so that a gap between languages is the model's, not the recordings'.
 
 Sample sizes: every check uses all the held-out LibriSpeech speakers (up to 30 utterances, one per speaker) by
 default. Clean scores of single utterances vary by about 0.5 MOS, so 10 utterances (the default before
@@ -181,6 +184,25 @@ def run_noizeus(model, root: Path, limit: int | None, batch_size: int) -> dict |
                 rising=rising, per_file_rho=rho, passed=all(rising.values()))
 
 
+def clean_by_language(model, multi: Path, sources: Path, per_language: int, seconds: float, seed: int,
+                      batch_size: int) -> list[dict]:
+    """Mean score of unimpaired espeak-ng speech per language: ``per_language`` files of each language of
+    ``multi`` (multilingual_voices.py output, every split; the split is reported) and of the English espeak-ng
+    voices of ``sources``' test split, cropped to ``seconds`` at -26 dBFS."""
+    df = pd.concat([pd.read_csv(multi / f"speech_{split}.csv").assign(split=split)
+                    for split in ("train", "val", "test") if (multi / f"speech_{split}.csv").is_file()])
+    english = pd.read_csv(sources / "speech_test.csv")
+    english = english[english.corpus == "synthetic_espeak-ng"].assign(language="en", split="test (English voices)")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for lang, g in pd.concat([english, df]).groupby("language", sort=False):
+        g = g.sort_values("path").head(per_language)
+        scores = score_waveforms(model, [_crop(load_audio(p)[0], seconds, rng) for p in g.path], batch_size=batch_size)
+        rows.append(dict(language=lang, split=g.split.iloc[0], files=len(g), mean=round(float(scores.mean()), 3),
+                         sd=round(float(scores.std()), 3)))
+    return rows
+
+
 def markdown(report: dict) -> str:
     refs = all("reference_labels" in r for r in report["ladders"]) and bool(report["ladders"])
     lines = [
@@ -220,6 +242,15 @@ def markdown(report: dict) -> str:
             steady = "–" if c["crop_sd"] is None else f"{c['crop_sd']:.2f}"
             lines.append(f"| {c['source']} | {c['kind']} | {c['files']} ({c['speakers']}) | {c['mean']:.2f} | "
                          f"{c['sd']:.2f} | {c['min']:.2f} | {steady} | {verdict} |")
+    langs = report.get("clean_by_language") or []
+    if langs:
+        lines += ["", "## Clean synthetic speech by language", "",
+                  "The same espeak-ng engine, unimpaired, at -26 dBFS (training/multilingual_voices.py; the split says "
+                  "whether fine-tuning heard the language). Information, no bar: listeners rate quality, not "
+                  "language, so the means should be close.", "",
+                  "| language | split | files | mean score | sd |", "|---|---|---|---|---|"]
+        for r in langs:
+            lines.append(f"| {r['language']} | {r['split']} | {r['files']} | {r['mean']:.2f} | {r['sd']:.2f} |")
     nz = report.get("noizeus")
     if nz:
         lines += ["", "## NOIZEUS (real noisy recordings, 8 kHz)", "",
@@ -243,6 +274,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--noizeus-limit", type=int, default=None, help="files per NOIZEUS folder (default: all 30)")
     ap.add_argument("--clean-per-source", type=int, default=30, help="clean files per test-split source (0: skip)")
+    ap.add_argument("--multilingual", default=str(REPO / "data" / "recipe" / "sources-multi"),
+                    help="multilingual_voices.py output, for the clean-by-language table (skipped when missing)")
+    ap.add_argument("--per-language", type=int, default=24, help="clean files per language (0: skip)")
     ap.add_argument("--reference-labels", action="store_true",
                     help="also compute each ladder level's PESQ-based label (needs the pesq package)")
     ap.add_argument("--batch-size", type=int, default=16)
@@ -270,6 +304,10 @@ def main(argv=None) -> dict:
     report["noizeus"] = run_noizeus(model, Path(args.noizeus), args.noizeus_limit, args.batch_size)
     report["clean_by_source"] = (clean_by_source(model, sources, args.clean_per_source, args.seconds, args.seed,
                                                  args.batch_size) if args.clean_per_source > 0 else [])
+    multi = Path(args.multilingual)
+    report["clean_by_language"] = (clean_by_language(model, multi, sources, args.per_language, args.seconds, args.seed,
+                                                     args.batch_size)
+                                   if args.per_language > 0 and (multi / "speech_train.csv").is_file() else [])
     report["passed"] = (all(r["passed"] for r in report["ladders"])
                         and (report["noizeus"] or {}).get("passed", True)
                         and all(c["passed"] is not False for c in report["clean_by_source"]))
