@@ -189,7 +189,8 @@ bundle() {  # ship the JSQA model with the best validation PCC (weights + config
     --recipe "training/run_recipe.sh (PROFILE=$PROFILE)"
 }
 checks() { stage checks python training/quality_checks.py jsqa-small --out docs/quality-checks.md \
-  --json docs/quality-checks.json --sources "$SRC" --noizeus "$DATA_ROOT/eval/noizeus_noisy" --reference-labels \
+  --json docs/quality-checks.json --sources "$SRC" --multilingual "$OUT/sources-multi" \
+  --noizeus "$DATA_ROOT/eval/noizeus_noisy" --reference-labels \
   || echo "!! quality bar not met: see docs/quality-checks.md"; }
 plots() {
   stage plots python training/plot_curves.py "$RUNS/pretrain" -o docs/img/pretraining.png
