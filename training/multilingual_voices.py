@@ -4,9 +4,9 @@
     python training/simulate_mos.py --sources data/recipe/sources-multi --out data/recipe/mos-multi ...
 
 Why: every other source of the recipe is English (real speakers) or English synthetic voices, and the model learnt
-a language bias with them: the same espeak-ng voices, clean, score about 3.9 in English but 2.4-2.6 in German and
-Italian (docs/results.md, "Language"). Listeners rate quality, not language, so the recipe draws a corpus from
-these voices too.
+a language bias with them: the same espeak-ng voices, clean, scored 4.3 in English but 2.5-3.9 in the other
+languages (docs/results.md, seventh version). Listeners rate quality, not language, so the recipe draws a corpus
+from these voices too.
 
 Writes, in ``--out``: ``speech_{train,val,test}.csv`` (as prepare_sources.py writes them; the voices rendered
 into ``--out``/synth) and copies of the main sources' noise and RIR lists, so that simulate_mos.py reads the folder
