@@ -179,7 +179,7 @@ def render_jobs(out_dir: Path, per_language: int, seed: int) -> list[dict]:
         for i in range(per_language):
             variant = ESPEAK_VARIANTS[int(rng.integers(len(ESPEAK_VARIANTS)))]
             jobs.append(dict(engine="espeak-ng", voice=f"{lang}+{variant}", text=texts[i % len(texts)],
-                             speed=int(rng.integers(125, 211)), pitch=int(rng.integers(20, 81)), stretch=1.0, f0=0.0,
+                             speed=int(rng.integers(125, 211)), pitch=int(rng.integers(20, 81)),
                              out=str(out_dir / lang / f"{lang}_{variant}_{i:03d}.flac")))
     return jobs
 

@@ -255,18 +255,18 @@ def load_eval_data(*, nisqa_root: str | os.PathLike | None = None, dbs: Sequence
     Returns (data with path, mos, condition?, db?, dataset; per-condition MOS from NISQA ``<DB>_con.csv`` or
     None; a description of the data for metrics.json).
     """
-    from jsqa_cli.finetune import NISQA_TEST_DBS, read_labelled_csv, read_nisqa, read_nisqa_conditions
+    from jsqa_cli.finetune import (NISQA_TEST_DBS, csv_list, csv_names, read_labelled_csv, read_nisqa,
+                                   read_nisqa_conditions)
 
-    csvs = [] if csv is None else [csv] if isinstance(csv, (str, os.PathLike)) else list(csv)
+    csvs = csv_list(csv)
     if (nisqa_root is None) == (not csvs):
         raise ValueError("give either --nisqa-root (with --db) or --csv, not both or neither")
     if csvs:
         paths = [Path(c) for c in csvs]
         if len(set(map(str, paths))) < len(paths):
             raise ValueError(f"{next(str(c) for c in paths if paths.count(c) > 1)}: given twice as --csv")
-        stems = [c.stem for c in paths]
-        names = [c.stem if stems.count(c.stem) == 1 else f"{c.parent.name}/{c.stem}" for c in paths]
-        data = pd.concat([read_labelled_csv(c).assign(dataset=n) for c, n in zip(paths, names)], ignore_index=True)
+        data = pd.concat([read_labelled_csv(c).assign(dataset=n) for c, n in zip(paths, csv_names(paths))],
+                         ignore_index=True)
         info = {"csv": [str(c) for c in paths] if len(paths) > 1 else str(paths[0]), "files": len(data)}
         return data, None, info
     dbs = list(dbs) or list(NISQA_TEST_DBS)

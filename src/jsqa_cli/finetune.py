@@ -139,6 +139,18 @@ def read_nisqa_conditions(root: str | os.PathLike, dbs: Sequence[str]) -> pd.Dat
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
+def csv_list(csv: str | os.PathLike | Sequence[str | os.PathLike] | None) -> list:
+    """One labelled CSV or several (``--train``, ``--val``, ``evaluate --csv``) as a list."""
+    return [] if csv is None else [csv] if isinstance(csv, (str, os.PathLike)) else list(csv)
+
+
+def csv_names(csvs: Sequence[str | os.PathLike]) -> list[str]:
+    """A short name for each CSV: its stem, or ``<folder>/<stem>`` where two CSVs share a stem."""
+    stems = [Path(c).stem for c in csvs]
+    return [Path(c).stem if stems.count(Path(c).stem) == 1 else f"{Path(c).parent.name}/{Path(c).stem}"
+            for c in csvs]
+
+
 def read_labelled_csv(csv: str | os.PathLike) -> pd.DataFrame:
     """A labelled CSV (columns path or file, mos, optional condition or con, optional group) → DataFrame (path,
     mos, condition[, group]).
@@ -389,10 +401,10 @@ def _options(options: FinetuneOptions | None, overrides: dict) -> FinetuneOption
     o.train_db, o.val_db, o.crop_s = tuple(o.train_db), tuple(o.val_db), tuple(float(c) for c in o.crop_s)
     if not o.output:
         raise ValueError("finetune needs an output model folder (-o)")
-    if o.train_csv is not None and not isinstance(o.train_csv, (str, os.PathLike)):
-        o.train_csv = tuple(str(c) for c in o.train_csv) or None
-    if o.val_csv is not None and not isinstance(o.val_csv, (str, os.PathLike)):
-        o.val_csv = tuple(str(c) for c in o.val_csv) or None
+    for name in ("train_csv", "val_csv"):
+        value = getattr(o, name)
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            setattr(o, name, tuple(str(c) for c in value) or None)
     if (o.nisqa_root is None) == (o.train_csv is None):
         raise ValueError("give either --nisqa-root or --train/--val CSVs, not both or neither")
     if o.train_csv is not None and o.val_csv is None:
@@ -418,13 +430,12 @@ def load_finetune_data(opts: FinetuneOptions) -> tuple[pd.DataFrame, pd.DataFram
         info = {"source": "nisqa", "nisqa_root": str(opts.nisqa_root), "train_db": list(opts.train_db),
                 "val_db": list(opts.val_db)}
     else:
-        csvs = [opts.train_csv] if isinstance(opts.train_csv, (str, os.PathLike)) else list(opts.train_csv)
+        csvs, vcsvs = csv_list(opts.train_csv), csv_list(opts.val_csv)
         train = pd.concat([read_labelled_csv(c) for c in csvs], ignore_index=True)
-        vcsvs = [opts.val_csv] if isinstance(opts.val_csv, (str, os.PathLike)) else list(opts.val_csv)
         vals = [read_labelled_csv(c) for c in vcsvs]
         if len(vals) > 1:  # conditions are named per corpus: qualify them so that two CSVs' conditions never merge
-            vals = [v.assign(condition=[pd.NA if pd.isna(c) else f"{Path(csv).parent.name}/{Path(csv).stem}:{c}"
-                                        for c in v["condition"]]) for v, csv in zip(vals, vcsvs)]
+            vals = [v.assign(condition=[pd.NA if pd.isna(c) else f"{name}:{c}" for c in v["condition"]])
+                    for v, name in zip(vals, csv_names(vcsvs))]
         val = pd.concat(vals, ignore_index=True)
         info = {"source": "csv", "train_csv": str(csvs[0]) if len(csvs) == 1 else [str(c) for c in csvs],
                 "val_csv": str(vcsvs[0]) if len(vcsvs) == 1 else [str(c) for c in vcsvs]}
