@@ -17,7 +17,7 @@ from jsqa_cli.evaluate import compute_metrics
 from jsqa_cli.finetune import (NISQA_TRAIN_DBS, MOSCrops, build_finetune_model, check_files, decode_all, finetune,
                                read_labelled_csv, read_nisqa, read_nisqa_conditions)
 from jsqa_cli.hub import model_card
-from jsqa_cli.model import build_model, load_model, read_config, save_model
+from jsqa_cli.model import add_flatness_bands, build_model, load_model, read_config, save_model
 from jsqa_cli.scoring import score_files
 from jsqa_cli.training_utils import read_metrics
 from nisqa_fixture import build_nisqa_corpus, write_labelled_csv
@@ -290,6 +290,22 @@ def test_finetune_from_scratch_csv_l1_frozen_encoder(csv_split, pretrained_dir, 
     assert _encoder_equal(trained, start)  # frozen for every step: only the head moved...
     assert not torch.equal(trained.mos_head[0].weight, start.mos_head[0].weight)  # ...and it did move
     assert all(r["frozen_encoder"] for r in read_metrics(out / "training") if "loss" in r)
+
+
+def test_flatness_input_trains_at_the_head_rate(csv_split, tmp_path):
+    """A model given flatness bands (zero weights) fine-tunes them at --lr-head, like the MOS head."""
+    train, val = csv_split
+    torch.manual_seed(3)
+    start = save_model(add_flatness_bands(build_model("tiny", projection_head=False), 8), tmp_path / "wide",
+                       {"stage": "finetuned"})
+    out = finetune(output=str(tmp_path / "ft"), train_csv=str(train), val_csv=str(val), init=str(start),
+                   lr_encoder=0.0, lr_head=1e-2, seed=3, **FAST)
+    trained, before = load_model(out), load_model(start)
+    flat = "encoder.stem.conv1_flatness.weight"
+    assert trained.config.flatness_bands == 8 and not before.state_dict()[flat].any()
+    assert trained.state_dict()[flat].abs().max() > 1e-3  # moved at the head's rate...
+    assert all(torch.equal(v, before.state_dict()[k]) for k, v in trained.state_dict().items()
+               if k.startswith("encoder.") and k != flat)  # ...while the encoder's rate (0) kept the rest
 
 
 def test_early_stopping_on_a_model_that_cannot_improve(csv_split, tmp_path):

@@ -10,8 +10,8 @@ import torch
 
 from conftest import synth_speech
 from jsqa_cli.audio import pad_batch
-from jsqa_cli.model import (PRESETS, JSQA, ModelError, build_model, config_from_preset, load_model, read_config,
-                            save_model)
+from jsqa_cli.model import (PRESETS, JSQA, ModelError, add_flatness_bands, build_model, config_from_preset,
+                            load_model, read_config, save_model)
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,33 @@ def test_save_load_round_trip(tiny, tmp_path):
     x = torch.from_numpy(np.stack([synth_speech(1.0, seed=3), synth_speech(1.0, seed=4)]))
     with torch.inference_mode():
         assert torch.equal(tiny(x), loaded(x))
+
+
+def test_flatness_bands_see_harmonics_the_mel_bands_blur(tiny, tmp_path):
+    harmonic = synth_speech(1.0, seed=5)  # harmonics of 140 Hz up to 1.5 kHz, a little noise above
+    noise = np.random.default_rng(5).standard_normal(16_000).astype(np.float32) * 0.05
+    wide = add_flatness_bands(tiny, 8)
+    with torch.inference_mode():
+        feats, _ = wide.encoder.frontend(torch.from_numpy(np.stack([harmonic, noise])), torch.tensor([16_000] * 2))
+    mel, flat = feats[:, : tiny.config.n_mels], feats[:, tiny.config.n_mels :]
+    assert flat.shape[1] == 8 and torch.equal(mel, tiny.encoder.frontend(
+        torch.from_numpy(np.stack([harmonic, noise])), torch.tensor([16_000] * 2))[0])
+    # band 0 (0-1 kHz): the harmonic signal's power sits in a few bins (low flatness), white noise's in all
+    assert flat[0, 0].mean() < flat[1, 0].mean() - 1.5
+    assert abs(flat[1].mean().item() - (-0.577 + 1.0) / 0.5) < 0.3  # white noise: E[log] - log E = -Euler's gamma
+
+    # the widened model scores exactly as the model it came from, and still ignores padding and batch-mates
+    waves = [synth_speech(n / 16_000, seed=i) for i, n in enumerate([5_000, 16_000, 27_123])]
+    with torch.inference_mode():
+        assert torch.allclose(tiny(*pad_batch(waves)), wide(*pad_batch(waves)), atol=1e-6)
+        alone = torch.stack([wide(torch.from_numpy(w)[None])[0] for w in waves])
+        assert torch.max(torch.abs(alone - wide(*pad_batch(waves)))) < 1e-4
+    loaded = load_model(save_model(wide, tmp_path / "wide"))
+    assert loaded.config.flatness_bands == 8 and loaded.encoder.stem.conv1_flatness.in_channels == 8
+    with pytest.raises(ValueError, match="already reads 8 flatness bands"):
+        add_flatness_bands(wide, 8)
+    with pytest.raises(ValueError, match="must divide the 256 STFT bins"):
+        build_model("tiny", flatness_bands=7)
 
 
 def test_long_input_is_refused_with_a_hint(tiny):

@@ -13,14 +13,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+import torch
 
 from conftest import synth_speech
-
-from jsqa_cli.model import load_model
+from jsqa_cli.model import build_model, load_model, save_model
 
 TRAINING = Path(__file__).resolve().parents[1] / "training"
 sys.path.insert(0, str(TRAINING))
 
+import add_flatness  # noqa: E402
+import codec_probe  # noqa: E402
 import impairments as imp  # noqa: E402
 import multilingual_voices  # noqa: E402
 import prepare_sources  # noqa: E402
@@ -248,6 +250,31 @@ def test_timbre_varied_references_keep_clean_labels(recipe_sources, tmp_path):
     df = pd.read_csv(out / "train.csv")
     assert df.detail.str.startswith("voice:x").all() and (df.condition == "clean").all()
     assert (df.mos == simulate_mos.MOS_MAX).all()  # measured against the varied reference: still clean
+
+
+def test_add_flatness_writes_a_wider_model_that_scores_the_same(tmp_path):
+    torch.manual_seed(0)
+    src = save_model(build_model("tiny").eval(), tmp_path / "m", {"stage": "finetuned"})
+    add_flatness.main([str(src), "-o", str(tmp_path / "wide"), "--bands", "16"])
+    narrow, wide = load_model(src), load_model(tmp_path / "wide")
+    assert wide.config.flatness_bands == 16 and wide.metadata["stage"] == "finetuned"
+    assert wide.metadata["flatness_added"] == {"from": str(src), "bands": 16}
+    x = torch.from_numpy(np.stack([synth_speech(1.0, seed=1), synth_speech(1.0, seed=2, f0=210)]))
+    with torch.inference_mode():
+        assert torch.allclose(narrow(x), wide(x), atol=1e-6)
+
+
+def test_codec_probe_tells_coded_clips_without_their_reference():
+    frontend = build_model("tiny", flatness_bands=8).encoder.frontend
+    clips = [synth_speech(1.0, seed=i, f0=90 + 8 * i) for i in range(24)]
+    rng = np.random.default_rng(0)
+
+    def code(x):  # noise under the harmonics: what flatness shows and a band's mean level barely does
+        return (x + 0.1 * rng.standard_normal(len(x))).astype(np.float32)
+
+    acc = codec_probe.probe(clips[:16], clips[16:], code, frontend, lam=1.0)
+    assert set(acc) == {"log-mel", "flatness", "both"} and all(0 <= a <= 1 for a in acc.values())
+    assert acc["flatness"] >= 0.9
 
 
 def test_family_weights_option():
@@ -488,6 +515,13 @@ def test_bundle_card_summary_reads_the_provenance(tmp_path):
     after = {**third, "init": {"kind": "pretrained", "model": "jsqa-small", "previous_training": "`small` preset; X"}}
     assert bundle_model.training_summary(after, "").startswith(
         "`small` preset; continued from the bundled model before it (`small` preset; X); fine-tuned 3000 steps")
+    wide = tmp_path / "wide"  # training/add_flatness.py's copy of the third cycle, then a fourth from it
+    wide.mkdir()
+    (wide / "config.json").write_text(json.dumps({"metadata": {**third, "flatness_added": {"bands": 16}}}))
+    fourth = {**third, "best_step": 1000, "init": {"kind": "pretrained", "model": str(wide)}}
+    assert bundle_model.training_summary(fourth, "").endswith(
+        "(best validation step 1500); then 16 spectral-flatness input bands added (zero weights); fine-tuned 3000 "
+        "steps × 16 crops of 4-6 s on 11400 simulated clips (best validation step 1000)")
 
 
 def test_bundle_keeps_only_its_models_metrics_and_names_each_test_set(tmp_path):

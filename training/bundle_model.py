@@ -96,7 +96,9 @@ def _start(init: dict, seen: frozenset = frozenset()) -> str:
     cfg = (REPO / str(init.get("model", "")) / CONFIG_NAME).resolve()
     m = json.loads(cfg.read_text()).get("metadata", {}) if cfg.is_file() and cfg not in seen else {}
     if "training" in m and "init" in m:  # continued from a fine-tuned (perhaps averaged) model
-        return _start(m["init"], seen | {cfg}) + _made(m)
+        added = m.get("flatness_added")  # training/add_flatness.py: the same model, with new input channels
+        return (_start(m["init"], seen | {cfg}) + _made(m)
+                + (f"; then {added['bands']} spectral-flatness input bands added (zero weights)" if added else ""))
     if {"steps", "batch_size", "pairing", "negatives"} <= m.keys():
         return (f"; encoder pretrained on JND pairs ({m['steps']} steps × {m['batch_size']} {m['pairing']} pairs, "
                 f"{m['negatives']} negatives)")

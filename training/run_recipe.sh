@@ -4,7 +4,7 @@
 #   bash training/run_recipe.sh            # all stages, CPU profile (2 cores: a few hours)
 #   PROFILE=gpu bash training/run_recipe.sh # same commands, the GPU sizes (base preset, more data and steps)
 #   bash training/run_recipe.sh finetune   # one stage, of: sources corpus pairs pretrain finetune more polish
-#                                          #   lang evaluate bundle checks plots
+#                                          #   lang flatness evaluate bundle checks plots
 #   bash training/ablation.sh              # after corpus + pairs: the pretraining modes compared by fine-tuning
 #
 # Needs: pip install -e ".[recipe]"; apt-get install espeak-ng flite (synthetic voices, sources stage only);
@@ -134,20 +134,37 @@ polish() {
     done
   done
 }
+multi_cycle() {  # multi_cycle NAME "LR_ENC LR_HEAD" SEED INIT OUT: LANG_STEPS on every draw, both val splits
+  local name=$1 lr; read -r -a lr <<< "$2"
+  stage "$name" jsqa finetune "${FT_DATA[@]}" --train "$OUT/mos-clean/train.csv" \
+    --train "$OUT/mos-groups/train.csv" --train "$OUT/mos-multi/train.csv" --val "$OUT/mos-multi/val.csv" \
+    --rank-weight 1 \
+    --steps "$LANG_STEPS" --batch-size "$FT_BATCH" --lr-encoder "${lr[0]}" --lr-head "${lr[1]}" \
+    --warmup-steps 100 --eval-every "$FT_EVAL" --patience 0 --crop 2 6 --cache-audio --device "$DEVICE" \
+    --workers "$WORKERS" -q --seed "$3" --init "$4" -o "$5"
+}
 lang() {
   # A fourth, short cycle from each third-cycle model, JSQA and scratch alike: the polish data plus the fifth draw
   # (other languages), at half the polish learning rates, validated on both validation splits (English and Dutch
   # voices) as one set. Clean speech in languages the model never heard scores nearer English, and the other
   # languages' test split gains PCC (docs/results.md, seventh version).
-  local lr; read -r -a lr <<< "$LANG_LR"
   for s in $MORE_SEEDS; do
     for kind in jsqa scratch; do
-      stage "lang-$kind-s$s" jsqa finetune "${FT_DATA[@]}" --train "$OUT/mos-clean/train.csv" \
-        --train "$OUT/mos-groups/train.csv" --train "$OUT/mos-multi/train.csv" --val "$OUT/mos-multi/val.csv" \
-        --rank-weight 1 \
-        --steps "$LANG_STEPS" --batch-size "$FT_BATCH" --lr-encoder "${lr[0]}" --lr-head "${lr[1]}" \
-        --warmup-steps 100 --eval-every "$FT_EVAL" --patience 0 --crop 2 6 --cache-audio --device "$DEVICE" \
-        --workers "$WORKERS" -q --seed $((s + 4)) --init "$RUNS/$kind-polish-s$s" -o "$RUNS/$kind-lang-s$s"
+      multi_cycle "lang-$kind-s$s" "$LANG_LR" $((s + 4)) "$RUNS/$kind-polish-s$s" "$RUNS/$kind-lang-s$s"
+    done
+  done
+}
+flatness() {
+  # A fifth cycle from each fourth-cycle model, JSQA and scratch alike: the model also reads log spectral flatness
+  # in 16 bands of 500 Hz (training/add_flatness.py; zero weights at first, trained at the head's rate), the
+  # fourth cycle's data, at the polish learning rates. Validation and every test split gain a little (one seed,
+  # docs/results.md, eighth version); what the flatness input was for, the Opus steps, it did not fix.
+  for s in $MORE_SEEDS; do
+    for kind in jsqa scratch; do
+      stage "flatness-$kind-s$s-add" python training/add_flatness.py "$RUNS/$kind-lang-s$s" \
+        -o "$RUNS/$kind-lang-flat-s$s" --bands 16
+      multi_cycle "flatness-$kind-s$s" "$POLISH_LR" $((s + 6)) "$RUNS/$kind-lang-flat-s$s" \
+        "$RUNS/$kind-flatness-s$s"
     done
   done
 }
@@ -156,7 +173,7 @@ evaluate() {
   for s in $SEEDS; do
     stage "evaluate-s$s" jsqa evaluate -m "$RUNS/scratch-s$s" -m "$RUNS/jsqa-s$s" --csv "$MOS/test.csv" \
       -o "$OUT/eval-test-s$s"
-    for c in more polish lang; do
+    for c in more polish lang flatness; do
       if [ -d "$RUNS/jsqa-$c-s$s" ]; then
         # with the other languages' test split too, when it was drawn (metrics per split and for both)
         stage "evaluate-$c-s$s" jsqa evaluate -m "$RUNS/scratch-$c-s$s" -m "$RUNS/jsqa-$c-s$s" \
@@ -175,16 +192,18 @@ bundle() {  # ship the JSQA model with the best validation PCC (weights + config
       fi
     done
   done
-  # after the `lang` cycle, only its models compete: they alone were validated on the other languages too, and
-  # English validation cannot see what that cycle is for
-  if compgen -G "$RUNS/jsqa-lang-s*" > /dev/null; then
-    models=() evals=()
-    for s in $SEEDS; do
-      if [ -d "$RUNS/jsqa-lang-s$s" ]; then
-        models+=("$RUNS/jsqa-lang-s$s"); evals+=("$OUT/eval-test-lang-s$s/metrics.json")
-      fi
-    done
-  fi
+  # after the `lang` cycle, only its models compete (and after `flatness`, only that cycle's): they alone were
+  # validated on the other languages too, and English validation cannot see what those cycles are for
+  for c in lang flatness; do
+    if compgen -G "$RUNS/jsqa-$c-s*" > /dev/null; then
+      models=() evals=()
+      for s in $SEEDS; do
+        if [ -d "$RUNS/jsqa-$c-s$s" ]; then
+          models+=("$RUNS/jsqa-$c-s$s"); evals+=("$OUT/eval-test-$c-s$s/metrics.json")
+        fi
+      done
+    fi
+  done
   stage bundle python training/bundle_model.py "${models[@]}" --eval "${evals[@]}" --where "$PROFILE profile" \
     --recipe "training/run_recipe.sh (PROFILE=$PROFILE)"
 }
@@ -199,5 +218,5 @@ plots() {
 }
 
 mkdir -p "$OUT"
-if [ $# -eq 0 ]; then set -- sources corpus pairs pretrain finetune more polish lang evaluate bundle checks plots; fi
+if [ $# -eq 0 ]; then set -- sources corpus pairs pretrain finetune more polish lang flatness evaluate bundle checks plots; fi
 for s in "$@"; do "$s"; done

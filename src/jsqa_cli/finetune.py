@@ -341,6 +341,9 @@ def build_finetune_model(init: str | None, from_scratch: bool, preset: str = "sm
 
 # ---------------------------------------------------------------------------------------------- training
 
+# Parameters that train at --lr-head: the MOS head, and the flatness input (model.add_flatness_bands), which
+# starts from zero in a trained network and learns little at the encoder's rate.
+HEAD_RATE = ("mos_head.", "encoder.stem.conv1_flatness.")
 TRAINING_DIR = "training"  # inside the model folder: checkpoint.pt, metrics.jsonl, options.json
 
 
@@ -512,13 +515,13 @@ def _finetune(opts: FinetuneOptions, d) -> Path:
         cache = decode_all(list(train_df["path"]), workers)
         say(f"Cached {len(cache)} training files in RAM ({cache.nbytes / 2**30:.2f} GiB).")
 
-    # ---- model and optimiser: the encoder (and a kept projection head) at one rate, the MOS head at another
+    # ---- model and optimiser: the encoder (and a kept projection head) at one rate, the MOS head (HEAD_RATE) at another
     seed_everything(opts.seed)
     model, init_info = build_finetune_model(opts.init, opts.from_scratch, opts.preset, opts.projection_head,
                                             opts.seed)
     model.to(d.device)
-    head = list(model.mos_head.parameters())
-    body = [p for n, p in model.named_parameters() if not n.startswith("mos_head.")]
+    head = [p for n, p in model.named_parameters() if n.startswith(HEAD_RATE)]
+    body = [p for n, p in model.named_parameters() if not n.startswith(HEAD_RATE)]
     optimizer = torch.optim.AdamW([{"params": body, "lr": opts.lr_encoder, "name": "encoder"},
                                    {"params": head, "lr": opts.lr_head, "name": "head"}],
                                   weight_decay=opts.weight_decay)

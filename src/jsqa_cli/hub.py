@@ -324,6 +324,7 @@ def model_card(folder: str | Path, repo_id: str, *, license: str | None = None,
     cfg, meta = read_config(folder)
     metrics = model_metrics(folder, meta) if metrics is None else metrics
     num_params = parameter_count(folder)
+    flatness = f" + spectral flatness ({cfg.flatness_bands} bands)" if cfg.flatness_bands else ""
     name = repo_id.split("/")[-1]
     eval_results = [
         EvalResult(task_type="speech-quality-assessment", task_name="Speech quality assessment (MOS prediction)",
@@ -356,7 +357,7 @@ scored in {WINDOW_S:g} s windows with a {HOP_S:g} s hop and the file score is th
 
 | | |
 |---|---|
-| architecture | log-mel ({cfg.n_mels} bands) → conv stem → {cfg.n_layers}-layer Transformer (d={cfg.d_model}) → attention pooling → MOS head |
+| architecture | log-mel ({cfg.n_mels} bands){flatness} → conv stem → {cfg.n_layers}-layer Transformer (d={cfg.d_model}) → attention pooling → MOS head |
 | preset | {cfg.preset} |
 | parameters | {num_params:,} |
 

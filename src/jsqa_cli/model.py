@@ -2,6 +2,8 @@
 
     waveform (B, T) at 16 kHz
       → log-mel (no per-utterance normalisation: level is a quality cue)
+        [+ log spectral flatness per linear-frequency band (``flatness_bands`` > 0): the fine structure that
+         mel bands blur, e.g. harmonics a codec replaced with noise]
       → conv stem (time subsampling ×4)
       → pre-LN Transformer with key-padding masks
       → attention pooling → LayerNorm → embedding (B, D)
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import dataclasses
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -37,6 +40,11 @@ DEFAULT_MODEL = "jsqa-small"  # the bundled model `jsqa score` uses when no --mo
 # Fixed affine map of natural-log mel power to roughly zero mean / unit variance on speech at typical levels.
 LOGMEL_OFFSET = 5.0
 LOGMEL_SCALE = 4.5
+# The same for log spectral flatness (log of geometric over arithmetic mean power within a band; 0 for white
+# noise's expected spectrum, down to about -2 for voiced speech's harmonics in the lowest bands).
+FLATNESS_OFFSET = 1.0
+FLATNESS_SCALE = 0.5
+FLATNESS_MIN = -4.0
 
 
 @dataclass
@@ -59,6 +67,7 @@ class JSQAConfig:
     proj_dim: int = 128
     head_hidden: int = 128
     mos_input: str = "embedding"  # what the MOS head reads: "embedding" (encoder output) or "projection"
+    flatness_bands: int = 0  # extra input channels: log spectral flatness in this many equal linear bands; 0 = none
 
     @property
     def min_samples(self) -> int:
@@ -92,30 +101,45 @@ def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
 
 
 class LogMel(nn.Module):
+    """Log-mel features, and with ``flatness_bands`` the bands' log spectral flatness stacked under them."""
+
     def __init__(self, cfg: JSQAConfig):
         super().__init__()
         self.cfg = cfg
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=cfg.sample_rate, n_fft=cfg.n_fft, win_length=cfg.win_length, hop_length=cfg.hop_length,
             n_mels=cfg.n_mels, center=False, power=2.0)
+        bins = cfg.n_fft // 2  # the Nyquist bin is left out, so that the bands split evenly
+        if cfg.flatness_bands and bins % cfg.flatness_bands:
+            raise ValueError(f"flatness_bands={cfg.flatness_bands} must divide the {bins} STFT bins below Nyquist")
 
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if wav.shape[-1] < self.cfg.n_fft:
             wav = F.pad(wav, (0, self.cfg.n_fft - wav.shape[-1]))
         with torch.autocast(device_type=wav.device.type, enabled=False):
-            spec = self.mel(wav.float())  # (B, n_mels, frames)
-            feats = (torch.log(spec + 1e-8) + LOGMEL_OFFSET) / LOGMEL_SCALE
+            power = self.mel.spectrogram(wav.float())  # (B, n_fft // 2 + 1, frames)
+            feats = (torch.log(self.mel.mel_scale(power) + 1e-8) + LOGMEL_OFFSET) / LOGMEL_SCALE
+            if self.cfg.flatness_bands:
+                bands = power[:, : self.cfg.n_fft // 2].unflatten(1, (self.cfg.flatness_bands, -1)) + 1e-10
+                flatness = torch.log(bands).mean(2) - torch.log(bands.mean(2))  # (B, bands, frames), <= 0
+                flatness = flatness.clamp(min=FLATNESS_MIN)  # a pure tone's band would reach about -13
+                feats = torch.cat([feats, (flatness + FLATNESS_OFFSET) / FLATNESS_SCALE], dim=1)
         n_frames = self.cfg.num_frames(lengths)
         mask = lengths_to_mask(n_frames, feats.shape[-1])
         return feats * mask[:, None, :], n_frames
 
 
 class ConvStem(nn.Module):
-    """Two stride-2 convolutions over time (×4 subsampling); padded frames are zeroed before each one."""
+    """Two stride-2 convolutions over time (×4 subsampling); padded frames are zeroed before each one. Flatness
+    channels (JSQAConfig.flatness_bands) have their own first convolution, added to the log-mel one's output, so
+    that fine-tuning can train them at another rate (finetune.HEAD_RATE)."""
 
     def __init__(self, cfg: JSQAConfig):
         super().__init__()
+        self.n_mels = cfg.n_mels
         self.conv1 = nn.Conv1d(cfg.n_mels, cfg.d_model, kernel_size=3, stride=2, padding=1)
+        self.conv1_flatness = (nn.Conv1d(cfg.flatness_bands, cfg.d_model, kernel_size=3, stride=2, padding=1,
+                                         bias=False) if cfg.flatness_bands else None)
         self.conv2 = nn.Conv1d(cfg.d_model, cfg.d_model, kernel_size=3, stride=2, padding=1)
 
     @staticmethod
@@ -124,7 +148,10 @@ class ConvStem(nn.Module):
 
     def forward(self, x: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         for conv in (self.conv1, self.conv2):
-            x = F.gelu(conv(x))
+            if conv is self.conv1 and self.conv1_flatness is not None:
+                x = F.gelu(conv(x[:, : self.n_mels]) + self.conv1_flatness(x[:, self.n_mels :]))
+            else:
+                x = F.gelu(conv(x))
             n = self._out_len(n)
             x = x * lengths_to_mask(n, x.shape[-1])[:, None, :]
         return x.transpose(1, 2), n  # (B, tokens, D)
@@ -226,6 +253,20 @@ class JSQA(nn.Module):
 
 def build_model(preset: str = "small", **overrides) -> JSQA:
     return JSQA(config_from_preset(preset, **overrides))
+
+
+def add_flatness_bands(model: JSQA, bands: int) -> JSQA:
+    """A copy of ``model`` that also reads ``bands`` log spectral flatness channels (JSQAConfig.flatness_bands).
+    Their convolution starts at zero, so the copy scores exactly as ``model`` until fine-tuning teaches it to
+    use them."""
+    if model.config.flatness_bands:
+        raise ValueError(f"the model already reads {model.config.flatness_bands} flatness bands")
+    wide = JSQA(dataclasses.replace(model.config, flatness_bands=bands))
+    nn.init.zeros_(wide.encoder.stem.conv1_flatness.weight)
+    missing, unexpected = wide.load_state_dict(model.state_dict(), strict=False)
+    assert missing == ["encoder.stem.conv1_flatness.weight"] and not unexpected, (missing, unexpected)
+    wide.metadata, wide.name = dict(model.metadata), model.name
+    return wide.train(model.training)
 
 
 # ---------------------------------------------------------------------------------------------- model folders
