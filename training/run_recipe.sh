@@ -157,7 +157,7 @@ lang() {
 flatness() {
   # A fifth cycle from each fourth-cycle model, JSQA and scratch alike: the model also reads log spectral flatness
   # in 16 bands of 500 Hz (training/add_flatness.py; zero weights at first, trained at the head's rate), the
-  # fourth cycle's data, at the polish learning rates. Validation and every test split gain a little (one seed,
+  # fourth cycle's data, at the polish learning rates. Validation and every test split gain a little (two seeds,
   # docs/results.md, eighth version); what the flatness input was for, the Opus steps, it did not fix.
   for s in $MORE_SEEDS; do
     for kind in jsqa scratch; do
