@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import impairments as imp  # noqa: E402
 import quality_checks  # noqa: E402
-from jsqa_cli.audio import load_audio  # noqa: E402
+from jsqa_cli.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from jsqa_cli.model import build_model  # noqa: E402
 
 SECONDS = 6.0
@@ -81,7 +81,7 @@ def main(argv=None) -> list[dict]:
     df = pd.read_csv(sources / "speech_train.csv")
     df = df[(df.corpus == "librispeech") & (df.duration_s >= SECONDS)]
     df = df.sample(min(args.train, len(df)), random_state=0)
-    train = [imp.set_level(load_audio(p)[0][: int(SECONDS * 16000)], imp.NOMINAL_LEVEL_DB) for p in df.path]
+    train = [imp.set_level(load_audio(p)[0][: int(SECONDS * SAMPLE_RATE)], imp.NOMINAL_LEVEL_DB) for p in df.path]
     test, _ = quality_checks.test_utterances(sources, args.utterances, SECONDS, 0)
     frontend = build_model("small", flatness_bands=16).encoder.frontend
     rows = []

@@ -515,7 +515,7 @@ def _finetune(opts: FinetuneOptions, d) -> Path:
         cache = decode_all(list(train_df["path"]), workers)
         say(f"Cached {len(cache)} training files in RAM ({cache.nbytes / 2**30:.2f} GiB).")
 
-    # ---- model and optimiser: the encoder (and a kept projection head) at one rate, the MOS head (HEAD_RATE) at another
+    # ---- model and optimiser: the encoder (and a kept projection head) at one rate, HEAD_RATE's at another
     seed_everything(opts.seed)
     model, init_info = build_finetune_model(opts.init, opts.from_scratch, opts.preset, opts.projection_head,
                                             opts.seed)

@@ -146,12 +146,14 @@ class ConvStem(nn.Module):
     def _out_len(n: torch.Tensor) -> torch.Tensor:
         return torch.div(n + 1, 2, rounding_mode="floor")  # ceil(n / 2) for kernel 3, stride 2, padding 1
 
+    def _first(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv1_flatness is None:
+            return self.conv1(x)
+        return self.conv1(x[:, : self.n_mels]) + self.conv1_flatness(x[:, self.n_mels :])
+
     def forward(self, x: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        for conv in (self.conv1, self.conv2):
-            if conv is self.conv1 and self.conv1_flatness is not None:
-                x = F.gelu(conv(x[:, : self.n_mels]) + self.conv1_flatness(x[:, self.n_mels :]))
-            else:
-                x = F.gelu(conv(x))
+        for conv in (self._first, self.conv2):
+            x = F.gelu(conv(x))
             n = self._out_len(n)
             x = x * lengths_to_mask(n, x.shape[-1])[:, None, :]
         return x.transpose(1, 2), n  # (B, tokens, D)
