@@ -154,6 +154,25 @@ def test_decoded_audio_packs_waves_into_blocks():
     assert len(DecodedAudio([])) == 0
 
 
+def test_16_bit_cache_is_exact_for_16_bit_files_and_takes_half_the_memory(make_audio):
+    """The training cache (finetune --cache-audio) keeps int16 samples: 16-bit files at 16 kHz come back
+    unchanged, resampled ones within half a 16-bit step; float32 items either way."""
+    from jsqa_cli.audio import load_audio
+    from jsqa_cli.finetune import DecodedAudio
+
+    paths = [str(make_audio(f"g{i}.wav", seconds=1.0, sr=sr, seed=i)) for i, sr in enumerate((16_000, 48_000))]
+    exact, rounded = (load_audio(p)[0] for p in paths)
+    cache = decode_all(paths, dtype=np.int16)
+    assert cache.nbytes == 2 * (len(exact) + len(rounded)) and cache[0].dtype == np.float32
+    assert np.array_equal(cache[0], exact)
+    assert np.abs(cache[1] - rounded).max() <= 0.5 / 32768 + 1e-9 and not np.array_equal(cache[1], rounded)
+    crops, cached = MOSCrops(paths[:1], [3.0], seed=1), MOSCrops(paths[:1], [3.0], cache=cache, seed=1)
+    assert torch.equal(crops[(2, 0)][0], cached[(2, 0)][0])
+    assert np.array_equal(DecodedAudio([np.array([1.5, -2.0], np.float32)], dtype=np.int16)[0], [32767 / 32768, -1.0])
+    with pytest.raises(ValueError, match="float32 or int16"):
+        DecodedAudio([], dtype=np.float64)
+
+
 def test_grouped_crops_come_with_a_partner_cropped_at_the_same_place(tmp_path, make_audio):
     """Versions of one reference (same length; here the same signal at two gains) are cropped alike; files with
     no group, or alone in theirs, have no partner; the collated batch indexes each crop and its partner."""

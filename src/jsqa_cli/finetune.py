@@ -190,21 +190,27 @@ def check_files(df: pd.DataFrame, what: str) -> None:
 
 
 class DecodedAudio:
-    """Many decoded 16 kHz waves packed into a few large float32 blocks (+ where each wave lies), so DataLoader
-    workers share them unchanged. Filled while the waves arrive: the peak memory is the cache plus one wave,
-    not twice the cache (as collecting the waves and then concatenating them would be)."""
+    """Many decoded 16 kHz waves packed into a few large blocks (+ where each wave lies), so DataLoader workers
+    share them unchanged. Filled while the waves arrive: the peak memory is the cache plus one wave, not twice
+    the cache (as collecting the waves and then concatenating them would be).
+
+    ``dtype`` int16 keeps the samples as 16-bit PCM (half the memory of float32; exact for 16-bit files at
+    16 kHz, otherwise rounded to the 16-bit grid, 1/65536 of full scale); items come back as float32 either way."""
 
     BLOCK = 2**26  # samples per block (256 MiB); a longer wave gets a block of its own
 
-    def __init__(self, waves: Iterable[np.ndarray], block: int = BLOCK):
+    def __init__(self, waves: Iterable[np.ndarray], block: int = BLOCK, dtype=np.float32):
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.int16):
+            raise ValueError(f"DecodedAudio stores float32 or int16, not {self.dtype}")
         self.blocks: list[np.ndarray] = []
-        where, buf, fill = [], np.zeros(0, np.float32), 0
+        where, buf, fill = [], np.zeros(0, self.dtype), 0
         for w in waves:
             if fill + len(w) > len(buf):
                 if fill:
                     self.blocks.append(buf[:fill])
-                buf, fill = np.empty(max(block, len(w)), np.float32), 0  # pages are committed as they are filled
-            buf[fill:fill + len(w)] = w
+                buf, fill = np.empty(max(block, len(w)), self.dtype), 0  # pages are committed as they are filled
+            buf[fill:fill + len(w)] = w if self.dtype == np.float32 else np.clip(np.rint(w * 32768.0), -32768, 32767)
             where.append((len(self.blocks), fill, fill + len(w)))
             fill += len(w)
         if fill:
@@ -216,7 +222,8 @@ class DecodedAudio:
 
     def __getitem__(self, i: int) -> np.ndarray:
         b, start, end = self.where[i]
-        return self.blocks[b][start:end]
+        wave = self.blocks[b][start:end]
+        return wave if self.dtype == np.float32 else wave.astype(np.float32) / np.float32(32768.0)
 
     @property
     def nbytes(self) -> int:
@@ -238,10 +245,10 @@ def _as_is(item):
     return item
 
 
-def decode_all(paths: Sequence[str], workers: int = 0) -> DecodedAudio:
-    """Decode (and resample) every file once, in ``workers`` DataLoader processes."""
+def decode_all(paths: Sequence[str], workers: int = 0, dtype=np.float32) -> DecodedAudio:
+    """Decode (and resample) every file once, in ``workers`` DataLoader processes (``dtype``: see DecodedAudio)."""
     loader = DataLoader(_Decode(paths), batch_size=None, num_workers=workers, collate_fn=_as_is)
-    return DecodedAudio(iter(loader))
+    return DecodedAudio(iter(loader), dtype=dtype)
 
 
 class MOSCrops(Dataset):
@@ -512,7 +519,7 @@ def _finetune(opts: FinetuneOptions, d) -> Path:
     val_waves = list(decode_all(list(val_df["path"].iloc[d.rank::d.world_size]), workers))
     cache = None
     if opts.cache_audio:
-        cache = decode_all(list(train_df["path"]), workers)
+        cache = decode_all(list(train_df["path"]), workers, dtype=np.int16)  # 16-bit: half the RAM
         say(f"Cached {len(cache)} training files in RAM ({cache.nbytes / 2**30:.2f} GiB).")
 
     # ---- model and optimiser: the encoder (and a kept projection head) at one rate, HEAD_RATE's at another

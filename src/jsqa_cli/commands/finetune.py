@@ -61,7 +61,8 @@ def finetune_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda (torchrun sets the GPU per rank)."),
     workers: int = typer.Option(-1, "--workers", "-j", help="DataLoader workers per process (-1: min(8, cores))."),
     cache_audio: bool = typer.Option(False, "--cache-audio", help="Decode the training files once and keep them "
-                                     "in RAM (≈ 230 MB per hour of audio; worth it for small corpora)."),
+                                     "in RAM as 16-bit samples (≈ 115 MB per hour of audio; worth it for small "
+                                     "corpora)."),
     bf16: bool = typer.Option(True, "--bf16/--no-bf16", help="bf16 autocast on CUDA."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in -o exactly where it stopped."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start again in a folder that holds a run or model."),
