@@ -447,6 +447,17 @@ def test_quality_checks_reference_labels_fall_along_ladders(recipe_sources, tiny
         assert all(a > b for a, b in zip(labels, labels[1:]))
 
 
+def test_quality_checks_ladder_bar_counts_one_swap_of_five_as_rho_0_9(monkeypatch):
+    """Spearman rho of one adjacent swap among 5 levels is exactly 0.9 (0.8999... in floating point): it passes
+    the >= 0.9 bar, as its report says; two swaps (0.7) do not."""
+    swaps = {"one": [4.10, 4.13, 4.08, 3.98, 2.93], "two": [4.10, 4.15, 4.11, 4.03, 2.96]}
+    monkeypatch.setattr(quality_checks, "score_waveforms", lambda model, waves, batch_size: np.array(swaps[waves[0]]))
+    defs = {name: [(str(k), lambda x, i, name=name: name) for k in range(5)] for name in swaps}
+    rows = {r["ladder"]: r for r in quality_checks.run_ladders(None, [np.zeros(1)], defs, 8)}
+    assert rows["one"]["rho"] == 0.9 and rows["one"]["passed"]
+    assert rows["two"]["rho"] == 0.7 and not rows["two"]["passed"]
+
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
