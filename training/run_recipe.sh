@@ -23,7 +23,7 @@ if [ "$PROFILE" = gpu ]; then
   FT_LR="2e-4 2e-3"; FT_EVAL=300; WORKERS=${WORKERS:-16}; DEVICE=cuda
   MORE_STEPS=3000; MORE_LR="1e-4 1e-3"; MORE_SEEDS=${MORE_SEEDS:-$SEEDS}
   CLEAN_FILES=9600; GROUP_FILES=24000; POLISH_STEPS=1500; POLISH_LR="5e-5 5e-4"  # not run yet: CPU sizes scaled
-  MULTI_FILES=12000; LANG_STEPS=500; LANG_LR="2.5e-5 2.5e-4"
+  MULTI_FILES=12000; LANG_STEPS=500; LANG_LR="2.5e-5 2.5e-4"; CODEC_FILES=16000
 else
   # fine-tuning as for the shipped jsqa-small (7000 steps, lr 3e-4: 3000 steps at 1e-4 had not converged)
   PRESET=small; FILES="3000 400 400"; EXTRA_FILES=6000; PAIRS=40000; PT_STEPS=1500; PT_BATCH=32
@@ -32,6 +32,7 @@ else
   MORE_STEPS=6000; MORE_LR="1.5e-4 5e-4"; MORE_SEEDS=${MORE_SEEDS:-${SEEDS##* }}  # the second cycle: last seed only
   CLEAN_FILES=2400; GROUP_FILES=6000; POLISH_STEPS=3000; POLISH_LR="1e-4 3e-4"     # the third cycle: MORE_SEEDS too
   MULTI_FILES=3000; LANG_STEPS=1000; LANG_LR="5e-5 1.5e-4"                         # the fourth: MORE_SEEDS too
+  CODEC_FILES=4000                                                          # the fifth cycle's sixth draw
 fi
 read -r LR_ENC LR_HEAD <<< "$FT_LR"
 SRC=$OUT/sources MOS=$OUT/mos RUNS=$OUT/runs
@@ -39,6 +40,8 @@ SRC=$OUT/sources MOS=$OUT/mos RUNS=$OUT/runs
 FT_DATA=(--train "$MOS/train.csv" --train "$OUT/mos-extra/train.csv" --val "$MOS/val.csv")
 # the second training draw: more codecs and band limitation (VoIP-style), 30 % timbre-varied clean references
 VOIP_WEIGHTS=noise=0.25,codec=0.22,packet_loss=0.15,clip=0.08,band=0.13,reverb=0.07,echo=0.05,level=0.05
+# the sixth draw: codecs only (MP3, Opus, Vorbis at every bitrate, GSM, G.711)
+CODEC_WEIGHTS=noise=0,codec=1,packet_loss=0,clip=0,band=0,reverb=0,echo=0,level=0
 
 stage() {  # stage NAME COMMAND... : run it, append its wall time to timings.tsv
   local name=$1; shift
@@ -75,6 +78,11 @@ corpus() {
   stage corpus-multi python training/simulate_mos.py --sources "$OUT/sources-multi" --out "$OUT/mos-multi" \
     --num-files "$MULTI_FILES" 200 400 --workers "$(env -u OMP_NUM_THREADS nproc)" --seed $((SEED + 10)) \
     --timbre-share 0.3 --clean-share 0.12
+  # the sixth, for the `flatness` cycle: groups of four versions of one reference as in the fourth draw, each
+  # degraded copy by one codec, so that small codec steps (Opus, MP3 near transparency) meet their clean reference
+  stage corpus-codec python training/simulate_mos.py --sources "$SRC" --out "$OUT/mos-codec" \
+    --num-files "$CODEC_FILES" 0 0 --workers "$(env -u OMP_NUM_THREADS nproc)" --seed $((SEED + 20)) \
+    --versions 4 --timbre-share 0.5 --max-factor 0 --family-weights "$CODEC_WEIGHTS"
 }
 pairs() {
   stage pairs jsqa make-pairs --speech "$SRC/speech_train.txt" --noise "$SRC/noise_train.txt" -o "$OUT/pairs" \
@@ -134,14 +142,14 @@ polish() {
     done
   done
 }
-multi_cycle() {  # multi_cycle NAME "LR_ENC LR_HEAD" SEED INIT OUT: LANG_STEPS on every draw, both val splits
+multi_cycle() {  # multi_cycle NAME "LR_ENC LR_HEAD" SEED INIT OUT [ARGS]: LANG_STEPS, every draw, both val splits
   local name=$1 lr; read -r -a lr <<< "$2"
   stage "$name" jsqa finetune "${FT_DATA[@]}" --train "$OUT/mos-clean/train.csv" \
     --train "$OUT/mos-groups/train.csv" --train "$OUT/mos-multi/train.csv" --val "$OUT/mos-multi/val.csv" \
     --rank-weight 1 \
     --steps "$LANG_STEPS" --batch-size "$FT_BATCH" --lr-encoder "${lr[0]}" --lr-head "${lr[1]}" \
     --warmup-steps 100 --eval-every "$FT_EVAL" --patience 0 --crop 2 6 --cache-audio --device "$DEVICE" \
-    --workers "$WORKERS" -q --seed "$3" --init "$4" -o "$5"
+    --workers "$WORKERS" -q --seed "$3" --init "$4" -o "$5" "${@:6}"
 }
 lang() {
   # A fourth, short cycle from each third-cycle model, JSQA and scratch alike: the polish data plus the fifth draw
@@ -157,14 +165,15 @@ lang() {
 flatness() {
   # A fifth cycle from each fourth-cycle model, JSQA and scratch alike: the model also reads log spectral flatness
   # in 16 bands of 500 Hz (training/add_flatness.py; zero weights at first, trained at the head's rate), the
-  # fourth cycle's data, at the polish learning rates. Validation and every test split gain a little (two seeds,
-  # docs/results.md, eighth version); what the flatness input was for, the Opus steps, it did not fix.
+  # fourth cycle's data plus the sixth (codec) draw, at the polish learning rates. The input and the codec draw
+  # each add validation and test PCC (two seeds each, docs/results.md, eighth and ninth version); what both were
+  # for, the small Opus steps, neither fixed.
   for s in $MORE_SEEDS; do
     for kind in jsqa scratch; do
       stage "flatness-$kind-s$s-add" python training/add_flatness.py "$RUNS/$kind-lang-s$s" \
         -o "$RUNS/$kind-lang-flat-s$s" --bands 16
       multi_cycle "flatness-$kind-s$s" "$POLISH_LR" $((s + 6)) "$RUNS/$kind-lang-flat-s$s" \
-        "$RUNS/$kind-flatness-s$s"
+        "$RUNS/$kind-flatness-s$s" --train "$OUT/mos-codec/train.csv"
     done
   done
 }
