@@ -327,6 +327,33 @@ def test_flatness_input_trains_at_the_head_rate(csv_split, tmp_path):
                if k.startswith("encoder.") and k != flat)  # ...while the encoder's rate (0) kept the rest
 
 
+def test_cache_audio_warns_when_the_cache_would_not_fit(csv_split, tmp_path, monkeypatch):
+    """--cache-audio trains from the 16-bit cache, and warns in one line (files, GiB needed and available)
+    before filling more than 80 % of the available RAM; no warning where there is room or no figure."""
+    import warnings
+
+    from jsqa_cli import finetune as ft
+
+    monkeypatch.setattr(ft, "available_memory", lambda: 10 * 2**30)
+    assert ft.cache_memory_warning(3600.0, 100) is None  # 1 hour: 0.11 GiB
+    msg = ft.cache_memory_warning(3600.0 * 80, 100, processes=2)  # 2 x 80 h x 115.2 MB = 2 x 8.6 GiB
+    assert "100 training files need about 17.2 GiB of RAM (2 processes)" in msg and "10.0 GiB" in msg
+    monkeypatch.setattr(ft, "available_memory", lambda: None)
+    assert ft.cache_memory_warning(3600.0 * 80, 100) is None
+
+    train, val = csv_split
+    monkeypatch.setattr(ft, "available_memory", lambda: 1000)
+    with pytest.warns(UserWarning, match=r"--cache-audio: the \d+ training files need about"):
+        out = finetune(output=str(tmp_path / "cached"), train_csv=str(train), val_csv=str(val), from_scratch=True,
+                       cache_audio=True, **FAST)
+    assert read_config(out)[1]["best_step"] in (2, 4)
+    monkeypatch.setattr(ft, "available_memory", lambda: 2**40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        finetune(output=str(tmp_path / "roomy"), train_csv=str(train), val_csv=str(val), from_scratch=True,
+                 cache_audio=True, **FAST)
+
+
 def test_early_stopping_on_a_model_that_cannot_improve(csv_split, tmp_path):
     train, val = csv_split
     opts = {**FAST, "steps": 20, "eval_every": 1, "log_every": 5}

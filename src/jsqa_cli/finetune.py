@@ -21,6 +21,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -178,15 +179,40 @@ def read_labelled_csv(csv: str | os.PathLike) -> pd.DataFrame:
     return out
 
 
-def check_files(df: pd.DataFrame, what: str) -> None:
-    """Refuse to start training on files that are missing or unreadable: one line naming the first bad file."""
+def check_files(df: pd.DataFrame, what: str) -> float:
+    """Refuse to start training on files that are missing or unreadable: one line naming the first bad file.
+    Returns the files' total duration in seconds."""
+    seconds = 0.0
     for path in df["path"]:
         try:
-            sf.info(path)
+            seconds += sf.info(path).duration
         except Exception as e:  # noqa: BLE001 - soundfile raises several types for bad files
             problem = "no such file" if not os.path.exists(path) else \
                 f"not a readable audio file ({str(e).split(':')[-1].strip() or type(e).__name__})"
             raise AudioError(path, f"{problem} ({what} set, {len(df)} files; fix or remove it)") from None
+    return seconds
+
+
+def available_memory() -> int | None:
+    """Bytes of RAM the kernel can still give out (Linux ``MemAvailable``); None where it does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def cache_memory_warning(seconds: float, files: int, processes: int = 1) -> str | None:
+    """A one-line warning when ``--cache-audio`` (16-bit samples at 16 kHz, one cache per process on this
+    machine) would take more than 80 % of the available RAM: the run would swap or stall instead of failing."""
+    need, free = seconds * SAMPLE_RATE * 2 * processes, available_memory()
+    if free is None or need <= 0.8 * free:
+        return None
+    who = f" ({processes} processes)" if processes > 1 else ""
+    return (f"--cache-audio: the {files} training files need about {need / 2**30:.1f} GiB of RAM{who}, and "
+            f"{free / 2**30:.1f} GiB is available; the run may swap or stall (leave out --cache-audio to decode "
+            "on the fly)")
 
 
 class DecodedAudio:
@@ -514,11 +540,14 @@ def _finetune(opts: FinetuneOptions, d) -> Path:
     train_df, val_df, data_info = load_finetune_data(opts)
     if len(train_df) < d.world_size:
         raise ValueError(f"{len(train_df)} training files for {d.world_size} ranks")
-    check_files(train_df, "train")
+    train_seconds = check_files(train_df, "train")
     check_files(val_df, "val")
     val_waves = list(decode_all(list(val_df["path"].iloc[d.rank::d.world_size]), workers))
     cache = None
     if opts.cache_audio:
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if d.enabled else 1
+        if d.is_main and (msg := cache_memory_warning(train_seconds, len(train_df), local_ranks)):
+            warnings.warn(msg, stacklevel=2)
         cache = decode_all(list(train_df["path"]), workers, dtype=np.int16)  # 16-bit: half the RAM
         say(f"Cached {len(cache)} training files in RAM ({cache.nbytes / 2**30:.2f} GiB).")
 
