@@ -223,7 +223,7 @@ class DecodedAudio:
     ``dtype`` int16 keeps the samples as 16-bit PCM (half the memory of float32; exact for 16-bit files at
     16 kHz, otherwise rounded to the 16-bit grid, 1/65536 of full scale); items come back as float32 either way."""
 
-    BLOCK = 2**26  # samples per block (256 MiB); a longer wave gets a block of its own
+    BLOCK = 2**26  # samples per block (256 MiB as float32, 128 MiB as int16); a longer wave gets its own
 
     def __init__(self, waves: Iterable[np.ndarray], block: int = BLOCK, dtype=np.float32):
         self.dtype = np.dtype(dtype)
