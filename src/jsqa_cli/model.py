@@ -17,8 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import dataclasses
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -263,7 +262,7 @@ def add_flatness_bands(model: JSQA, bands: int) -> JSQA:
     use them."""
     if model.config.flatness_bands:
         raise ValueError(f"the model already reads {model.config.flatness_bands} flatness bands")
-    wide = JSQA(dataclasses.replace(model.config, flatness_bands=bands))
+    wide = JSQA(replace(model.config, flatness_bands=bands))
     nn.init.zeros_(wide.encoder.stem.conv1_flatness.weight)
     missing, unexpected = wide.load_state_dict(model.state_dict(), strict=False)
     assert missing == ["encoder.stem.conv1_flatness.weight"] and not unexpected, (missing, unexpected)
