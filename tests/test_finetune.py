@@ -327,6 +327,26 @@ def test_flatness_input_trains_at_the_head_rate(csv_split, tmp_path):
                if k.startswith("encoder.") and k != flat)  # ...while the encoder's rate (0) kept the rest
 
 
+def test_lr_flatness_gives_the_flatness_input_its_own_rate(csv_split, tmp_path):
+    """--lr-flatness trains the flatness input at its own rate (here alone: encoder and head at 0), is logged and
+    kept in the model's metadata; a model without that input is refused in one line."""
+    train, val = csv_split
+    torch.manual_seed(4)
+    start = save_model(add_flatness_bands(build_model("tiny", projection_head=False), 8), tmp_path / "wide",
+                       {"stage": "finetuned"})
+    out = finetune(output=str(tmp_path / "ft"), train_csv=str(train), val_csv=str(val), init=str(start),
+                   lr_encoder=0.0, lr_head=0.0, lr_flatness=1e-2, seed=4, **FAST)
+    trained, before = load_model(out), load_model(start)
+    flat = "encoder.stem.conv1_flatness.weight"
+    assert trained.state_dict()[flat].abs().max() > 1e-3
+    assert all(torch.equal(v, before.state_dict()[k]) for k, v in trained.state_dict().items() if k != flat)
+    assert all(r["lr_head"] == 0 and r["lr_flatness"] > 0 for r in read_metrics(out / "training") if "loss" in r)
+    assert read_config(out)[1]["training"]["lr_flatness"] == 1e-2
+    plain = save_model(build_model("tiny", projection_head=False), tmp_path / "plain", {"stage": "finetuned"})
+    with pytest.raises(ValueError, match="--lr-flatness: the model has no flatness input"):
+        finetune(output=str(tmp_path / "ft2"), train_csv=str(train), val_csv=str(val), init=str(plain),
+                 lr_flatness=1e-2, **FAST)
+
 def test_cache_audio_warns_when_the_cache_would_not_fit(csv_split, tmp_path, monkeypatch):
     """--cache-audio trains from the 16-bit cache, and warns in one line (files, GiB needed and available)
     before filling more than 80 % of the available RAM; no warning where there is room or no figure."""

@@ -375,8 +375,10 @@ def build_finetune_model(init: str | None, from_scratch: bool, preset: str = "sm
 # ---------------------------------------------------------------------------------------------- training
 
 # Parameters that train at --lr-head: the MOS head, and the flatness input (model.add_flatness_bands), which
-# starts from zero in a trained network and learns little at the encoder's rate.
-HEAD_RATE = ("mos_head.", "encoder.stem.conv1_flatness.")
+# starts from zero in a trained network and learns little at the encoder's rate; --lr-flatness gives that input a
+# rate of its own.
+FLATNESS_INPUT = "encoder.stem.conv1_flatness."
+HEAD_RATE = ("mos_head.", FLATNESS_INPUT)
 TRAINING_DIR = "training"  # inside the model folder: checkpoint.pt, metrics.jsonl, options.json
 
 
@@ -401,6 +403,7 @@ class FinetuneOptions:
     batch_size: int = 32  # per process
     lr_encoder: float = 1e-4
     lr_head: float = 1e-3
+    lr_flatness: float | None = None  # the flatness input's rate (JSQAConfig.flatness_bands); None: lr_head
     weight_decay: float = 0.01
     warmup_steps: int = 100
     freeze_encoder_steps: int = 0  # train only the MOS head for this many steps first
@@ -456,6 +459,8 @@ def _options(options: FinetuneOptions | None, overrides: dict) -> FinetuneOption
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
     if o.patience < 0 or o.freeze_encoder_steps < 0 or o.warmup_steps < 0 or o.rank_weight < 0:
         raise ValueError("--patience, --freeze-encoder-steps, --warmup-steps and --rank-weight must not be negative")
+    if o.lr_flatness is not None and o.lr_flatness < 0:
+        raise ValueError("--lr-flatness must not be negative")
     return o
 
 
@@ -556,10 +561,18 @@ def _finetune(opts: FinetuneOptions, d) -> Path:
     model, init_info = build_finetune_model(opts.init, opts.from_scratch, opts.preset, opts.projection_head,
                                             opts.seed)
     model.to(d.device)
-    head = [p for n, p in model.named_parameters() if n.startswith(HEAD_RATE)]
-    body = [p for n, p in model.named_parameters() if not n.startswith(HEAD_RATE)]
-    optimizer = torch.optim.AdamW([{"params": body, "lr": opts.lr_encoder, "name": "encoder"},
-                                   {"params": head, "lr": opts.lr_head, "name": "head"}],
+    def group(name: str) -> str:
+        if not name.startswith(HEAD_RATE):
+            return "encoder"
+        return "flatness" if opts.lr_flatness is not None and name.startswith(FLATNESS_INPUT) else "head"
+
+    rates, params = {"encoder": opts.lr_encoder, "head": opts.lr_head, "flatness": opts.lr_flatness}, {}
+    for name, p in model.named_parameters():
+        params.setdefault(group(name), []).append(p)
+    if opts.lr_flatness is not None and "flatness" not in params:
+        raise ValueError(f"--lr-flatness: the model has no flatness input (flatness_bands is 0; see "
+                         f"docs/finetuning.md)")
+    optimizer = torch.optim.AdamW([{"params": ps, "lr": rates[g], "name": g} for g, ps in params.items()],
                                   weight_decay=opts.weight_decay)
     scheduler = warmup_cosine(optimizer, min(opts.warmup_steps, opts.steps - 1), opts.steps)
     step, state, ckpt = 0, {"best": None, "best_step": None, "bad_evals": 0, "stopped": False,
@@ -595,7 +608,7 @@ def _finetune(opts: FinetuneOptions, d) -> Path:
 
     def wrap(frozen: bool):
         """The module the steps run: the encoder's parameters frozen or not (DDP is rebuilt when that changes)."""
-        for p in body:
+        for p in params["encoder"]:
             p.requires_grad_(not frozen)
         if not d.enabled:
             return model
@@ -610,7 +623,7 @@ def _finetune(opts: FinetuneOptions, d) -> Path:
                   "training": {"preset": model.config.preset, "parameters": model.num_parameters,
                                "world_size": d.world_size, "global_batch_size": opts.batch_size * d.world_size,
                                **{k: getattr(opts, k) for k in (
-                                   "steps", "lr_encoder", "lr_head", "weight_decay", "warmup_steps",
+                                   "steps", "lr_encoder", "lr_head", "lr_flatness", "weight_decay", "warmup_steps",
                                    "freeze_encoder_steps", "loss", "rank_weight", "grad_clip", "crop_s", "eval_every",
                                    "early_stop", "patience", "seed")}},
                   "scoring": {"window_s": opts.window_s, "hop_s": opts.hop_s}}

@@ -41,6 +41,8 @@ def finetune_command(
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Training crops per step per GPU/process."),
     lr_encoder: float = typer.Option(1e-4, "--lr-encoder", help="AdamW learning rate of the encoder."),
     lr_head: float = typer.Option(1e-3, "--lr-head", help="AdamW learning rate of the MOS head."),
+    lr_flatness: Optional[float] = typer.Option(None, "--lr-flatness", help="AdamW learning rate of the flatness "
+                                                "input, for models that have one (default: --lr-head's)."),
     weight_decay: float = typer.Option(0.01, "--weight-decay"),
     warmup_steps: int = typer.Option(100, "--warmup-steps", help="Linear warm-up, then cosine decay."),
     freeze_encoder_steps: int = typer.Option(0, "--freeze-encoder-steps", help="Train only the MOS head for the "
@@ -86,7 +88,8 @@ def finetune_command(
         train_db=tuple(train_db or NISQA_TRAIN_DBS), val_db=tuple(val_db or NISQA_VAL_DBS),
         train_csv=tuple(map(str, train)) if train else None, val_csv=tuple(map(str, val)) if val else None, init=init,
         from_scratch=from_scratch, preset=preset, projection_head=projection_head, steps=steps,
-        batch_size=batch_size, lr_encoder=lr_encoder, lr_head=lr_head, weight_decay=weight_decay,
+        batch_size=batch_size, lr_encoder=lr_encoder, lr_head=lr_head, lr_flatness=lr_flatness,
+        weight_decay=weight_decay,
         warmup_steps=warmup_steps, freeze_encoder_steps=freeze_encoder_steps, loss=loss, rank_weight=rank_weight,
         grad_clip=grad_clip,
         crop_s=tuple(crop), eval_every=eval_every, early_stop=early_stop, patience=patience,
