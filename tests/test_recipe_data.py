@@ -252,6 +252,28 @@ def test_timbre_varied_references_keep_clean_labels(recipe_sources, tmp_path):
     assert (df.mos == simulate_mos.MOS_MAX).all()  # measured against the varied reference: still clean
 
 
+def test_trim_pauses_cuts_at_the_speech():
+    tone = (0.3 * np.sin(2 * np.pi * 300 * np.arange(SR) / SR)).astype(np.float32)
+    x = np.concatenate([np.zeros(SR // 2, np.float32), 1e-4 * tone[:4000], tone, np.zeros(SR // 3, np.float32)])
+    cut = imp.trim_pauses(x)
+    assert len(cut) == pytest.approx(SR, abs=2 * 320) and np.abs(cut[:320]).max() > 0.1  # starts on the tone
+    assert np.abs(cut[-320:]).max() > 0.1
+    assert len(imp.trim_pauses(x, range_db=90)) == pytest.approx(SR + 4000, abs=2 * 320)  # the faint lead-in counts
+
+
+@needs_pesq
+def test_tight_references_have_no_pause_at_either_end(recipe_sources, tmp_path):
+    out = tmp_path / "mos"
+    simulate_mos.main(["--sources", str(recipe_sources), "--out", str(out), "--num-files", "3", "0", "0",
+                       "--workers", "1", "--max-factor", "1", "--seed", "2", "--tight-share", "1",
+                       "--clean-share", "1"])
+    df = pd.read_csv(out / "train.csv")
+    assert (df.condition == "clean").all() and (df.mos == simulate_mos.MOS_MAX).all()
+    for path in df.path:
+        x, _ = sf.read(out / path, dtype="float32")
+        frames = 10 * np.log10(np.mean(x[: len(x) // 320 * 320].reshape(-1, 320) ** 2, axis=1) + 1e-20)
+        assert frames[0] > frames.max() - 36 and frames[-1] > frames.max() - 36, path
+
 def test_add_flatness_writes_a_wider_model_that_scores_the_same(tmp_path):
     torch.manual_seed(0)
     src = save_model(build_model("tiny").eval(), tmp_path / "m", {"stage": "finetuned"})

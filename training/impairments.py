@@ -37,6 +37,17 @@ def active_level_db(x: np.ndarray, sr: int = SR, frame_s: float = 0.02, range_db
     return float(10 * np.log10(np.mean(active)))
 
 
+def trim_pauses(x: np.ndarray, sr: int = SR, frame_s: float = 0.02, range_db: float = 35.0) -> np.ndarray:
+    """``x`` from its first to its last 20 ms frame within ``range_db`` of the loudest: no pause before or after,
+    as prompts of voice services are often cut."""
+    n = int(frame_s * sr)
+    if len(x) < n:
+        return x
+    db = 10 * np.log10(np.mean(x[: len(x) // n * n].reshape(-1, n).astype(np.float64) ** 2, axis=1) + 1e-20)
+    active = np.flatnonzero(db > db.max() - range_db)
+    return x[active[0] * n : (active[-1] + 1) * n]
+
+
 def set_level(x: np.ndarray, target_db: float) -> np.ndarray:
     """Scale ``x`` so that its active speech level is ``target_db`` dBFS (no clipping applied)."""
     return (x * 10 ** ((target_db - active_level_db(x)) / 20)).astype(np.float32)

@@ -182,6 +182,20 @@ class Sources:
                 break
         return np.concatenate(parts)[:n], first
 
+    def tight_speech(self, rng: np.random.Generator, seconds: float, min_s: float = 1.5) -> tuple[np.ndarray, str]:
+        """One utterance of one speaker cut at its speech (``imp.trim_pauses``), at most ``seconds`` long (a
+        random crop) and at least ``min_s`` where the speaker has such an utterance."""
+        spk = self.speaker_names[rng.choice(len(self.speaker_names), p=self.speaker_p)]
+        files = self.speakers[spk]
+        for _ in range(16):
+            path = files[int(rng.integers(len(files)))]
+            x = imp.trim_pauses(self.audio(path))
+            if len(x) >= min_s * SAMPLE_RATE:
+                break
+        n = int(seconds * SAMPLE_RATE)
+        start = int(rng.integers(0, len(x) - n + 1)) if len(x) > n else 0
+        return x[start : start + n], path
+
     def noise_signal(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, str]:
         r = rng.random()
         if r < 0.7 and self.noise:
@@ -299,6 +313,8 @@ def make_candidate(job: tuple[str, int]) -> list[dict] | None:
     src = _SRC[split]
     rng = np.random.default_rng([_CFG["seed"], SPLITS.index(split), index])
     ref, source = src.speech(rng, float(rng.uniform(4.0, 8.0)))
+    if _CFG.get("tight_share", 0.0) > 0 and rng.random() < _CFG["tight_share"]:
+        ref, source = src.tight_speech(rng, float(rng.uniform(4.0, 8.0)))
     timbre = ""
     if _CFG.get("timbre_share", 0.0) > 0 and rng.random() < _CFG["timbre_share"]:
         factor, tilt = float(rng.uniform(0.85, 1.15)), float(rng.uniform(-2.5, 2.0))
@@ -411,6 +427,10 @@ def main(argv=None) -> dict:
                     help="share of clean references given another voice (speed perturbation x0.85-1.15, which "
                     "also stretches the clip to 3.5-9.4 s) and spectral tilt (-2.5..+2 dB/octave) before "
                     "degradation; labels stay relative to them")
+    ap.add_argument("--tight-share", type=float, default=0.0,
+                    help="share of clean references that are one utterance cut at its speech, with no pause "
+                    "before or after (as voice-service prompts are cut; 1.5-8 s) instead of utterances joined by "
+                    "pauses")
     defaults = ", ".join(f"{f}={w:g}" for f, w in zip(FAMILIES, FAMILY_WEIGHTS))
     ap.add_argument("--family-weights", type=parse_family_weights, default=FAMILY_WEIGHTS.tolist(),
                     metavar="NAME=W,...", help="override impairment family weights, e.g. codec=0.22,band=0.13 "
@@ -438,7 +458,8 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     meta = json.loads((sources / "sources.json").read_text()) if (sources / "sources.json").exists() else {}
     cfg = dict(sources=str(sources), seed=args.seed, synthetic_share=args.synthetic_share,
-               clean_share=args.clean_share, timbre_share=args.timbre_share, versions=args.versions, ladder=args.ladder,
+               clean_share=args.clean_share, timbre_share=args.timbre_share,
+               tight_share=args.tight_share, versions=args.versions, ladder=args.ladder,
                family_weights=args.family_weights, data_root=meta.get("data_root", ""))
     summary = dict(settings=vars(args), splits={})
     t0 = time.perf_counter()
