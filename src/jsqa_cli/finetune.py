@@ -540,6 +540,11 @@ def _finetune(opts: FinetuneOptions, d) -> Path:
     if d.enabled:  # every rank has checked the folder before rank 0 writes to it
         dist.barrier()
     workers = min(8, os.cpu_count() or 1) if opts.workers < 0 else opts.workers
+    if opts.init is not None:  # before minutes of checking and decoding: the model to start from exists...
+        init_config = read_config(resolve_model(opts.init))[0]
+        if opts.lr_flatness is not None and not init_config.flatness_bands:  # ...and has what the options train
+            raise ValueError(f"--lr-flatness: {opts.init} has no flatness input (flatness_bands is 0; see "
+                             "docs/finetuning.md)")
 
     # ---- data: every file checked up front, validation audio decoded once (this rank's share)
     train_df, val_df, data_info = load_finetune_data(opts)
