@@ -272,6 +272,7 @@ def test_finetune_from_pretrained_on_nisqa(nisqa_root, pretrained_dir, tmp_path)
     assert meta["data"]["train_db"] == list(NISQA_TRAIN_DBS) and meta["data"]["train_files"] == 12
     assert meta["steps_run"] == 4 and meta["best_step"] in (2, 4) and meta["early_stopped"] is False
     assert meta["training"]["seed"] == 0 and meta["training"]["lr_head"] == 1e-3
+    assert "lr_flatness" not in meta["training"]  # not set: the head's rate, and not listed
     val = meta["validation"]
     assert val["n"] == 6 and set(val) >= {"rmse", "mae", "pcc", "srcc", "condition"}
     records = read_metrics(out / "training")

@@ -630,7 +630,7 @@ def _finetune(opts: FinetuneOptions, d) -> Path:
                                **{k: getattr(opts, k) for k in (
                                    "steps", "lr_encoder", "lr_head", "lr_flatness", "weight_decay", "warmup_steps",
                                    "freeze_encoder_steps", "loss", "rank_weight", "grad_clip", "crop_s", "eval_every",
-                                   "early_stop", "patience", "seed")}},
+                                   "early_stop", "patience", "seed") if getattr(opts, k) is not None}},
                   "scoring": {"window_s": opts.window_s, "hop_s": opts.hop_s}}
     stop_at = min(opts.steps, step + opts.stop_after) if opts.stop_after else opts.steps
     say(f"Fine-tuning {model.config.preset} ({model.num_parameters / 1e6:.2f} M parameters, {init_info['kind']}"
