@@ -49,7 +49,7 @@ BUNDLED_NOTE = """
 - Training: {training}. See `docs/results.md` for the comparison with the same network trained from scratch and
   `docs/quality-checks.md` for its behaviour on degradation ladders, clean speech and real noisy recordings.
 - Speech only, 16 kHz analysis (content above 8 kHz is not seen); scores of non-speech audio are meaningless.
-- Mostly English training speech: clean speech in other languages scored 0.5-1.2 lower than English on synthetic
+- Mostly English training speech: clean speech in other languages scored 0.5-1.1 lower than English on synthetic
   voices (`docs/quality-checks.md`, by language); compare recordings of one language where you can.
 """
 

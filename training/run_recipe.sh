@@ -23,7 +23,7 @@ if [ "$PROFILE" = gpu ]; then
   FT_LR="2e-4 2e-3"; FT_EVAL=300; WORKERS=${WORKERS:-16}; DEVICE=cuda
   MORE_STEPS=3000; MORE_LR="1e-4 1e-3"; MORE_SEEDS=${MORE_SEEDS:-$SEEDS}
   CLEAN_FILES=9600; GROUP_FILES=24000; POLISH_STEPS=1500; POLISH_LR="5e-5 5e-4"  # not run yet: CPU sizes scaled
-  MULTI_FILES=12000; LANG_STEPS=500; LANG_LR="2.5e-5 2.5e-4"; CODEC_FILES=16000
+  MULTI_FILES=12000; LANG_STEPS=500; LANG_LR="2.5e-5 2.5e-4"; CODEC_FILES=16000; TIGHT_FILES=12000
 else
   # fine-tuning as for the shipped jsqa-small (7000 steps, lr 3e-4: 3000 steps at 1e-4 had not converged)
   PRESET=small; FILES="3000 400 400"; EXTRA_FILES=6000; PAIRS=40000; PT_STEPS=1500; PT_BATCH=32
@@ -32,7 +32,7 @@ else
   MORE_STEPS=6000; MORE_LR="1.5e-4 5e-4"; MORE_SEEDS=${MORE_SEEDS:-${SEEDS##* }}  # the second cycle: last seed only
   CLEAN_FILES=2400; GROUP_FILES=6000; POLISH_STEPS=3000; POLISH_LR="1e-4 3e-4"     # the third cycle: MORE_SEEDS too
   MULTI_FILES=3000; LANG_STEPS=1000; LANG_LR="5e-5 1.5e-4"                         # the fourth: MORE_SEEDS too
-  CODEC_FILES=4000                                                          # the fifth cycle's sixth draw
+  CODEC_FILES=4000; TIGHT_FILES=3000                                  # the fifth cycle's sixth and seventh draws
 fi
 read -r LR_ENC LR_HEAD <<< "$FT_LR"
 SRC=$OUT/sources MOS=$OUT/mos RUNS=$OUT/runs
@@ -83,6 +83,11 @@ corpus() {
   stage corpus-codec python training/simulate_mos.py --sources "$SRC" --out "$OUT/mos-codec" \
     --num-files "$CODEC_FILES" 0 0 --workers "$(env -u OMP_NUM_THREADS nproc)" --seed $((SEED + 20)) \
     --versions 4 --timbre-share 0.5 --max-factor 0 --family-weights "$CODEC_WEIGHTS"
+  # the seventh, also for `flatness`: groups of three versions of one utterance cut at its speech (no pause before
+  # or after, as voice-service prompts are cut): the reference and two degraded copies
+  stage corpus-tight python training/simulate_mos.py --sources "$SRC" --out "$OUT/mos-tight" \
+    --num-files "$TIGHT_FILES" 0 0 --workers "$(env -u OMP_NUM_THREADS nproc)" --seed $((SEED + 21)) \
+    --versions 3 --tight-share 1 --timbre-share 0.3 --max-factor 0
 }
 pairs() {
   stage pairs jsqa make-pairs --speech "$SRC/speech_train.txt" --noise "$SRC/noise_train.txt" -o "$OUT/pairs" \
@@ -165,15 +170,15 @@ lang() {
 flatness() {
   # A fifth cycle from each fourth-cycle model, JSQA and scratch alike: the model also reads log spectral flatness
   # in 16 bands of 500 Hz (training/add_flatness.py; zero weights at first, trained at the head's rate), the
-  # fourth cycle's data plus the sixth (codec) draw, at the polish learning rates. The input and the codec draw
-  # each add validation and test PCC (two seeds each, docs/results.md, eighth and ninth version); what both were
-  # for, the small Opus steps, neither fixed.
+  # fourth cycle's data plus the sixth (codec) and seventh (tight) draws, at the polish learning rates. The input
+  # and each draw add validation and English test PCC (two seeds each, docs/results.md, eighth to tenth version);
+  # what the first two were for, the small Opus steps, neither fixed.
   for s in $MORE_SEEDS; do
     for kind in jsqa scratch; do
       stage "flatness-$kind-s$s-add" python training/add_flatness.py "$RUNS/$kind-lang-s$s" \
         -o "$RUNS/$kind-lang-flat-s$s" --bands 16
       multi_cycle "flatness-$kind-s$s" "$POLISH_LR" $((s + 6)) "$RUNS/$kind-lang-flat-s$s" \
-        "$RUNS/$kind-flatness-s$s" --train "$OUT/mos-codec/train.csv"
+        "$RUNS/$kind-flatness-s$s" --train "$OUT/mos-codec/train.csv" --train "$OUT/mos-tight/train.csv"
     done
   done
 }
