@@ -348,6 +348,7 @@ def test_lr_flatness_gives_the_flatness_input_its_own_rate(csv_split, tmp_path):
         finetune(output=str(tmp_path / "ft2"), train_csv=str(train), val_csv=str(val), init=str(plain),
                  lr_flatness=1e-2, **FAST)
 
+
 def test_a_missing_init_model_fails_before_the_files_are_read(csv_split, tmp_path, monkeypatch):
     from jsqa_cli import finetune as ft
     from jsqa_cli.model import ModelError
@@ -360,6 +361,7 @@ def test_a_missing_init_model_fails_before_the_files_are_read(csv_split, tmp_pat
     with pytest.raises(ModelError, match="runs/no-such-model: no such model folder"):
         finetune(output=str(tmp_path / "ft"), train_csv=str(train), val_csv=str(val),
                  init=str(tmp_path / "runs/no-such-model"), **FAST)
+
 
 def test_cache_audio_warns_when_the_cache_would_not_fit(csv_split, tmp_path, monkeypatch):
     """--cache-audio trains from the 16-bit cache, and warns in one line (files, GiB needed and available)

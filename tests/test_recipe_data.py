@@ -274,6 +274,7 @@ def test_tight_references_have_no_pause_at_either_end(recipe_sources, tmp_path):
         frames = 10 * np.log10(np.mean(x[: len(x) // 320 * 320].reshape(-1, 320) ** 2, axis=1) + 1e-20)
         assert frames[0] > frames.max() - 36 and frames[-1] > frames.max() - 36, path
 
+
 def test_add_flatness_writes_a_wider_model_that_scores_the_same(tmp_path):
     torch.manual_seed(0)
     src = save_model(build_model("tiny").eval(), tmp_path / "m", {"stage": "finetuned"})

@@ -313,8 +313,8 @@ def make_candidate(job: tuple[str, int]) -> list[dict] | None:
     src = _SRC[split]
     rng = np.random.default_rng([_CFG["seed"], SPLITS.index(split), index])
     ref, source = src.speech(rng, float(rng.uniform(4.0, 8.0)))
-    if _CFG.get("tight_share", 0.0) > 0 and rng.random() < _CFG["tight_share"]:
-        ref, source = src.tight_speech(rng, float(rng.uniform(4.0, 8.0)))
+    if _CFG.get("tight_share", 0.0) > 0 and rng.random() < _CFG["tight_share"]:  # drawn after the usual one:
+        ref, source = src.tight_speech(rng, float(rng.uniform(4.0, 8.0)))  # draws without it stay as they were
     timbre = ""
     if _CFG.get("timbre_share", 0.0) > 0 and rng.random() < _CFG["timbre_share"]:
         factor, tilt = float(rng.uniform(0.85, 1.15)), float(rng.uniform(-2.5, 2.0))

@@ -566,6 +566,7 @@ def _finetune(opts: FinetuneOptions, d) -> Path:
     model, init_info = build_finetune_model(opts.init, opts.from_scratch, opts.preset, opts.projection_head,
                                             opts.seed)
     model.to(d.device)
+
     def group(name: str) -> str:
         if not name.startswith(HEAD_RATE):
             return "encoder"
@@ -575,8 +576,8 @@ def _finetune(opts: FinetuneOptions, d) -> Path:
     for name, p in model.named_parameters():
         params.setdefault(group(name), []).append(p)
     if opts.lr_flatness is not None and "flatness" not in params:
-        raise ValueError(f"--lr-flatness: the model has no flatness input (flatness_bands is 0; see "
-                         f"docs/finetuning.md)")
+        raise ValueError("--lr-flatness: the model has no flatness input (flatness_bands is 0; see "
+                         "docs/finetuning.md)")
     optimizer = torch.optim.AdamW([{"params": ps, "lr": rates[g], "name": g} for g, ps in params.items()],
                                   weight_decay=opts.weight_decay)
     scheduler = warmup_cosine(optimizer, min(opts.warmup_steps, opts.steps - 1), opts.steps)
