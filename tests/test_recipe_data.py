@@ -479,6 +479,10 @@ def test_quality_checks_ladder_bar_counts_one_swap_of_five_as_rho_0_9(monkeypatc
     rows = {r["ladder"]: r for r in quality_checks.run_ladders(None, [np.zeros(1)], defs, 8)}
     assert rows["one"]["rho"] == 0.9 and rows["one"]["passed"]
     assert rows["two"]["rho"] == 0.7 and not rows["two"]["passed"]
+    text = quality_checks.markdown(dict(model="m", model_arg="m", utterances=1, seconds=3.0, passed=False,
+                                        ladders=list(rows.values())))
+    assert "Out of order (a level scoring at least as high as the better one before it): one: 1 over 0 (4.130 " \
+           "against 4.100); two: 1 over 0 (4.150 against 4.100)." in text
 
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

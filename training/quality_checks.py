@@ -226,6 +226,12 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['ladder']} | {' / '.join(r['levels'])} | {' / '.join(f'{m:.2f}' for m in r['mean_scores'])} "
                      f"| {r['rho']:.3f} | {r['median_rho_per_utterance']:.3f} | {'yes' if r['passed'] else '**no**'} |"
                      + (f" {' / '.join(f'{m:.2f}' for m in r['reference_labels'])} |" if refs else ""))
+    swapped = [f"{r['ladder']}: {r['levels'][i + 1]} over {r['levels'][i]} ({b:.3f} against {a:.3f})"
+               for r in report["ladders"] for i, (a, b) in enumerate(zip(r["mean_scores"], r["mean_scores"][1:]))
+               if b >= a]
+    if swapped:  # a pass at rho 0.9 can hang on a difference of a few thousandths; show it
+        lines += ["", "Out of order (a level scoring at least as high as the better one before it): "
+                  + "; ".join(swapped) + "."]
     if refs:
         lines += ["", "Reference label: calibrated wideband PESQ against the clean utterance, i.e. what the "
                   "training corpus would call each level (not a model score)."]
