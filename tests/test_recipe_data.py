@@ -241,13 +241,17 @@ def test_voice_shift_and_spectral_tilt():
     assert band_db(imp.spectral_tilt(noise, 3.0), 7000, 8000) - band_db(noise, 7000, 8000) <= 9.0 + 0.3
 
 
+def _clean_draw(sources, out, share_option):
+    """Three clean training clips, every reference given ``share_option`` (e.g. --timbre-share) at share 1."""
+    simulate_mos.main(["--sources", str(sources), "--out", str(out), "--num-files", "3", "0", "0",
+                       "--workers", "1", "--max-factor", "1", "--seed", "2", share_option, "1",
+                       "--clean-share", "1"])
+    return pd.read_csv(out / "train.csv")
+
+
 @needs_pesq
 def test_timbre_varied_references_keep_clean_labels(recipe_sources, tmp_path):
-    out = tmp_path / "mos"
-    simulate_mos.main(["--sources", str(recipe_sources), "--out", str(out), "--num-files", "3", "0", "0",
-                       "--workers", "1", "--max-factor", "1", "--seed", "2", "--timbre-share", "1",
-                       "--clean-share", "1"])
-    df = pd.read_csv(out / "train.csv")
+    df = _clean_draw(recipe_sources, tmp_path / "mos", "--timbre-share")
     assert df.detail.str.startswith("voice:x").all() and (df.condition == "clean").all()
     assert (df.mos == simulate_mos.MOS_MAX).all()  # measured against the varied reference: still clean
 
@@ -264,10 +268,7 @@ def test_trim_pauses_cuts_at_the_speech():
 @needs_pesq
 def test_tight_references_have_no_pause_at_either_end(recipe_sources, tmp_path):
     out = tmp_path / "mos"
-    simulate_mos.main(["--sources", str(recipe_sources), "--out", str(out), "--num-files", "3", "0", "0",
-                       "--workers", "1", "--max-factor", "1", "--seed", "2", "--tight-share", "1",
-                       "--clean-share", "1"])
-    df = pd.read_csv(out / "train.csv")
+    df = _clean_draw(recipe_sources, out, "--tight-share")
     assert (df.condition == "clean").all() and (df.mos == simulate_mos.MOS_MAX).all()
     for path in df.path:
         x, _ = sf.read(out / path, dtype="float32")

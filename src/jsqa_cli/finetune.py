@@ -540,11 +540,11 @@ def _finetune(opts: FinetuneOptions, d) -> Path:
     if d.enabled:  # every rank has checked the folder before rank 0 writes to it
         dist.barrier()
     workers = min(8, os.cpu_count() or 1) if opts.workers < 0 else opts.workers
-    if opts.init is not None:  # before minutes of checking and decoding: the model to start from exists...
-        init_config = read_config(resolve_model(opts.init))[0]
-        if opts.lr_flatness is not None and not init_config.flatness_bands:  # ...and has what the options train
-            raise ValueError(f"--lr-flatness: {opts.init} has no flatness input (flatness_bands is 0; see "
-                             "docs/finetuning.md)")
+    # before minutes of checking and decoding: the network to start from exists and has what the options train
+    start = read_config(resolve_model(opts.init))[0] if opts.init is not None else config_from_preset(opts.preset)
+    if opts.lr_flatness is not None and not start.flatness_bands:
+        raise ValueError(f"--lr-flatness: {opts.init or '--preset ' + opts.preset} has no flatness input "
+                         "(flatness_bands is 0; see docs/finetuning.md)")
 
     # ---- data: every file checked up front, validation audio decoded once (this rank's share)
     train_df, val_df, data_info = load_finetune_data(opts)
@@ -575,9 +575,6 @@ def _finetune(opts: FinetuneOptions, d) -> Path:
     rates, params = {"encoder": opts.lr_encoder, "head": opts.lr_head, "flatness": opts.lr_flatness}, {}
     for name, p in model.named_parameters():
         params.setdefault(group(name), []).append(p)
-    if opts.lr_flatness is not None and "flatness" not in params:
-        raise ValueError("--lr-flatness: the model has no flatness input (flatness_bands is 0; see "
-                         "docs/finetuning.md)")
     optimizer = torch.optim.AdamW([{"params": ps, "lr": rates[g], "name": g} for g, ps in params.items()],
                                   weight_decay=opts.weight_decay)
     scheduler = warmup_cosine(optimizer, min(opts.warmup_steps, opts.steps - 1), opts.steps)
