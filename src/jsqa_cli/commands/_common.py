@@ -1,12 +1,17 @@
-"""What every command shares: consoles, one-line errors, exit codes."""
+"""What every command shares: consoles, one-line errors, exit codes, the options every command spells the same.
+
+Nothing here imports torch or the library modules at import time: ``jsqa --help`` and every ``--help`` stay fast.
+"""
 
 from __future__ import annotations
 
 import functools
+import re
 import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 # Exit codes, documented in the README: 0 all good, 1 some inputs failed (others done), 2 usage or setup error.
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
@@ -14,20 +19,42 @@ EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 console = Console()
 err_console = Console(stderr=True)
 
+DEVICE_HELP = "auto, cpu, cuda or cuda:N (auto: the GPU when there is one; torchrun sets the GPU of each rank)."
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
 
 def fail(message: str, code: int = EXIT_USAGE) -> None:
-    """Print ``Error: message`` as one line on stderr and exit."""
-    err_console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
+    """Print ``Error: message`` as one line on stderr and exit. The message is printed as it is (no rich markup),
+    so paths and hints holding ``[...]`` come out intact."""
+    err_console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def check_device(device: str) -> str:
+    """``--device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; a CUDA device that does not exist is refused here,
+    in one line (exit 2), before any file is read or any model is built."""
+    device = device.strip().lower()
+    if not _DEVICE.match(device):
+        fail(f"--device {device!r}: choose auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            fail(f"--device {device}: no CUDA GPU is available here (use --device cpu or auto)")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            fail(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def one_line_errors(func):
     """Turn the library's expected errors into one-line messages and exit code 2, never a traceback."""
-    from jsqa_cli.audio import AudioError
-    from jsqa_cli.model import ModelError
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        from jsqa_cli.audio import AudioError  # imported on call, not at `--help`: these import torch
+        from jsqa_cli.model import ModelError
+
         try:
             return func(*args, **kwargs)
         except (ModelError, AudioError, FileNotFoundError, NotADirectoryError, ValueError) as e:
