@@ -27,7 +27,8 @@ import torch
 from jsqa_cli.pairs import PairDataset, PairSampler, make_pairs, read_manifest, worker_init
 from jsqa_cli.pretrain import ContrastiveNet, nt_xent, pretrain
 from jsqa_cli.model import build_model
-from jsqa_cli.training_utils import autocast, read_metrics, resolve_device
+from jsqa_cli.distributed import autocast, resolve_device
+from jsqa_cli.training_utils import read_metrics
 
 
 def make_sources(root: Path, n_speech: int = 120, n_noise: int = 3, noise_minutes: float = 2.0) -> tuple[Path, Path]:

@@ -294,7 +294,7 @@ def main(argv=None) -> dict:
         ap.error(f"{sources}: no speech_test.csv (run training/prepare_sources.py first)")
     model = load_model(args.model, device="cpu" if args.device == "auto" else args.device)
     if args.device == "auto":
-        from jsqa_cli.training_utils import resolve_device
+        from jsqa_cli.distributed import resolve_device
 
         model = model.to(resolve_device("auto"))
     utterances, paths = test_utterances(sources, args.utterances, args.seconds, args.seed)

@@ -175,7 +175,7 @@ def evaluate(models: Sequence, data: pd.DataFrame, out_dir: str | os.PathLike | 
     """
     from jsqa_cli.model import load_model
     from jsqa_cli.scoring import score_files
-    from jsqa_cli.training_utils import resolve_device
+    from jsqa_cli.distributed import resolve_device
 
     if not len(models):
         raise ValueError("give at least one model to evaluate")

@@ -174,7 +174,7 @@ def prepare_model(model, device: str | torch.device | None = "auto"):
     """(model or name/folder/Hub id, device) → (JSQA model on its device, device). ``device`` auto/None keeps a
     given model where it is; names are loaded onto the resolved device."""
     from jsqa_cli.model import JSQA, load_model
-    from jsqa_cli.training_utils import resolve_device, unwrap
+    from jsqa_cli.distributed import resolve_device, unwrap
 
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu or auto)")

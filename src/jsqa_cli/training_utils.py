@@ -3,99 +3,21 @@ resume exactly, metrics.jsonl, and the live progress bar. Nothing method-specifi
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
+
+from jsqa_cli.distributed import Dist, all_reduce_mean, autocast, cleanup_distributed, distributed, resolve_device, \
+    setup_distributed, unwrap  # noqa: F401  (re-exported for the training modules)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
-
-
-# ------------------------------------------------------------------------------------------ devices and DDP
-
-
-@dataclass
-class Dist:
-    """Where this process runs: rank and world size (1 without torchrun), device, and whether it logs."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda requested but CUDA is not available")
-        return torch.device("cuda", local_rank)
-    return torch.device(device)
-
-
-def setup_distributed(device: str = "auto") -> Dist:
-    """Initialise DDP when launched by torchrun (RANK/WORLD_SIZE set): NCCL on CUDA, gloo on CPU."""
-    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return Dist(device=resolve_device(device))
-    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
-    dev = resolve_device(device, local)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
-    return Dist(rank, world, local, dev)
-
-
-def cleanup_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-@contextlib.contextmanager
-def distributed(device: str = "auto"):
-    """``with distributed(device) as d:`` — :func:`setup_distributed`, and the process group torn down after."""
-    d = setup_distributed(device)
-    try:
-        yield d
-    finally:
-        cleanup_distributed()
-
-
-def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA (Ampere and newer); full precision elsewhere."""
-    if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def all_reduce_mean(value: float, d: Dist) -> float:
-    if not d.enabled:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=d.device if d.device.type == "cuda" else "cpu")
-    dist.all_reduce(t)
-    return float(t.item()) / d.world_size
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
 
 
 # ------------------------------------------------------------------------------------------ reproducibility

@@ -121,7 +121,7 @@ def register(app: typer.Typer) -> None:
         dist = None
         shard_kk = scoring.parse_shard(shard) if shard else None
         if shard_kk is None and scoring.torchrun_shard() is not None:
-            from jsqa_cli.training_utils import setup_distributed
+            from jsqa_cli.distributed import setup_distributed
 
             dist = setup_distributed(device)
             shard_kk, device = (dist.rank, dist.world_size), dist.device
@@ -145,7 +145,7 @@ def register(app: typer.Typer) -> None:
         if dist is not None:
             import torch.distributed as tdist
 
-            from jsqa_cli.training_utils import cleanup_distributed
+            from jsqa_cli.distributed import cleanup_distributed
 
             if tdist.is_initialized():
                 tdist.barrier()  # every part is complete before rank 0 merges them
