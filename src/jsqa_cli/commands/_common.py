@@ -20,6 +20,8 @@ console = Console()
 err_console = Console(stderr=True)
 
 DEVICE_HELP = "auto, cpu, cuda or cuda:N (auto: the GPU when there is one; torchrun sets the GPU of each rank)."
+WORKERS_HELP = ("Worker processes that read and prepare audio beside the main process (0: all in the main process). "
+                "Default: one per CPU core beyond the first, at most 8 (per process under torchrun).")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -45,6 +47,19 @@ def check_device(device: str) -> str:
         if index >= torch.cuda.device_count():
             fail(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+def resolve_workers(workers: int | None) -> int:
+    """``--workers/-j``, one meaning in every command: ``None`` (not given) → one per CPU core beyond the first, at
+    most 8, divided among the processes torchrun starts on this machine; a negative number is refused."""
+    if workers is None:
+        import os
+
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        return max(0, min(8, (os.cpu_count() or 1) // local - 1))
+    if workers < 0:
+        fail(f"--workers {workers}: give 0 (all in the main process) or more worker processes")
+    return workers
 
 
 def one_line_errors(func):
