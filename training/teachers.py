@@ -1,0 +1,149 @@
+"""Teacher scores for the recipe's clips: DistillMOS and DNSMOS, as extra labels beside the simulation's own.
+
+    pip install -e ".[teachers]"
+    python training/teachers.py data/mos/train.csv -o data/mos/teachers.csv        # every teacher
+    python training/teachers.py clips/ -o teachers.csv --teachers dnsmos          # one teacher, a folder
+
+Teachers, and why their weights may be used here (labelling only; nothing of theirs ships):
+- ``distillmos``: DistillMOS (B. Stahl, H. Gamper, "Distillation and pruning for scalable self-supervised
+  representation-based speech quality assessment", ICASSP 2025), ``pip install distillmos``, MIT licence.
+  One column, ``distillmos`` (overall MOS, 1-5).
+- ``dnsmos``: DNSMOS P.835 and P.808 (C. K. A. Reddy, V. Gopal, R. Cutler, "DNSMOS P.835: a non-intrusive
+  perceptual objective speech quality metric to evaluate noise suppressors", ICASSP 2022), Microsoft's ONNX models
+  under CC BY 4.0, through ``pip install speechmos`` (MIT). Columns ``dnsmos_sig`` (speech signal), ``dnsmos_bak``
+  (background), ``dnsmos_ovrl`` (overall), ``dnsmos_p808``.
+
+Rows are appended as they finish, so an interrupted run continues where it stopped (files already in the output
+are skipped). Audio is read with jsqa's own loader (any format, rate and channel count → 16 kHz mono).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from jsqa_cli.audio import SAMPLE_RATE, AudioError, find_audio, load_audio
+
+TEACHERS = ("distillmos", "dnsmos")
+COLUMNS = {"distillmos": ("distillmos",), "dnsmos": ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos_p808")}
+INSTALL_HINT = "pip install -e '.[teachers]'"
+
+
+class DistillMOS:
+    """DistillMOS (MIT): the packaged weights, loaded once; any length (it windows long inputs itself)."""
+
+    def __init__(self):
+        import torch
+        from distillmos import ConvTransformerSQAModel
+
+        self._torch = torch
+        self.model = ConvTransformerSQAModel().eval()
+
+    def __call__(self, wav: np.ndarray) -> dict:
+        with self._torch.inference_mode():
+            return {"distillmos": float(self.model(self._torch.from_numpy(wav)[None]).reshape(-1)[0])}
+
+
+class DNSMOS:
+    """DNSMOS P.835 (SIG, BAK, OVRL) and P.808 (CC BY 4.0, Microsoft), both ONNX sessions opened once."""
+
+    def __init__(self):
+        from speechmos import dnsmos
+
+        models = Path(dnsmos.__file__).parent / "dnsmos_models"
+        self.model = dnsmos.DNSMOS(str(models / "sig_bak_ovr.onnx"), str(models / "model_v8.onnx"))
+
+    def __call__(self, wav: np.ndarray) -> dict:
+        r = self.model(np.clip(wav, -1.0, 1.0), SAMPLE_RATE, False)
+        return {"dnsmos_sig": float(r["sig_mos"]), "dnsmos_bak": float(r["bak_mos"]),
+                "dnsmos_ovrl": float(r["ovrl_mos"]), "dnsmos_p808": float(r["p808_mos"])}
+
+
+def load_teachers(names: Sequence[str]) -> dict:
+    """Teacher name → scorer; a one-line error when a name is unknown or its package is missing."""
+    unknown = [n for n in names if n not in TEACHERS]
+    if unknown:
+        raise ValueError(f"unknown teacher {unknown[0]!r}: choose from {', '.join(TEACHERS)}")
+    made = {}
+    for name in names:
+        try:
+            made[name] = DistillMOS() if name == "distillmos" else DNSMOS()
+        except ImportError as e:
+            raise RuntimeError(f"teacher {name} needs its package ({e.name} is missing): {INSTALL_HINT}") from None
+    return made
+
+
+def _paths(inputs: Sequence[str | os.PathLike]) -> list[str]:
+    """Audio files from files, folders, and CSVs with a ``path`` column (paths relative to the CSV's folder)."""
+    out: list[str] = []
+    for item in map(Path, inputs):
+        if item.suffix.lower() == ".csv":
+            import pandas as pd
+
+            df = pd.read_csv(item)
+            if "path" not in df.columns:
+                raise ValueError(f"{item}: no 'path' column")
+            out += [str(p if Path(p).is_absolute() else item.parent / p) for p in df["path"]]
+        else:
+            out += [str(p) for p in find_audio([item])]
+    return out
+
+
+def label_files(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
+                teachers: Sequence[str] = TEACHERS) -> int:
+    """Score every audio file of ``inputs`` with each teacher into the CSV ``output`` (path + one column per
+    teacher score, ``error`` for a file that cannot be read); files already in ``output`` are skipped. Returns the
+    number of rows written by this call."""
+    paths = _paths(inputs)
+    output = Path(output)
+    columns = ["path", *[c for t in teachers for c in COLUMNS[t]], "error"]
+    done: set[str] = set()
+    if output.is_file() and output.stat().st_size:
+        with open(output, newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames != columns:
+                raise ValueError(f"{output}: written with other teachers ({reader.fieldnames}); choose a new output")
+            done = {row["path"] for row in reader}
+    todo = [p for p in paths if p not in done]
+    if not todo:
+        return 0
+    scorers = load_teachers(teachers)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "a", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        if not done:
+            writer.writeheader()
+        for path in todo:
+            row = {"path": path}
+            try:
+                wav, _ = load_audio(path)
+                for scorer in scorers.values():
+                    row.update({k: round(v, 4) for k, v in scorer(wav).items()})
+            except AudioError as e:
+                row["error"] = str(e)
+            writer.writerow(row)
+            f.flush()
+    return len(todo)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("inputs", nargs="+", help="audio files, folders, or CSVs with a 'path' column")
+    ap.add_argument("-o", "--output", required=True, help="CSV to write (appended to when it exists)")
+    ap.add_argument("--teachers", default=",".join(TEACHERS), help=f"comma-separated, of: {', '.join(TEACHERS)}")
+    args = ap.parse_args(argv)
+    try:
+        n = label_files(args.inputs, args.output, [t.strip() for t in args.teachers.split(",") if t.strip()])
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
+        sys.exit(f"Error: {e}")
+    print(f"{n} files labelled into {args.output}")
+
+
+if __name__ == "__main__":
+    main()
