@@ -530,3 +530,48 @@ def test_finetune_validates_on_several_val_csvs_as_one_set(csv_split, tmp_path):
     assert meta["validation"]["n"] == len(df) and meta["validation"]["condition"]["n"] == 2  # one per CSV
     card = model_card(out, "me/m").text
     assert "lang0/val.csv+lang1/val.csv (validation)" in card
+
+
+def test_grad_clip_0_trains(nisqa_root, tmp_path):
+    """--grad-clip 0 is off: the weights move and the validation error falls."""
+    start, _ = build_finetune_model(None, True, preset="tiny", seed=0)
+    out = finetune(output=str(tmp_path / "ft"), nisqa_root=str(nisqa_root), from_scratch=True, grad_clip=0.0,
+                   lr_head=1e-2, patience=0, **{**FAST, "steps": 8, "eval_every": 1})
+    trained = load_model(out).state_dict()
+    assert not torch.equal(trained["mos_head.0.weight"], start.state_dict()["mos_head.0.weight"])
+    assert any(not torch.equal(v, trained[k]) for k, v in start.state_dict().items() if k.startswith("encoder."))
+    records = read_metrics(out / "training")
+    assert all(r["grad_norm"] > 0 for r in records if "loss" in r)
+    val = [r["val_rmse"] for r in records if "val_rmse" in r]
+    assert len(val) == 8 and val[-1] < val[0]
+
+
+def test_overwrite_starts_again(csv_split, tmp_path):
+    train, val = csv_split
+    common = dict(output=str(tmp_path / "m"), train_csv=str(train), val_csv=str(val), from_scratch=True,
+                  **{**FAST, "steps": 2, "eval_every": 1})
+    finetune(**common)
+    finetune(**{**common, "steps": 1}, overwrite=True)
+    assert read_config(tmp_path / "m")[1]["steps_run"] == 1
+    assert [r["step"] for r in read_metrics(tmp_path / "m" / "training") if "loss" in r] == [1]
+    with pytest.raises(ValueError, match="choose one"):
+        finetune(**common, overwrite=True, resume=True)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--grad-clip", "-1"], "--grad-clip -1.0: give a positive gradient-norm limit, or 0 for no clipping"),
+    (["--steps", "0"], "--steps 0: train at least 1 step"),
+    (["--log-every", "-1"], "--log-every -1: must not be negative"),
+    (["--eval-every", "-2"], "--eval-every -2: must not be negative"),
+    (["--checkpoint-every", "-1"], "--checkpoint-every -1: must not be negative"),
+    (["--patience", "-1"], "--patience -1: must not be negative"),
+    (["--stop-after", "0"], "--stop-after 0: stop after at least 1 step"),
+    (["--workers", "-1"], "--workers -1"),
+    (["--device", "gpu"], "--device 'gpu': choose auto, cpu, cuda or cuda:N"),
+])
+def test_cli_finetune_usage_mistakes_are_one_line(csv_split, tmp_path, args, message):
+    train, val = csv_split
+    res = runner.invoke(app, ["finetune", "-o", str(tmp_path / "m"), "--train", str(train), "--val", str(val),
+                              "--from-scratch", "--preset", "tiny", "-q", *args])
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "m").exists()

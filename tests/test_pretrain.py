@@ -161,3 +161,55 @@ def test_cli_pretrain(pairs_dir, tmp_path):
     bad = CliRunner().invoke(app, ["pretrain", "--pairs", str(pairs_dir), "-o", str(tmp_path / "r3"),
                                    "--negatives", "all"])
     assert bad.exit_code == 2 and "--negatives must be one of" in bad.output
+
+
+def test_grad_clip_0_trains(pairs_dir, tmp_path):
+    """--grad-clip 0 is off (it used to zero every gradient): the weights move and the loss falls."""
+    start = load_model(T.pretrain(pairs=str(pairs_dir), output=str(tmp_path / "s"), steps=1, lr=0.0, **FAST))
+    encoder = T.pretrain(pairs=str(pairs_dir), output=str(tmp_path / "r"), steps=8, grad_clip=0.0, lr=2e-3,
+                         weight_decay=0.0, **FAST)
+    trained = load_model(encoder).state_dict()
+    moved = [k for k, v in start.state_dict().items() if k.startswith("encoder.") and not torch.equal(v, trained[k])]
+    assert len(moved) > 10
+    losses = [r["loss"] for r in read_metrics(tmp_path / "r") if "loss" in r]
+    assert len(losses) == 8 and sum(losses[-3:]) < sum(losses[:3])
+
+
+def test_an_existing_run_folder_needs_resume_or_overwrite(pairs_dir, tmp_path):
+    opts = dict(pairs=str(pairs_dir), output=str(tmp_path / "r"), steps=2, **FAST)
+    T.pretrain(**opts)
+    with pytest.raises(ValueError, match="already holds a pretraining run; --resume continues it, --overwrite"):
+        T.pretrain(**opts)
+    T.pretrain(**{**opts, "steps": 3}, resume=True)
+    assert [r["step"] for r in read_metrics(tmp_path / "r") if "loss" in r] == [1, 2, 3]
+    T.pretrain(**opts, overwrite=True)
+    assert [r["step"] for r in read_metrics(tmp_path / "r") if "loss" in r] == [1, 2]
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
+        T.pretrain(**{**opts, "output": str(tmp_path / "new")}, resume=True)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--grad-clip", "-1"], "--grad-clip -1.0: give a positive gradient-norm limit, or 0 for no clipping"),
+    (["--steps", "0"], "--steps 0: train at least 1 step"),
+    (["--log-every", "-1"], "--log-every -1: must not be negative"),
+    (["--eval-every", "-2"], "--eval-every -2: must not be negative"),
+    (["--checkpoint-every", "-1"], "--checkpoint-every -1: must not be negative"),
+    (["--stop-after", "0"], "--stop-after 0: stop after at least 1 step"),
+    (["--workers", "-1"], "--workers -1"),
+    (["--device", "gpu"], "--device 'gpu': choose auto, cpu, cuda or cuda:N"),
+    (["--resume", "--overwrite"], "choose one"),
+])
+def test_cli_pretrain_usage_mistakes_are_one_line(pairs_dir, tmp_path, args, message):
+    res = CliRunner().invoke(app, ["pretrain", "--pairs", str(pairs_dir), "-o", str(tmp_path / "r"), "--preset",
+                                   "tiny", "-q", *args])
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+def test_cli_pretrain_help_speaks_the_shared_vocabulary():
+    res = CliRunner().invoke(app, ["pretrain", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0
+    for option in ("--steps", "--eval-every", "--log-every", "--checkpoint-every", "--lr ", "--output", "--workers",
+                   "--device", "--resume", "--overwrite", "--stop-after", "--no-projection-head"):
+        assert option in res.output, option
+    assert "--max-steps" not in res.output and "--val-every" not in res.output and "--out " not in res.output
