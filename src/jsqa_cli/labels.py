@@ -73,12 +73,14 @@ def read_nisqa(root: str | os.PathLike, dbs: Sequence[str]) -> pd.DataFrame:
         per_db = [root / db / f"{db}_file.csv" for db in dbs]
         if not all(p.is_file() for p in per_db):
             missing = next(p for p in per_db if not p.is_file())
-            raise FileNotFoundError(f"{root}: not a NISQA corpus (no {NISQA_CORPUS_CSV}, no {missing.relative_to(root)})")
+            raise FileNotFoundError(f"{root}: not a NISQA corpus (no {NISQA_CORPUS_CSV}, "
+                                    f"no {missing.relative_to(root)})")
         df, source = pd.concat([_read_csv(p).assign(db=p.parent.name) if "db" not in _read_csv(p).columns
                                 else _read_csv(p) for p in per_db], ignore_index=True), per_db[0]
     missing_cols = [c for c in ("db", "filepath_deg", "mos") if c not in df.columns]
     if missing_cols:
-        raise ValueError(f"{source}: missing column(s) {', '.join(missing_cols)} (has {', '.join(map(str, df.columns))})")
+        raise ValueError(f"{source}: missing column(s) {', '.join(missing_cols)} "
+                         f"(has {', '.join(map(str, df.columns))})")
     known = list(dict.fromkeys(df["db"].astype(str)))
     unknown = [db for db in dbs if db not in known]
     if unknown:
@@ -129,7 +131,8 @@ def read_labelled_csv(csv: str | os.PathLike) -> pd.DataFrame:
     path_col = next((c for c in PATH_COLUMNS if c in df.columns), None)
     mos_col = next((c for c in ("mos", "MOS") if c in df.columns), None)
     if path_col is None or mos_col is None:
-        need = " and ".join(n for n, c in (("a path (or file) column", path_col), ("a mos column", mos_col)) if c is None)
+        wanted = (("a path (or file) column", path_col), ("a mos column", mos_col))
+        need = " and ".join(n for n, c in wanted if c is None)
         raise ValueError(f"{csv}: needs {need} (has {', '.join(map(str, df.columns)) or 'no columns'})")
     if df[path_col].isna().any():
         i = int(np.flatnonzero(df[path_col].isna().to_numpy())[0])

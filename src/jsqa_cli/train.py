@@ -314,7 +314,7 @@ def train(task: Task, opts, d: Dist, run_dir: Path, steps: int, warmup_steps: in
     run_dir.mkdir(parents=True, exist_ok=True)
     log = MetricsLog(run_dir, enabled=d.is_main, resume=opts.resume)
     batches = task.batches(step)
-    trainable = [p for p in model.parameters()]
+    parameters = list(model.parameters())
     stop_at = min(steps, step + opts.stop_after) if opts.stop_after is not None else steps
 
     def validate(at_step: int) -> str:
@@ -354,8 +354,8 @@ def train(task: Task, opts, d: Dist, run_dir: Path, steps: int, warmup_steps: in
             loss, n = task.loss(outputs, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            params = [p for p in trainable if p.grad is not None]
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, opts.grad_clip if opts.grad_clip > 0 else math.inf)
+            with_grad = [p for p in parameters if p.grad is not None]  # a frozen encoder has none
+            grad_norm = torch.nn.utils.clip_grad_norm_(with_grad, opts.grad_clip if opts.grad_clip > 0 else math.inf)
             optimizer.step()
             scheduler.step()
             step += 1

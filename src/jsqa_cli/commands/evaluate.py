@@ -40,7 +40,7 @@ def evaluate_command(
 
     Files are scored exactly as `jsqa score` scores them (same windows, same numbers).
 
-    Example: jsqa evaluate --model models/scratch --model models/jsqa --nisqa-root NISQA_Corpus --db NISQA_TEST_FOR -o eval/
+    Example: jsqa evaluate -m models/scratch -m models/jsqa --nisqa-root NISQA_Corpus --db NISQA_TEST_FOR -o eval/
 
     Any labelled CSV: jsqa evaluate --model jsqa-small --csv labels.csv -o eval/
     """

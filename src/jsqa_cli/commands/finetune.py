@@ -88,7 +88,8 @@ def finetune_command(
 
     Labelled CSVs: jsqa finetune --train train.csv --val val.csv --from-scratch --preset small -o models/scratch
 
-    Several GPUs: torchrun --nproc-per-node 4 -m jsqa_cli finetune --nisqa-root NISQA_Corpus --init runs/pre/encoder -o models/m
+    Several GPUs: torchrun --nproc-per-node 4 -m jsqa_cli finetune --nisqa-root NISQA_Corpus --init runs/pre/encoder
+    -o models/m
     """
     device = check_device(device)
     workers = resolve_workers(workers)

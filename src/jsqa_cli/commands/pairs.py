@@ -16,7 +16,8 @@ def register(app: typer.Typer) -> None:
 
 @one_line_errors
 def make_pairs_command(
-    speech: list[Path] = typer.Option(..., "--speech", help="Clean speech folder(s), files, or .txt lists of files, searched recursively "
+    speech: list[Path] = typer.Option(..., "--speech", help="Clean speech folder(s), files, or .txt lists of files, "
+                                      "searched recursively "
                                       "(the LibriSpeech tree works as is). Repeat the option for several."),
     noise: list[Path] = typer.Option(..., "--noise", help="Noise folder(s) or files (long multi-channel "
                                      "backgrounds such as CHiME-3 work: a channel and crop are drawn per pair)."),
