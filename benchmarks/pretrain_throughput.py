@@ -28,7 +28,7 @@ from jsqa_cli.pairs import PairDataset, PairSampler, make_pairs, read_manifest, 
 from jsqa_cli.pretrain import ContrastiveNet, nt_xent, pretrain
 from jsqa_cli.model import build_model
 from jsqa_cli.distributed import autocast, resolve_device
-from jsqa_cli.training_utils import read_metrics
+from jsqa_cli.train import read_metrics
 
 
 def make_sources(root: Path, n_speech: int = 120, n_noise: int = 3, noise_minutes: float = 2.0) -> tuple[Path, Path]:
@@ -136,9 +136,9 @@ def main() -> None:
             print(f"train step, {preset:5s} on {device.type}: {r:8.1f} pairs/s", flush=True)
         for preset in args.e2e:
             run = tmp / f"run-{preset}"
-            pretrain(pairs=str(tmp / "pairs"), out=str(run), preset=preset, batch_size=args.batch_size,
-                     max_steps=args.e2e_steps, val_every=10**9, log_every=5, quiet=True, device=args.device,
-                     checkpoint_every=10**9, val_max_pairs=16)
+            pretrain(pairs=str(tmp / "pairs"), output=str(run), preset=preset, batch_size=args.batch_size,
+                     steps=args.e2e_steps, eval_every=0, log_every=5, quiet=True, device=args.device,
+                     checkpoint_every=0, val_max_pairs=16)
             rates = [r["pairs_per_s"] for r in read_metrics(run) if "pairs_per_s" in r][1:]  # skip warm-up
             result["e2e"][preset] = round(float(np.median(rates)), 1) if rates else None
             print(f"pretrain end to end, {preset}: {result['e2e'][preset]} pairs/s (median)", flush=True)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from jsqa_cli import pairs as P
 from jsqa_cli import pretrain as T
-from jsqa_cli.training_utils import read_metrics
+from jsqa_cli.train import read_metrics
 
 WORLD = 2
 
@@ -54,7 +54,7 @@ def _worker(rank: int, port: int, pairs_dir: str, out: str, result_dir: str) -> 
     _global_loss(ref, n, tau).backward()
     torch.testing.assert_close(mine.grad, ref[rank].grad, rtol=1e-5, atol=1e-6)
     # 2) a short DDP run (pretrain finds the process group torchrun would have set up)
-    T.pretrain(pairs=pairs_dir, out=out, preset="tiny", batch_size=3, max_steps=3, workers=0, val_every=1000,
+    T.pretrain(pairs=pairs_dir, output=out, preset="tiny", batch_size=3, steps=3, workers=0, eval_every=1000,
                val_max_pairs=6, log_every=1, quiet=True, warmup_steps=1)
     with open(os.path.join(result_dir, f"ok{rank}"), "w") as f:
         f.write("ok")

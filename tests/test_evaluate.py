@@ -241,6 +241,26 @@ def test_cli_evaluate_without_model_uses_the_default_as_score_does(nisqa_root, t
     assert [m["name"] for m in doc["models"]] == [str(two_models[1])]
 
 
-def test_cli_evaluate_help_has_an_example():
-    res = runner.invoke(app, ["evaluate", "--help"])
+def test_cli_evaluate_help_has_an_example_and_output():
+    res = runner.invoke(app, ["evaluate", "--help"], env={"COLUMNS": "200"})
     assert res.exit_code == 0 and "Example" in res.output
+    assert "--output" in res.output and "--out " not in res.output and "jsqa[plot]" in res.output
+
+
+def test_cli_evaluate_without_matplotlib_names_the_extra(nisqa_root, two_models, tmp_path, monkeypatch):
+    """The hint survives rich's markup: pip install 'jsqa[plot]', not pip install 'jsqa'."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    res = runner.invoke(app, ["evaluate", "-m", two_models[0], "--nisqa-root", str(nisqa_root), "--db",
+                              "NISQA_TEST_P501", "--output", str(tmp_path / "o"), "--device", "cpu", "-j", "0",
+                              "--quiet"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "pip install 'jsqa[plot]'" in res.output and not (tmp_path / "o" / "scatter.png").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--device", "gpu"], "--device 'gpu': choose auto, cpu, cuda or cuda:N"),
+    (["--workers", "-1"], "--workers -1"),
+])
+def test_cli_evaluate_usage_mistakes_are_one_line(nisqa_root, tmp_path, args, message):
+    res = runner.invoke(app, ["evaluate", "--nisqa-root", str(nisqa_root), "-o", str(tmp_path / "o"), *args])
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output

@@ -14,12 +14,12 @@ from typer.testing import CliRunner
 from jsqa_cli.audio import SAMPLE_RATE, AudioError
 from jsqa_cli.cli import app
 from jsqa_cli.evaluate import compute_metrics
-from jsqa_cli.finetune import (NISQA_TRAIN_DBS, MOSCrops, build_finetune_model, check_files, decode_all, finetune,
-                               read_labelled_csv, read_nisqa, read_nisqa_conditions)
+from jsqa_cli.finetune import MOSCrops, build_finetune_model, check_files, decode_all, finetune
+from jsqa_cli.labels import NISQA_TRAIN_DBS, read_labelled_csv, read_nisqa, read_nisqa_conditions
 from jsqa_cli.hub import model_card
 from jsqa_cli.model import add_flatness_bands, build_model, load_model, read_config, save_model
 from jsqa_cli.scoring import score_files
-from jsqa_cli.training_utils import read_metrics
+from jsqa_cli.train import read_metrics
 from nisqa_fixture import build_nisqa_corpus, write_labelled_csv
 
 FAST = dict(preset="tiny", steps=4, batch_size=4, eval_every=2, log_every=1, workers=0, crop_s=(0.5, 1.0),
@@ -234,7 +234,7 @@ def test_init_from_pretrained_drop_and_keep(pretrained_dir):
     drop, info = build_finetune_model(str(pretrained_dir), False)
     assert info["kind"] == "pretrained" and info["model_stage"] == "pretrained"
     assert _encoder_equal(drop, pre) and drop.projection is None and drop.config.mos_input == "embedding"
-    keep, _ = build_finetune_model(str(pretrained_dir), False, projection_head="keep")
+    keep, _ = build_finetune_model(str(pretrained_dir), False, projection_head=True)
     assert keep.config.mos_input == "projection" and keep.mos_head[0].in_features == keep.config.proj_dim
     assert torch.equal(keep.projection[0].weight, pre.projection[0].weight)
     wav = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 8000)).astype(np.float32) * 0.1)
@@ -256,8 +256,8 @@ def test_init_errors(tmp_path):
     with pytest.raises(ValueError, match="--init PRETRAINED .* or --from-scratch"):
         build_finetune_model(None, False)
     no_proj = save_model(build_model("tiny", projection_head=False), tmp_path / "noproj")
-    with pytest.raises(ValueError, match="--projection-head keep needs a projection head"):
-        build_finetune_model(str(no_proj), False, projection_head="keep")
+    with pytest.raises(ValueError, match="--projection-head needs a projection head"):
+        build_finetune_model(str(no_proj), False, projection_head=True)
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -291,9 +291,9 @@ def test_finetune_from_pretrained_on_nisqa(nisqa_root, pretrained_dir, tmp_path)
 def test_finetune_keep_projection_head_round_trips(csv_split, pretrained_dir, tmp_path):
     train, val = csv_split
     out = finetune(output=str(tmp_path / "keep"), train_csv=str(train), val_csv=str(val), init=str(pretrained_dir),
-                   projection_head="keep", **{**FAST, "steps": 2})
+                   projection_head=True, **{**FAST, "steps": 2})
     cfg, meta = read_config(out)
-    assert cfg.projection_head and cfg.mos_input == "projection" and meta["init"]["projection_head"] == "keep"
+    assert cfg.projection_head and cfg.mos_input == "projection" and meta["init"]["projection_head"] is True
     rows = score_files(read_labelled_csv(val)["path"], str(out), device="cpu")
     assert rows["error"].eq("").all() and rows["mos"].between(1, 5).all()
 
@@ -319,7 +319,7 @@ def test_flatness_input_trains_at_the_head_rate(csv_split, tmp_path):
     start = save_model(add_flatness_bands(build_model("tiny", projection_head=False), 8), tmp_path / "wide",
                        {"stage": "finetuned"})
     out = finetune(output=str(tmp_path / "ft"), train_csv=str(train), val_csv=str(val), init=str(start),
-                   lr_encoder=0.0, lr_head=1e-2, seed=3, **FAST)
+                   lr=0.0, lr_head=1e-2, seed=3, **FAST)
     trained, before = load_model(out), load_model(start)
     flat = "encoder.stem.conv1_flatness.weight"
     assert trained.config.flatness_bands == 8 and not before.state_dict()[flat].any()
@@ -336,7 +336,7 @@ def test_lr_flatness_gives_the_flatness_input_its_own_rate(csv_split, tmp_path):
     start = save_model(add_flatness_bands(build_model("tiny", projection_head=False), 8), tmp_path / "wide",
                        {"stage": "finetuned"})
     out = finetune(output=str(tmp_path / "ft"), train_csv=str(train), val_csv=str(val), init=str(start),
-                   lr_encoder=0.0, lr_head=0.0, lr_flatness=1e-2, seed=4, **FAST)
+                   lr=0.0, lr_head=0.0, lr_flatness=1e-2, seed=4, **FAST)
     trained, before = load_model(out), load_model(start)
     flat = "encoder.stem.conv1_flatness.weight"
     assert trained.state_dict()[flat].abs().max() > 1e-3
@@ -394,7 +394,7 @@ def test_early_stopping_on_a_model_that_cannot_improve(csv_split, tmp_path):
     train, val = csv_split
     opts = {**FAST, "steps": 20, "eval_every": 1, "log_every": 5}
     out = finetune(output=str(tmp_path / "es"), train_csv=str(train), val_csv=str(val), from_scratch=True,
-                   lr_encoder=0.0, lr_head=0.0, early_stop="rmse", patience=2, **opts)
+                   lr=0.0, lr_head=0.0, early_stop="rmse", patience=2, **opts)
     _, meta = read_config(out)
     assert meta["early_stopped"] is True and meta["steps_run"] == 3 and meta["best_step"] == 1
 
@@ -468,9 +468,13 @@ def test_ddp_two_gloo_ranks(csv_split, tmp_path):
 runner = CliRunner()
 
 
-def test_cli_finetune_help_has_an_example():
-    res = runner.invoke(app, ["finetune", "--help"])
-    assert res.exit_code == 0 and "Example" in res.output and "--projection-head" in res.output
+def test_cli_finetune_help_has_an_example_and_the_shared_vocabulary():
+    res = runner.invoke(app, ["finetune", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "Example" in res.output and "--no-projection-head" in res.output
+    for option in ("--steps", "--eval-every", "--log-every", "--checkpoint-every", "--lr ", "--lr-head", "--output",
+                   "--workers", "--device", "--resume", "--overwrite", "--stop-after", "--patience"):
+        assert option in res.output, option
+    assert "--max-steps" not in res.output and "--val-every" not in res.output and "--lr-encoder" not in res.output
 
 
 def test_cli_finetune_runs_and_errors_are_one_line(csv_split, tmp_path):
@@ -526,3 +530,48 @@ def test_finetune_validates_on_several_val_csvs_as_one_set(csv_split, tmp_path):
     assert meta["validation"]["n"] == len(df) and meta["validation"]["condition"]["n"] == 2  # one per CSV
     card = model_card(out, "me/m").text
     assert "lang0/val.csv+lang1/val.csv (validation)" in card
+
+
+def test_grad_clip_0_trains(nisqa_root, tmp_path):
+    """--grad-clip 0 is off: the weights move and the validation error falls."""
+    start, _ = build_finetune_model(None, True, preset="tiny", seed=0)
+    out = finetune(output=str(tmp_path / "ft"), nisqa_root=str(nisqa_root), from_scratch=True, grad_clip=0.0,
+                   lr_head=1e-2, patience=0, **{**FAST, "steps": 8, "eval_every": 1})
+    trained = load_model(out).state_dict()
+    assert not torch.equal(trained["mos_head.0.weight"], start.state_dict()["mos_head.0.weight"])
+    assert any(not torch.equal(v, trained[k]) for k, v in start.state_dict().items() if k.startswith("encoder."))
+    records = read_metrics(out / "training")
+    assert all(r["grad_norm"] > 0 for r in records if "loss" in r)
+    val = [r["val_rmse"] for r in records if "val_rmse" in r]
+    assert len(val) == 8 and val[-1] < val[0]
+
+
+def test_overwrite_starts_again(csv_split, tmp_path):
+    train, val = csv_split
+    common = dict(output=str(tmp_path / "m"), train_csv=str(train), val_csv=str(val), from_scratch=True,
+                  **{**FAST, "steps": 2, "eval_every": 1})
+    finetune(**common)
+    finetune(**{**common, "steps": 1}, overwrite=True)
+    assert read_config(tmp_path / "m")[1]["steps_run"] == 1
+    assert [r["step"] for r in read_metrics(tmp_path / "m" / "training") if "loss" in r] == [1]
+    with pytest.raises(ValueError, match="choose one"):
+        finetune(**common, overwrite=True, resume=True)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--grad-clip", "-1"], "--grad-clip -1.0: give a positive gradient-norm limit, or 0 for no clipping"),
+    (["--steps", "0"], "--steps 0: train at least 1 step"),
+    (["--log-every", "-1"], "--log-every -1: must not be negative"),
+    (["--eval-every", "-2"], "--eval-every -2: must not be negative"),
+    (["--checkpoint-every", "-1"], "--checkpoint-every -1: must not be negative"),
+    (["--patience", "-1"], "--patience -1: must not be negative"),
+    (["--stop-after", "0"], "--stop-after 0: stop after at least 1 step"),
+    (["--workers", "-1"], "--workers -1"),
+    (["--device", "gpu"], "--device 'gpu': choose auto, cpu, cuda or cuda:N"),
+])
+def test_cli_finetune_usage_mistakes_are_one_line(csv_split, tmp_path, args, message):
+    train, val = csv_split
+    res = runner.invoke(app, ["finetune", "-o", str(tmp_path / "m"), "--train", str(train), "--val", str(val),
+                              "--from-scratch", "--preset", "tiny", "-q", *args])
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "m").exists()

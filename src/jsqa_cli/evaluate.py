@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from jsqa_cli import __version__
+from jsqa_cli.labels import NISQA_TEST_DBS, csv_list, csv_names, read_labelled_csv, read_nisqa, read_nisqa_conditions
 
 METRICS = ("rmse", "mae", "pcc", "srcc")
 LOWER_IS_BETTER = {"rmse": True, "mae": True, "pcc": False, "srcc": False}
@@ -255,9 +256,6 @@ def load_eval_data(*, nisqa_root: str | os.PathLike | None = None, dbs: Sequence
     Returns (data with path, mos, condition?, db?, dataset; per-condition MOS from NISQA ``<DB>_con.csv`` or
     None; a description of the data for metrics.json).
     """
-    from jsqa_cli.finetune import (NISQA_TEST_DBS, csv_list, csv_names, read_labelled_csv, read_nisqa,
-                                   read_nisqa_conditions)
-
     csvs = csv_list(csv)
     if (nisqa_root is None) == (not csvs):
         raise ValueError("give either --nisqa-root (with --db) or --csv, not both or neither")

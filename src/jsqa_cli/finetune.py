@@ -11,7 +11,8 @@ also fits the score difference of each crop and its partner.
 The output folder is a normal model folder (config.json + model.safetensors, the best validation step) that
 ``score``, ``evaluate`` and ``push`` take; next to it the run keeps ``checkpoint.pt`` (the latest state, for
 ``--resume``) and ``metrics.jsonl``. Provenance and validation metrics go into config.json's ``metadata``.
-Runs on CPU, one GPU, or several with ``torchrun`` (DDP, bf16 autocast on CUDA), like ``pretrain``.
+Runs on CPU, one GPU, or several with ``torchrun`` (DDP, bf16 autocast on CUDA), like ``pretrain``: this module
+is the method (data, heads, targets, validation); the loop is :func:`jsqa_cli.train.train`, shared with pretraining.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import dataclasses
 import json
 import math
 import os
-import time
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import soundfile as sf
 import torch
 import torch.distributed as dist
@@ -35,148 +36,19 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from jsqa_cli.audio import HOP_S, SAMPLE_RATE, WINDOW_S, AudioError, load_audio, pad_batch
+from jsqa_cli.distributed import distributed, unwrap
 from jsqa_cli.evaluate import compute_metrics, condition_means
+from jsqa_cli.labels import (NISQA_TEST_DBS, NISQA_TRAIN_DBS, NISQA_VAL_DBS, csv_list, csv_names,  # noqa: F401
+                             read_labelled_csv, read_nisqa, read_nisqa_conditions)
 from jsqa_cli.model import (CONFIG_NAME, JSQA, WEIGHTS_NAME, config_from_preset, load_model, read_config,
                             resolve_model, save_model)
 from jsqa_cli.pairs import PairSampler
 from jsqa_cli.scoring import score_waveforms
-from jsqa_cli.training_utils import (CHECKPOINT_NAME, MetricsLog, all_reduce_mean, autocast, distributed,
-                                     load_checkpoint, save_checkpoint, seed_everything, set_rng_state,
-                                     training_progress, unwrap, warmup_cosine)
-
-NISQA_CORPUS_CSV = "NISQA_corpus_file.csv"
-NISQA_TRAIN_DBS = ("NISQA_TRAIN_SIM", "NISQA_TRAIN_LIVE")
-NISQA_VAL_DBS = ("NISQA_VAL_SIM", "NISQA_VAL_LIVE")
-NISQA_TEST_DBS = ("NISQA_TEST_FOR", "NISQA_TEST_P501", "NISQA_TEST_LIVETALK")
-PATH_COLUMNS = ("path", "file", "filepath_deg", "filepath")  # accepted names of the audio column in a CSV
-CONDITION_COLUMNS = ("condition", "con")
+from jsqa_cli.train import (CHECKPOINT_NAME, Task, check_options, default_workers, param_groups, prepare_run_folder,
+                            seed_everything, train, write_options)
 
 
 # ---------------------------------------------------------------------------------------------------- data
-
-
-def _read_csv(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
-    try:
-        return pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from None
-
-
-def _mos_column(df: pd.DataFrame, source: Path, column: str = "mos") -> pd.Series:
-    mos = pd.to_numeric(df[column], errors="coerce")
-    bad = mos.isna() | ~np.isfinite(mos)
-    if bad.any():
-        i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ValueError(f"{source}: row {i + 2}: {column} is not a number ({df[column].iloc[i]!r})")
-    return mos.astype(float)
-
-
-def _condition_label(v) -> object:
-    # a column with gaps reads as float: condition 3 must stay "3", not "3.0", to match <DB>_con.csv
-    if pd.isna(v):
-        return pd.NA
-    if isinstance(v, (float, np.floating)) and float(v).is_integer():
-        return str(int(v))
-    return str(v)
-
-
-def _conditions(df: pd.DataFrame, column: str | None) -> pd.Series:
-    """Condition labels as strings (missing: NA), the same whichever file they were read from."""
-    if column is None:
-        return pd.Series(pd.NA, index=df.index, dtype="object")
-    return df[column].map(_condition_label).astype("object")
-
-
-def read_nisqa(root: str | os.PathLike, dbs: Sequence[str]) -> pd.DataFrame:
-    """Files of the NISQA corpus databases ``dbs`` → DataFrame (path, mos, condition, db), in corpus order.
-
-    Reads ``NISQA_corpus_file.csv`` at ``root`` (or, where it is missing, each ``<DB>/<DB>_file.csv``); paths
-    come from ``filepath_deg`` relative to ``root``, conditions from ``con``.
-    """
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such NISQA corpus folder")
-    dbs = list(dict.fromkeys(dbs))
-    if not dbs:
-        raise ValueError("choose at least one NISQA database (db)")
-    corpus = root / NISQA_CORPUS_CSV
-    if corpus.is_file():
-        df, source = _read_csv(corpus), corpus
-    else:
-        per_db = [root / db / f"{db}_file.csv" for db in dbs]
-        if not all(p.is_file() for p in per_db):
-            missing = next(p for p in per_db if not p.is_file())
-            raise FileNotFoundError(f"{root}: not a NISQA corpus (no {NISQA_CORPUS_CSV}, no {missing.relative_to(root)})")
-        df, source = pd.concat([_read_csv(p).assign(db=p.parent.name) if "db" not in _read_csv(p).columns
-                                else _read_csv(p) for p in per_db], ignore_index=True), per_db[0]
-    missing_cols = [c for c in ("db", "filepath_deg", "mos") if c not in df.columns]
-    if missing_cols:
-        raise ValueError(f"{source}: missing column(s) {', '.join(missing_cols)} (has {', '.join(map(str, df.columns))})")
-    known = list(dict.fromkeys(df["db"].astype(str)))
-    unknown = [db for db in dbs if db not in known]
-    if unknown:
-        raise ValueError(f"{source}: no database {unknown[0]} (has {', '.join(known)})")
-    df = df[df["db"].astype(str).isin(dbs)].reset_index(drop=True)
-    return pd.DataFrame({"path": [str(root / p) for p in df["filepath_deg"].astype(str)],
-                         "mos": _mos_column(df, source),
-                         "condition": _conditions(df, "con" if "con" in df.columns else None),
-                         "db": df["db"].astype(str)})
-
-
-def read_nisqa_conditions(root: str | os.PathLike, dbs: Sequence[str]) -> pd.DataFrame | None:
-    """Per-condition MOS from the test sets' ``<DB>/<DB>_con.csv`` (columns con, mos) → (db, condition, mos), or
-    None when no chosen database has one (then per-condition MOS is the mean of the files' MOS)."""
-    frames = []
-    for db in dbs:
-        path = Path(root).expanduser() / db / f"{db}_con.csv"
-        if not path.is_file():
-            continue
-        df = _read_csv(path)
-        if not {"con", "mos"} <= set(df.columns):
-            raise ValueError(f"{path}: expected columns con and mos (has {', '.join(map(str, df.columns))})")
-        frames.append(pd.DataFrame({"db": db, "condition": _conditions(df, "con"), "mos": _mos_column(df, path)}))
-    return pd.concat(frames, ignore_index=True) if frames else None
-
-
-def csv_list(csv: str | os.PathLike | Sequence[str | os.PathLike] | None) -> list:
-    """One labelled CSV or several (``--train``, ``--val``, ``evaluate --csv``) as a list."""
-    return [] if csv is None else [csv] if isinstance(csv, (str, os.PathLike)) else list(csv)
-
-
-def csv_names(csvs: Sequence[str | os.PathLike]) -> list[str]:
-    """A short name for each CSV: its stem, or ``<folder>/<stem>`` where two CSVs share a stem."""
-    stems = [Path(c).stem for c in csvs]
-    return [Path(c).stem if stems.count(Path(c).stem) == 1 else f"{Path(c).parent.name}/{Path(c).stem}"
-            for c in csvs]
-
-
-def read_labelled_csv(csv: str | os.PathLike) -> pd.DataFrame:
-    """A labelled CSV (columns path or file, mos, optional condition or con, optional group) → DataFrame (path,
-    mos, condition[, group]).
-
-    Relative paths are resolved against the CSV's folder. ``group`` names versions of one clean reference (as
-    ``training/simulate_mos.py --versions`` writes them), which ``finetune --rank-weight`` compares.
-    """
-    csv = Path(csv).expanduser()
-    df = _read_csv(csv)
-    path_col = next((c for c in PATH_COLUMNS if c in df.columns), None)
-    mos_col = next((c for c in ("mos", "MOS") if c in df.columns), None)
-    if path_col is None or mos_col is None:
-        need = " and ".join(n for n, c in (("a path (or file) column", path_col), ("a mos column", mos_col)) if c is None)
-        raise ValueError(f"{csv}: needs {need} (has {', '.join(map(str, df.columns)) or 'no columns'})")
-    if df[path_col].isna().any():
-        i = int(np.flatnonzero(df[path_col].isna().to_numpy())[0])
-        raise ValueError(f"{csv}: row {i + 2}: empty {path_col}")
-    paths = [p if p.is_absolute() else csv.parent / p for p in map(Path, df[path_col].astype(str))]
-    out = pd.DataFrame({"path": [str(p) for p in paths], "mos": _mos_column(df, csv, mos_col),
-                        "condition": _conditions(df, next((c for c in CONDITION_COLUMNS if c in df.columns), None))})
-    if "db" in df.columns:
-        out["db"] = df["db"].astype(str)
-    if "group" in df.columns:  # qualified by the CSV, so that groups of two corpora never merge
-        out["group"] = [pd.NA if pd.isna(g) else f"{csv}:{g}" for g in df["group"]]
-    return out
 
 
 def check_files(df: pd.DataFrame, what: str) -> float:
@@ -194,12 +66,10 @@ def check_files(df: pd.DataFrame, what: str) -> float:
 
 
 def available_memory() -> int | None:
-    """Bytes of RAM the kernel can still give out (Linux ``MemAvailable``); None where it does not say."""
+    """Bytes of RAM the system can still give out (psutil); None where it cannot say."""
     try:
-        with open("/proc/meminfo") as f:
-            fields = dict(line.split(":", 1) for line in f)
-        return int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
+        return int(psutil.virtual_memory().available)
+    except (OSError, RuntimeError, AttributeError):
         return None
 
 
@@ -333,16 +203,15 @@ def collate_crops(items: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch
 
 
 def build_finetune_model(init: str | None, from_scratch: bool, preset: str = "small",
-                         projection_head: str = "drop", seed: int = 0):
+                         projection_head: bool = False, seed: int = 0):
     """The network to fine-tune and a description of where it came from.
 
     ``init`` (a model name/folder/Hub id, normally a pretrained encoder) gives encoder weights; with
     ``from_scratch`` only its architecture is used (the paper's baseline: the same network, random weights),
-    and without ``init`` the architecture is ``preset``. ``projection_head``: ``drop`` puts the MOS head on the
-    encoder embedding (and removes the projection head), ``keep`` puts it on the projection head's output.
+    and without ``init`` the architecture is ``preset``. ``projection_head``: False (``--no-projection-head``)
+    puts the MOS head on the encoder embedding and removes the projection head; True (``--projection-head``) puts
+    it on the projection head's output.
     """
-    if projection_head not in ("drop", "keep"):
-        raise ValueError(f"--projection-head must be drop or keep, not {projection_head!r}")
     if init is None and not from_scratch:
         raise ValueError("choose where to start: --init PRETRAINED (a pretrained encoder) or --from-scratch")
     source = None
@@ -352,10 +221,10 @@ def build_finetune_model(init: str | None, from_scratch: bool, preset: str = "sm
         source = load_model(folder) if not from_scratch else None
     else:
         cfg, meta = config_from_preset(preset), {}
-    keep = projection_head == "keep"
+    keep = bool(projection_head)
     if keep and not cfg.projection_head:
-        raise ValueError(f"{init}: --projection-head keep needs a projection head, and this encoder has none "
-                         "(pretrained with --no-projection-head); use --projection-head drop")
+        raise ValueError(f"{init}: --projection-head needs a projection head, and this encoder has none "
+                         "(pretrained with --no-projection-head); leave out --projection-head")
     cfg = dataclasses.replace(cfg, projection_head=keep, mos_input="projection" if keep else "embedding")
     torch.manual_seed(seed)
     model = JSQA(cfg)
@@ -368,7 +237,7 @@ def build_finetune_model(init: str | None, from_scratch: bool, preset: str = "sm
             raise ValueError(f"{init}: encoder weights do not fit the network (missing {missing[:3]})")
         model.load_state_dict(state, strict=False)
     provenance = {"kind": "scratch" if source is None else "pretrained", "model": None if init is None else str(init),
-                  "model_stage": meta.get("stage"), "preset": cfg.preset, "projection_head": projection_head}
+                  "model_stage": meta.get("stage"), "preset": cfg.preset, "projection_head": keep}
     return model, provenance
 
 
@@ -384,7 +253,8 @@ TRAINING_DIR = "training"  # inside the model folder: checkpoint.pt, metrics.jso
 
 @dataclass
 class FinetuneOptions:
-    """Everything ``jsqa finetune`` takes; defaults follow docs/finetuning.md (method.md where it is silent)."""
+    """Everything ``jsqa finetune`` takes; defaults follow docs/finetuning.md (method.md where it is silent). The
+    training options are spelt as in ``PretrainOptions``."""
 
     output: str = ""  # the model folder; the run's state goes to OUTPUT/training/
     # data: a NISQA corpus, or labelled CSVs
@@ -397,22 +267,22 @@ class FinetuneOptions:
     init: str | None = None  # a pretrained encoder (model name, folder or Hub id)
     from_scratch: bool = False  # random weights: init's architecture, or preset's
     preset: str = "small"
-    projection_head: str = "drop"  # drop: MOS head on the encoder embedding; keep: on the projection output
+    projection_head: bool = False  # False: MOS head on the encoder embedding; True: on the projection output
     # optimisation
     steps: int = 3000
     batch_size: int = 32  # per process
-    lr_encoder: float = 1e-4
-    lr_head: float = 1e-3
+    lr: float = 1e-4  # the encoder (and a kept projection head)
+    lr_head: float = 1e-3  # the MOS head (and a flatness input)
     lr_flatness: float | None = None  # the flatness input's rate (JSQAConfig.flatness_bands); None: lr_head
-    weight_decay: float = 0.01
+    weight_decay: float = 0.01  # on weight matrices and kernels, not biases or norms
     warmup_steps: int = 100
     freeze_encoder_steps: int = 0  # train only the MOS head for this many steps first
     loss: str = "mse"  # mse or l1
     rank_weight: float = 0.0  # weight of the loss on score differences between versions of one reference (group)
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # gradient-norm limit; 0: no clipping
     crop_s: tuple[float, float] = (4.0, 6.0)  # random training crop length range, seconds
     # validation (the scoring path: windows, file = mean of windows) and early stopping
-    eval_every: int = 200
+    eval_every: int = 200  # 0: validate only at the last step
     early_stop: str = "pcc"  # pcc (higher is better) or rmse (lower is better)
     patience: int = 5  # evaluations without improvement before stopping; 0: never stop early
     val_batch_size: int = 32
@@ -421,13 +291,14 @@ class FinetuneOptions:
     # machinery
     seed: int = 0
     device: str = "auto"
-    workers: int = -1  # DataLoader workers per process; -1: min(8, cores)
+    workers: int | None = None  # DataLoader workers per process; None: train.default_workers()
     cache_audio: bool = False  # decode the training files once and keep them in RAM
     bf16: bool = True
     resume: bool = False
     overwrite: bool = False
     stop_after: int | None = None  # stop (checkpointed) after this many steps of this invocation; then --resume
-    log_every: int = 20
+    checkpoint_every: int = 200  # 0: only when this invocation ends
+    log_every: int = 20  # 0: no loss lines
     quiet: bool = False
 
 
@@ -454,13 +325,14 @@ def _options(options: FinetuneOptions | None, overrides: dict) -> FinetuneOption
         raise ValueError(f"--early-stop must be pcc or rmse, not {o.early_stop!r}")
     if len(o.crop_s) != 2 or not 0 < o.crop_s[0] <= o.crop_s[1]:
         raise ValueError(f"crop lengths must be MIN MAX with 0 < MIN <= MAX (got {o.crop_s})")
-    for name in ("steps", "batch_size", "eval_every", "val_batch_size", "log_every"):
+    for name in ("batch_size", "val_batch_size"):
         if getattr(o, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-    if o.patience < 0 or o.freeze_encoder_steps < 0 or o.warmup_steps < 0 or o.rank_weight < 0:
-        raise ValueError("--patience, --freeze-encoder-steps, --warmup-steps and --rank-weight must not be negative")
-    if o.lr_flatness is not None and o.lr_flatness < 0:
-        raise ValueError("--lr-flatness must not be negative")
+    if o.freeze_encoder_steps < 0 or o.rank_weight < 0:
+        raise ValueError("--freeze-encoder-steps and --rank-weight must not be negative")
+    if min(o.lr, o.lr_head, o.lr_flatness if o.lr_flatness is not None else 0) < 0:
+        raise ValueError("--lr, --lr-head and --lr-flatness must not be negative")
+    check_options(o)
     return o
 
 
@@ -487,14 +359,6 @@ def load_finetune_data(opts: FinetuneOptions) -> tuple[pd.DataFrame, pd.DataFram
     return train, val, info
 
 
-def _improved(value: float, best: float | None, metric: str) -> bool:
-    if best is None:
-        return True  # the first evaluation is always kept, so that a model folder exists
-    if not math.isfinite(value):
-        return False
-    return value > best if metric == "pcc" else value < best
-
-
 def validate(model, waves: Sequence[np.ndarray], mos: np.ndarray, conditions: pd.Series | None, d=None, *,
              batch_size: int = 32, window_s: float = WINDOW_S, hop_s: float = HOP_S) -> tuple[dict, np.ndarray]:
     """Score this rank's share of the validation files (``waves`` = files rank::world) through the scoring path
@@ -519,6 +383,91 @@ def validate(model, waves: Sequence[np.ndarray], mos: np.ndarray, conditions: pd
     return metrics, pred
 
 
+class FinetuneTask(Task):
+    """MOS regression (plus the ranking loss of ``--rank-weight``), plugged into :func:`jsqa_cli.train.train`:
+    two learning rates, a frozen-then-free encoder, validation through the scoring path, the best model saved."""
+
+    name, items = "finetune", "files"
+
+    def __init__(self, opts: FinetuneOptions, d, model: JSQA, dataset: MOSCrops, val_waves, val_df: pd.DataFrame,
+                 workers: int, out: Path, provenance: dict):
+        self.opts, self.d, self.model, self.dataset, self.workers = opts, d, model, dataset, workers
+        self.val_waves, self.val_df, self.out, self.provenance = val_waves, val_df, out, provenance
+        self.metric, self.higher_is_better = f"val_{opts.early_stop}", opts.early_stop == "pcc"
+        self.loss_fn = F.mse_loss if opts.loss == "mse" else F.l1_loss
+        self.net, self.frozen = None, None
+        self.last_metrics, self.best_metrics = {}, {}
+        self.per_rank = len(dataset) // d.world_size
+
+    def param_groups(self) -> list[dict]:
+        """The encoder (and a kept projection head) at --lr, HEAD_RATE's parameters at --lr-head (a flatness input
+        at --lr-flatness when given)."""
+        o = self.opts
+
+        def group(name: str) -> str:
+            if not name.startswith(HEAD_RATE):
+                return "encoder"
+            return "flatness" if o.lr_flatness is not None and name.startswith(FLATNESS_INPUT) else "head"
+
+        return param_groups(self.model, {"encoder": o.lr, "head": o.lr_head, "flatness": o.lr_flatness}, group,
+                            o.weight_decay)
+
+    def batches(self, step: int):
+        o, d = self.opts, self.d
+        sampler = PairSampler(len(self.dataset), o.seed, d.rank, d.world_size, start=step * o.batch_size)
+        yield from DataLoader(self.dataset, batch_size=o.batch_size, sampler=sampler, num_workers=self.workers,
+                              collate_fn=collate_crops, pin_memory=d.device.type == "cuda",
+                              persistent_workers=self.workers > 0, prefetch_factor=4 if self.workers > 0 else None,
+                              generator=torch.Generator().manual_seed(o.seed))  # never the global RNG: exact resume
+
+    def forward(self, batch, step: int) -> torch.Tensor:
+        frozen = step < self.opts.freeze_encoder_steps
+        if frozen != self.frozen:  # the encoder's parameters frozen or not (DDP is rebuilt when that changes)
+            for name, p in self.model.named_parameters():
+                if not name.startswith(HEAD_RATE):
+                    p.requires_grad_(not frozen)
+            self.net, self.frozen = self.model, frozen
+            if self.d.enabled:
+                self.net = torch.nn.parallel.DistributedDataParallel(
+                    self.model, device_ids=[self.d.device.index] if self.d.device.type == "cuda" else None)
+        self.model.train()
+        wav, lengths = batch[0].to(self.d.device, non_blocking=True), batch[1].to(self.d.device, non_blocking=True)
+        return self.net(wav, lengths)
+
+    def loss(self, pred: torch.Tensor, batch) -> tuple[torch.Tensor, int]:
+        mos, pairs = batch[2].to(self.d.device), batch[3].to(self.d.device)
+        pred = pred.float()
+        loss = self.loss_fn(pred, mos)
+        if len(pairs):  # versions of one reference: their score difference should be their label difference
+            a, b = pairs[:, 0], pairs[:, 1]
+            loss = loss + self.opts.rank_weight * self.loss_fn(pred[a] - pred[b], mos[a] - mos[b])
+        return loss, len(mos) - len(pairs)
+
+    def evaluate(self, step: int) -> dict:
+        o = self.opts
+        metrics, _ = validate(self.model, self.val_waves, self.val_df["mos"].to_numpy(float), self.val_df["condition"],
+                              self.d, batch_size=o.val_batch_size, window_s=o.window_s, hop_s=o.hop_s)
+        self.last_metrics = metrics
+        return {**{f"val_{k}": v for k, v in metrics.items() if k != "condition"},
+                **{f"val_condition_{k}": v for k, v in metrics.get("condition", {}).items()}}
+
+    def save_best(self, step: int, record: dict) -> None:
+        self.best_metrics = self.last_metrics
+        save_model(self.model, self.out, {**self.provenance, "best_step": step, "validation": self.last_metrics})
+
+    def log_extra(self, step: int) -> dict:
+        return {"epoch": step * self.opts.batch_size // self.per_rank, "frozen_encoder": bool(self.frozen)}
+
+    def state_dict(self) -> dict:
+        return {"best_metrics": self.best_metrics}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_metrics = state.get("best_metrics", {})
+
+
+RUN_ARTEFACTS = (CONFIG_NAME, WEIGHTS_NAME, TRAINING_DIR)
+
+
 def finetune(options: FinetuneOptions | None = None, **overrides) -> Path:
     """Fine-tune for MOS; returns the model folder (``options.output``) holding the best validation step."""
     opts = _options(options, overrides)
@@ -527,19 +476,11 @@ def finetune(options: FinetuneOptions | None = None, **overrides) -> Path:
 
 
 def _finetune(opts: FinetuneOptions, d) -> Path:
-    out = Path(opts.output).expanduser()
+    out = prepare_run_folder(opts.output, RUN_ARTEFACTS, f"{TRAINING_DIR}/{CHECKPOINT_NAME}", resume=opts.resume,
+                             overwrite=opts.overwrite, what="model or a fine-tuning run", d=d)
     run_dir = out / TRAINING_DIR
     say = (lambda *a: None) if (opts.quiet or not d.is_main) else print
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{out}: exists and is not a folder")
-    if opts.resume and not (run_dir / CHECKPOINT_NAME).is_file():
-        raise FileNotFoundError(f"{run_dir / CHECKPOINT_NAME}: no checkpoint to resume from")
-    if not (opts.resume or opts.overwrite) and ((out / CONFIG_NAME).exists() or run_dir.exists()):
-        raise ValueError(f"{out}: already holds a model or a fine-tuning run; --resume continues it, "
-                              "--overwrite starts again")
-    if d.enabled:  # every rank has checked the folder before rank 0 writes to it
-        dist.barrier()
-    workers = min(8, os.cpu_count() or 1) if opts.workers < 0 else opts.workers
+    workers = default_workers() if opts.workers is None else opts.workers
     # before minutes of checking and decoding: the network to start from exists and has what the options train
     start = read_config(resolve_model(opts.init))[0] if opts.init is not None else config_from_preset(opts.preset)
     if opts.lr_flatness is not None and not start.flatness_bands:
@@ -560,149 +501,44 @@ def _finetune(opts: FinetuneOptions, d) -> Path:
             warnings.warn(msg, stacklevel=2)
         cache = decode_all(list(train_df["path"]), workers, dtype=np.int16)  # 16-bit: half the RAM
         say(f"Cached {len(cache)} training files in RAM ({cache.nbytes / 2**30:.2f} GiB).")
-
-    # ---- model and optimiser: the encoder (and a kept projection head) at one rate, HEAD_RATE's at another
-    seed_everything(opts.seed)
-    model, init_info = build_finetune_model(opts.init, opts.from_scratch, opts.preset, opts.projection_head,
-                                            opts.seed)
-    model.to(d.device)
-
-    def group(name: str) -> str:
-        if not name.startswith(HEAD_RATE):
-            return "encoder"
-        return "flatness" if opts.lr_flatness is not None and name.startswith(FLATNESS_INPUT) else "head"
-
-    rates, params = {"encoder": opts.lr_encoder, "head": opts.lr_head, "flatness": opts.lr_flatness}, {}
-    for name, p in model.named_parameters():
-        params.setdefault(group(name), []).append(p)
-    optimizer = torch.optim.AdamW([{"params": ps, "lr": rates[g], "name": g} for g, ps in params.items()],
-                                  weight_decay=opts.weight_decay)
-    scheduler = warmup_cosine(optimizer, min(opts.warmup_steps, opts.steps - 1), opts.steps)
-    step, state, ckpt = 0, {"best": None, "best_step": None, "bad_evals": 0, "stopped": False,
-                            "best_metrics": {}}, None
-    if opts.resume:
-        ckpt = load_checkpoint(run_dir, model, optimizer, scheduler, restore_rng=False)
-        step = int(ckpt["step"])
-        state.update(ckpt["extra"].get("state", {}))
-        say(f"Resumed {out} at step {step}.")
-    else:
-        seed_everything(opts.seed + d.rank)  # dropout differs between ranks
-    if d.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not opts.resume:  # --overwrite: nothing of an old run may survive into this one
-            for old in (out / CONFIG_NAME, out / WEIGHTS_NAME, run_dir / CHECKPOINT_NAME):
-                old.unlink(missing_ok=True)
-        (run_dir / "options.json").write_text(json.dumps({**asdict(opts), "world_size": d.world_size,
-                                                          "workers": workers}, indent=2) + "\n")
-    log = MetricsLog(run_dir, enabled=d.is_main, resume=opts.resume)
-
     groups = train_df["group"] if opts.rank_weight > 0 and "group" in train_df.columns else None
     dataset = MOSCrops(train_df["path"], train_df["mos"], opts.crop_s, cache, opts.seed, groups)
     if opts.rank_weight > 0 and not any(dataset.others):
         raise ValueError("--rank-weight needs training files that share a `group` (versions of one clean reference, "
                          "as training/simulate_mos.py --versions writes them); no two training rows do")
-    sampler = PairSampler(len(dataset), opts.seed, d.rank, d.world_size, start=step * opts.batch_size)
-    loader = DataLoader(dataset, batch_size=opts.batch_size, sampler=sampler, num_workers=workers,
-                        collate_fn=collate_crops, pin_memory=d.device.type == "cuda",
-                        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
-    batches = iter(loader)
-    if ckpt is not None:
-        set_rng_state(ckpt["rng"])  # after the loader drew its worker seeds: dropout continues exactly
 
-    def wrap(frozen: bool):
-        """The module the steps run: the encoder's parameters frozen or not (DDP is rebuilt when that changes)."""
-        for p in params["encoder"]:
-            p.requires_grad_(not frozen)
-        if not d.enabled:
-            return model
-        from torch.nn.parallel import DistributedDataParallel
-
-        return DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
-
-    frozen = step < opts.freeze_encoder_steps
-    net = wrap(frozen)
-    loss_fn = F.mse_loss if opts.loss == "mse" else F.l1_loss
+    # ---- model, then the shared loop
+    seed_everything(opts.seed)
+    model, init_info = build_finetune_model(opts.init, opts.from_scratch, opts.preset, opts.projection_head,
+                                            opts.seed)
+    model.to(d.device)
     provenance = {"stage": "finetuned", "task": "mos", "init": init_info, "data": data_info,
                   "training": {"preset": model.config.preset, "parameters": model.num_parameters,
                                "world_size": d.world_size, "global_batch_size": opts.batch_size * d.world_size,
                                **{k: getattr(opts, k) for k in (
-                                   "steps", "lr_encoder", "lr_head", "lr_flatness", "weight_decay", "warmup_steps",
+                                   "steps", "lr", "lr_head", "lr_flatness", "weight_decay", "warmup_steps",
                                    "freeze_encoder_steps", "loss", "rank_weight", "grad_clip", "crop_s", "eval_every",
                                    "early_stop", "patience", "seed") if getattr(opts, k) is not None}},
                   "scoring": {"window_s": opts.window_s, "hop_s": opts.hop_s}}
-    stop_at = min(opts.steps, step + opts.stop_after) if opts.stop_after else opts.steps
+    task = FinetuneTask(opts, d, model, dataset, val_waves, val_df, workers, out, provenance)
+    write_options(run_dir, {**asdict(opts), "world_size": d.world_size, "workers": workers}, d)
     say(f"Fine-tuning {model.config.preset} ({model.num_parameters / 1e6:.2f} M parameters, {init_info['kind']}"
         f"{' from ' + str(opts.init) if init_info['kind'] == 'pretrained' else ''}) on {len(train_df)} files, "
         f"validating on {len(val_df)}; batch {opts.batch_size}×{d.world_size}, {opts.steps} steps, "
         f"device {d.device}, {workers} loader workers.")
+    result = train(task, opts, d, run_dir, opts.steps, opts.warmup_steps)
 
-    # ---- steps
-    model.train()
-    t_log, seen, run_loss, run_n = time.time(), 0, 0.0, 0
-    with training_progress(enabled=d.is_main, quiet=opts.quiet) as progress:
-        task = progress.add_task("finetune", total=opts.steps, completed=step, status="")
-        while step < stop_at and not state["stopped"]:
-            if frozen and step >= opts.freeze_encoder_steps:
-                frozen, net = False, wrap(False)
-            wav, lengths, mos, pairs = (t.to(d.device, non_blocking=True) for t in next(batches))
-            with autocast(d.device, opts.bf16):
-                pred = net(wav, lengths).float()
-            loss = loss_fn(pred, mos)
-            if len(pairs):  # versions of one reference: their score difference should be their label difference
-                a, b = pairs[:, 0], pairs[:, 1]
-                loss = loss + opts.rank_weight * loss_fn(pred[a] - pred[b], mos[a] - mos[b])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if opts.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], opts.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            seen += len(mos) * d.world_size
-            run_loss, run_n = run_loss + float(loss.detach()), run_n + 1
-
-            if step % opts.log_every == 0 or step == stop_at:
-                mean_loss = all_reduce_mean(run_loss / run_n, d)
-                now = time.time()
-                log.log(step=step, loss=mean_loss, epoch=step * opts.batch_size // sampler.per_rank,
-                        frozen_encoder=frozen, files_per_s=round(seen / max(now - t_log, 1e-9), 2),
-                        **{f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups})
-                t_log, seen, run_loss, run_n = now, 0, 0.0, 0
-                progress.update(task, status=f"loss {mean_loss:.4f}")
-
-            if step % opts.eval_every == 0 or step == opts.steps:
-                metrics, _ = validate(model, val_waves, val_df["mos"].to_numpy(float), val_df["condition"], d,
-                                      batch_size=opts.val_batch_size, window_s=opts.window_s, hop_s=opts.hop_s)
-                value = metrics[opts.early_stop]
-                if _improved(value, state["best"], opts.early_stop):
-                    state.update(best=value, best_step=step, bad_evals=0, best_metrics=metrics)
-                    if d.is_main:
-                        save_model(model, out, {**provenance, "best_step": step, "validation": metrics})
-                else:
-                    state["bad_evals"] += 1
-                    state["stopped"] = 0 < opts.patience <= state["bad_evals"]
-                log.log(step=step, **{f"val_{k}": v for k, v in metrics.items() if k != "condition"},
-                        **{f"val_condition_{k}": v for k, v in metrics.get("condition", {}).items()},
-                        best_step=state["best_step"], bad_evals=state["bad_evals"], early_stopped=state["stopped"])
-                progress.update(task, status=f"val {opts.early_stop} {value:.3f} (best {state['best']:.3f} "
-                                             f"@ {state['best_step']})")
-            if d.is_main and (step % opts.eval_every == 0 or step == stop_at or state["stopped"]):
-                save_checkpoint(run_dir, model, optimizer, scheduler, step, extra={"state": state})
-            progress.update(task, completed=step)
-
-    finished = step >= opts.steps or state["stopped"]
-    if d.is_main and finished:  # final provenance: how far the run went and why it ended
+    if d.is_main and result.finished:  # final provenance: how far the run went and why it ended
         config = json.loads((out / CONFIG_NAME).read_text())
-        config["metadata"].update(provenance, best_step=state["best_step"], validation=state["best_metrics"],
-                                  steps_run=step, early_stopped=state["stopped"])
+        config["metadata"].update(provenance, best_step=result.best_step, validation=task.best_metrics,
+                                  steps_run=result.step, early_stopped=result.early_stopped)
         (out / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str) + "\n")
-        m = state["best_metrics"]
-        say(f"Model saved to {out}: best step {state['best_step']} of {step}"
-            f"{' (stopped early)' if state['stopped'] else ''}, validation PCC {m.get('pcc', math.nan):.3f}, "
+        m = task.best_metrics
+        say(f"Model saved to {out}: best step {result.best_step} of {result.step}"
+            f"{' (stopped early)' if result.early_stopped else ''}, validation PCC {m.get('pcc', math.nan):.3f}, "
             f"RMSE {m.get('rmse', math.nan):.3f}.")
     elif d.is_main:
-        say(f"Stopped at step {step} of {opts.steps}; continue with --resume.")
+        say(f"Stopped at step {result.step} of {opts.steps}; continue with --resume.")
     if d.enabled:
         dist.barrier()
     return out
-

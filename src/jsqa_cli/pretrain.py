@@ -1,6 +1,7 @@
 """Stage 1 of JSQA: contrastive pretraining of the encoder on JND pairs (NT-Xent), on CPU, one GPU or many.
 
-The loop reads top to bottom: options → DDP setup → data → model → optimiser → (resume) → steps → export.
+This module is the method (loss, pair data, validation); the loop is :func:`jsqa_cli.train.train`, shared with
+fine-tuning: options → DDP setup → run folder → data → model → ``train(PretrainTask)`` → export.
 Launch on several GPUs with ``torchrun --nproc-per-node N -m jsqa_cli pretrain ...``: each rank sees its shard
 of the pairs, negatives are gathered from all ranks *with* gradients, rank 0 logs, validates and saves.
 
@@ -17,8 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import time
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -30,27 +29,26 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from jsqa_cli.distributed import autocast, distributed
 from jsqa_cli.model import JSQA, JSQAConfig, config_from_preset, save_model
 from jsqa_cli.pairs import PairDataError, PairDataset, PairSampler, read_manifest, worker_init
-from jsqa_cli.training_utils import (MetricsLog, all_reduce_mean, autocast, distributed, load_checkpoint,
-                                     save_checkpoint, seed_everything, training_progress, warmup_cosine)
+from jsqa_cli.train import (CHECKPOINT_NAME, METRICS_NAME, OPTIONS_NAME, Task, check_options, default_workers,
+                            param_groups, prepare_run_folder, seed_everything, train, write_options)
 
 NEGATIVES = ("batch", "jnd-aware")
 ENCODER_DIR = "encoder"
 TRIVIAL_TOP1 = 0.95  # retrieval at or above this at the first validation means the task is solved by content
 UNTRAINED_TOP1 = 0.5  # ...as does an untrained encoder (step 0) retrieving this many partners: near-identical members
-
-
-def default_workers() -> int:
-    return min(8, os.cpu_count() or 1)
+DEFAULT_STEPS = 1000  # without --steps or --epochs
 
 
 @dataclass
 class PretrainOptions:
-    """Every option of ``jsqa pretrain`` (the CLI maps its flags one to one onto these fields)."""
+    """Every option of ``jsqa pretrain`` (the CLI maps its flags one to one onto these fields; the training
+    options are spelt as in ``FinetuneOptions``)."""
 
     pairs: str = ""  # folder written by make_pairs
-    out: str = ""  # run folder: checkpoint.pt, metrics.jsonl, options.json, encoder/
+    output: str = ""  # run folder: checkpoint.pt, metrics.jsonl, options.json, encoder/
     preset: str = "small"
     config_file: str | None = None  # JSON of JSQAConfig fields overriding the preset
     projection_head: bool = True
@@ -61,19 +59,20 @@ class PretrainOptions:
     lr: float = 3e-4
     weight_decay: float = 0.05
     warmup_steps: int | None = None  # default: 5 % of the steps, at most 1000
-    max_steps: int | None = None  # default: from epochs, else 1000
+    steps: int | None = None  # default: from epochs, else DEFAULT_STEPS
     epochs: float | None = None
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # gradient-norm limit; 0: no clipping
     seed: int = 0
-    workers: int = -1  # DataLoader workers per rank; -1: min(8, CPU cores)
+    workers: int | None = None  # DataLoader workers per rank; None: train.default_workers()
     device: str = "auto"
     bf16: bool = True
     redraw_snr: bool = False
-    val_every: int = 200
+    eval_every: int = 200  # validate every N steps (and at step 0 and the last step); 0: only then
     val_max_pairs: int = 512
-    checkpoint_every: int = 500
-    log_every: int = 10
+    checkpoint_every: int = 500  # 0: only when this invocation ends
+    log_every: int = 10  # 0: no loss lines
     resume: bool = False
+    overwrite: bool = False
     stop_after: int | None = None  # stop (with a checkpoint) after this many steps in this invocation
     quiet: bool = False
 
@@ -208,7 +207,7 @@ def validate(model: JSQA, loader, device: torch.device, use_autocast: bool = Tru
             "jnd_margin": jnd_cos - gap_cos, "snr_rank": snr_order(emb, snr), "val_pairs": len(emb)}
 
 
-# ------------------------------------------------------------------------------------------------ the loop
+# ------------------------------------------------------------------------------------------------ the task
 
 
 def _options(options: PretrainOptions | None, overrides: dict) -> PretrainOptions:
@@ -218,12 +217,17 @@ def _options(options: PretrainOptions | None, overrides: dict) -> PretrainOption
     if unknown:
         raise TypeError(f"unknown pretrain option(s): {', '.join(sorted(unknown))}")
     opts = PretrainOptions(**{**asdict(opts), **overrides})
-    if not opts.pairs or not opts.out:
+    if not opts.pairs or not opts.output:
         raise ValueError("pretrain needs a pairs folder (--pairs) and a run folder (-o)")
     if opts.negatives not in NEGATIVES:
         raise ValueError(f"--negatives must be one of {', '.join(NEGATIVES)}, not {opts.negatives!r}")
     if opts.batch_size < 2 or opts.temperature <= 0:
         raise ValueError("--batch-size must be at least 2 and --temperature positive")
+    if opts.epochs is not None and opts.epochs <= 0:
+        raise ValueError(f"--epochs {opts.epochs}: must be positive")
+    if opts.val_max_pairs < 0:
+        raise ValueError(f"--val-max-pairs {opts.val_max_pairs}: must not be negative")
+    check_options(opts)
     return opts
 
 
@@ -254,6 +258,85 @@ def _loader(dataset, sampler, batch_size: int, workers: int, device: torch.devic
         generator=torch.Generator().manual_seed(seed))  # never draws from the global RNG (exact resume)
 
 
+class PretrainTask(Task):
+    """NT-Xent on JND pairs, plugged into :func:`jsqa_cli.train.train`: the batches, the loss, validation."""
+
+    name, items, eval_at_start = "pretrain", "pairs", True
+
+    def __init__(self, opts: PretrainOptions, d, model: JSQA, train_set, val_set, workers: int, jnd_db: float,
+                 steps: int):
+        self.opts, self.d, self.jsqa, self.workers, self.steps = opts, d, model, workers, steps
+        self.model = ContrastiveNet(model)  # what trains and is checkpointed: encoder + projection head
+        self.net = self.model
+        if d.enabled:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        self.train_set = train_set
+        self.val_loader = _loader(val_set, [(0, i) for i in range(len(val_set))], opts.batch_size, min(workers, 4),
+                                  d.device, opts.seed, drop_last=False) if len(val_set) >= 2 else None
+        self.jnd_mask = jnd_db if opts.negatives == "jnd-aware" else None
+        self.per_rank = len(train_set) // d.world_size
+        self.first_val = None
+
+    def param_groups(self) -> list[dict]:
+        return param_groups(self.model, {"encoder": self.opts.lr}, weight_decay=self.opts.weight_decay)
+
+    def batches(self, step: int):
+        sampler = PairSampler(len(self.train_set), self.opts.seed, self.d.rank, self.d.world_size,
+                              start=step * self.opts.batch_size)
+        loader = iter(_loader(self.train_set, sampler, self.opts.batch_size, self.workers, self.d.device,
+                              self.opts.seed, drop_last=True))
+        while True:
+            try:
+                yield next(loader)
+            except PairDataError as e:  # re-raised from a worker: keep it one line
+                raise PairDataError(str(e)) from None
+
+    def forward(self, batch, step: int) -> torch.Tensor:
+        self.net.train()
+        wav = batch["wav"].to(self.d.device, non_blocking=True)  # (B, V, T): views a, b (, hard negative)
+        b, v, t = wav.shape
+        return self.net(wav.transpose(0, 1).reshape(v * b, t))
+
+    def loss(self, z: torch.Tensor, batch) -> tuple[torch.Tensor, int]:
+        snr = batch["snr"].to(self.d.device, non_blocking=True)  # (B, V)
+        b, v = snr.shape
+        return nt_xent(z, snr.transpose(0, 1).reshape(v * b), b, self.opts.temperature, self.jnd_mask), b
+
+    def evaluate(self, step: int) -> dict:
+        m = {}
+        if self.val_loader is not None and self.d.is_main:
+            m = validate(self.jsqa, self.val_loader, self.d.device, self.opts.bf16)
+            if self.first_val is None:
+                self.first_val = m["val_top1"]
+                if (m["val_top1"] >= TRIVIAL_TOP1 and step <= (self.opts.eval_every or self.steps)) or (
+                        step == 0 and m["val_top1"] >= UNTRAINED_TOP1):
+                    msg = (f"validation retrieval top-1 is {100 * m['val_top1']:.1f}% at step {step}"
+                           f"{' (untrained encoder)' if step == 0 else ''}: the pretext task is solved "
+                           "trivially, most likely by matching content (same speech/noise crop), not quality. "
+                           "Prefer `--pairing cross-source` pairs and/or `--negatives jnd-aware`.")
+                    warnings.warn(msg, stacklevel=2)
+                    m = {**m, "warning": msg}
+        if self.d.enabled:
+            dist.barrier()
+        return m
+
+    def log_extra(self, step: int) -> dict:
+        return {"epoch": step * self.opts.batch_size // self.per_rank}
+
+    def state_dict(self) -> dict:
+        return {"first_val": self.first_val}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.first_val = state.get("first_val")
+
+
+# ------------------------------------------------------------------------------------------------ pretrain
+
+
+RUN_ARTEFACTS = (CHECKPOINT_NAME, METRICS_NAME, OPTIONS_NAME, ENCODER_DIR)
+
+
 def pretrain(options: PretrainOptions | None = None, **overrides) -> Path:
     """Pretrain an encoder on a pairs folder; returns ``RUN_DIR/encoder`` (a model folder ``finetune`` takes)."""
     opts = _options(options, overrides)
@@ -262,7 +345,9 @@ def pretrain(options: PretrainOptions | None = None, **overrides) -> Path:
 
 
 def _pretrain(opts: PretrainOptions, d) -> Path:
-    run_dir, pairs_dir = Path(opts.out), Path(opts.pairs)
+    pairs_dir = Path(opts.pairs)
+    run_dir = prepare_run_folder(opts.output, RUN_ARTEFACTS, CHECKPOINT_NAME, resume=opts.resume,
+                                 overwrite=opts.overwrite, what="pretraining run", d=d)
     say = (lambda *a: None) if (opts.quiet or not d.is_main) else print
     # ---- data
     manifest, settings = read_manifest(pairs_dir)
@@ -274,121 +359,32 @@ def _pretrain(opts: PretrainOptions, d) -> Path:
         raise ValueError(f"{pairs_dir}: {len(train_rows)} training pairs, fewer than one batch "
                          f"({opts.batch_size} × {d.world_size} rank(s))")
     steps_per_epoch = len(train_rows) // (opts.batch_size * d.world_size)
-    max_steps = opts.max_steps or (math.ceil(opts.epochs * steps_per_epoch) if opts.epochs else 1000)
-    warmup = opts.warmup_steps if opts.warmup_steps is not None else min(1000, max_steps // 20)
-    workers = default_workers() if opts.workers < 0 else opts.workers
+    steps = opts.steps or (max(1, math.ceil(opts.epochs * steps_per_epoch)) if opts.epochs else DEFAULT_STEPS)
+    warmup = opts.warmup_steps if opts.warmup_steps is not None else min(1000, steps // 20)
+    workers = default_workers() if opts.workers is None else opts.workers
     common = dict(seed=opts.seed, jnd_db=jnd_db, snr_range=snr_range, sample_rate=int(s.get("sample_rate", 16000)))
     train_set = PairDataset(train_rows, pairs_dir, hard_negatives=opts.hard_negatives, redraw_snr=opts.redraw_snr,
                             **common)
     val_set = PairDataset(val_rows.iloc[: opts.val_max_pairs], pairs_dir, hard_negatives=True, **common)
 
-    # ---- model and optimiser
+    # ---- model, then the shared loop
     seed_everything(opts.seed)
     model = JSQA(_model_config(opts)).to(d.device)
-    net = ContrastiveNet(model)
-    if d.enabled:
-        net = nn.parallel.DistributedDataParallel(net, device_ids=[d.device.index] if d.device.type == "cuda" else None)
-    params = [p for p in net.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": opts.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=opts.lr,
-                                  fused=d.device.type == "cuda")
-    scheduler = warmup_cosine(optimizer, warmup, max_steps)
-    step = 0
-    if opts.resume:
-        ckpt = load_checkpoint(run_dir, net, optimizer, scheduler)
-        step = int(ckpt["step"])
-        say(f"Resumed {run_dir} at step {step}.")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if d.is_main:
-        (run_dir / "options.json").write_text(json.dumps({**asdict(opts), "max_steps": max_steps, "warmup": warmup,
-                                                          "world_size": d.world_size}, indent=2) + "\n")
-    log = MetricsLog(run_dir, enabled=d.is_main, resume=opts.resume)
-
-    sampler = PairSampler(len(train_set), opts.seed, d.rank, d.world_size, start=step * opts.batch_size)
-    loader = _loader(train_set, sampler, opts.batch_size, workers, d.device, opts.seed, drop_last=True)
-    val_loader = _loader(val_set, [(0, i) for i in range(len(val_set))], opts.batch_size, min(workers, 4),
-                         d.device, opts.seed, drop_last=False) if len(val_set) >= 2 else None
-    jnd_mask = jnd_db if opts.negatives == "jnd-aware" else None
-    use_bf16 = opts.bf16
-    stop_at = min(max_steps, step + opts.stop_after) if opts.stop_after else max_steps
+    task = PretrainTask(opts, d, model, train_set, val_set, workers, jnd_db, steps)
+    write_options(run_dir, {**asdict(opts), "steps": steps, "warmup_steps": warmup, "workers": workers,
+                            "world_size": d.world_size}, d)
     say(f"Pretraining {model.config.preset} ({model.num_parameters / 1e6:.2f} M parameters) on "
         f"{len(train_set)} pairs ({s.get('pairing', '?')}), {opts.negatives} negatives"
         f"{' + hard negatives' if opts.hard_negatives else ''}, batch {opts.batch_size}×{d.world_size} rank(s), "
-        f"{max_steps} steps, device {d.device}, {workers} loader workers.")
-
-    state = {"first_val": None, "last_val": {}}
-
-    def run_validation(at_step: int) -> None:
-        if val_loader is not None and d.is_main:
-            m = validate(model, val_loader, d.device, use_bf16)
-            log.log(step=at_step, **m)
-            state["last_val"] = m
-            if state["first_val"] is None:
-                state["first_val"] = m
-                if (m["val_top1"] >= TRIVIAL_TOP1 and at_step <= opts.val_every) or (
-                        at_step == 0 and m["val_top1"] >= UNTRAINED_TOP1):
-                    msg = (f"validation retrieval top-1 is {100 * m['val_top1']:.1f}% at step {at_step}"
-                           f"{' (untrained encoder)' if at_step == 0 else ''}: the pretext task is solved "
-                           "trivially, most likely by matching content (same speech/noise crop), not quality. "
-                           "Prefer `--pairing cross-source` pairs and/or `--negatives jnd-aware`.")
-                    warnings.warn(msg, stacklevel=2)
-                    log.log(step=at_step, warning=msg)
-            model.train()
-        if d.enabled:
-            dist.barrier()
-
-    if step == 0:
-        run_validation(0)
-
-    # ---- steps
-    net.train()
-    batches = iter(loader)
-    t_log, pairs_since = time.time(), 0
-    with training_progress(enabled=d.is_main, quiet=opts.quiet) as progress:
-        task = progress.add_task("pretrain", total=max_steps, completed=step, status="")
-        while step < stop_at:
-            try:
-                batch = next(batches)
-            except PairDataError as e:  # re-raised from a worker: keep it one line
-                raise PairDataError(str(e)) from None
-            wav = batch["wav"].to(d.device, non_blocking=True)  # (B, V, T)
-            snr = batch["snr"].to(d.device, non_blocking=True)  # (B, V)
-            b, v, t = wav.shape
-            views, view_snr = wav.transpose(0, 1).reshape(v * b, t), snr.transpose(0, 1).reshape(v * b)
-            with autocast(d.device, use_bf16):
-                z = net(views)
-            loss = nt_xent(z, view_snr, b, opts.temperature, jnd_mask)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, opts.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            pairs_since += b * d.world_size
-
-            if step % opts.log_every == 0 or step == stop_at:
-                loss_value = all_reduce_mean(float(loss.detach()), d)
-                now = time.time()
-                log.log(step=step, loss=loss_value, lr=scheduler.get_last_lr()[0], grad_norm=float(grad_norm),
-                        epoch=step * opts.batch_size // sampler.per_rank,
-                        pairs_per_s=round(pairs_since / max(now - t_log, 1e-9), 2))
-                t_log, pairs_since = now, 0
-                progress.update(task, completed=step, status=f"loss {loss_value:.4f}")
-            if step % opts.val_every == 0 or step == max_steps:
-                run_validation(step)
-                t_log, pairs_since = time.time(), 0  # throughput counts training only
-            if d.is_main and (step % opts.checkpoint_every == 0 or step == stop_at):
-                save_checkpoint(run_dir, net, optimizer, scheduler, step, extra={"options": asdict(opts)})
-            progress.update(task, completed=step)
+        f"{steps} steps, device {d.device}, {workers} loader workers.")
+    result = train(task, opts, d, run_dir, steps, warmup)
 
     # ---- export
     encoder_dir = run_dir / ENCODER_DIR
-    if d.is_main and step >= max_steps:
-        final = {k: round(v, 4) for k, v in state["last_val"].items() if isinstance(v, float)}
+    if d.is_main and result.finished:
+        final = {k: round(v, 4) for k, v in result.last_eval.items() if isinstance(v, float)}
         save_model(model, encoder_dir, metadata={
-            "stage": "pretrained", "steps": step, "pairs": str(pairs_dir.resolve()),
+            "stage": "pretrained", "steps": result.step, "pairs": str(pairs_dir.resolve()),
             "pairing": s.get("pairing"), "train_pairs": len(train_set), "negatives": opts.negatives,
             "hard_negatives": opts.hard_negatives, "temperature": opts.temperature,
             "batch_size": opts.batch_size * d.world_size, "lr": opts.lr, "seed": opts.seed, "jnd_db": jnd_db,
@@ -396,7 +392,7 @@ def _pretrain(opts: PretrainOptions, d) -> Path:
         say(f"Encoder saved to {encoder_dir} (val retrieval top-1 {final.get('val_top1', float('nan')):.3f}, "
             f"JND margin {final.get('jnd_margin', float('nan')):.3f}).")
     elif d.is_main:
-        say(f"Stopped at step {step} of {max_steps}; continue with --resume.")
+        say(f"Stopped at step {result.step} of {steps}; continue with --resume.")
     if d.enabled:
         dist.barrier()
     return encoder_dir

@@ -7,7 +7,8 @@ from typing import List, Optional, Tuple
 
 import typer
 
-from jsqa_cli.commands._common import console, one_line_errors
+from jsqa_cli.commands._common import (DEVICE_HELP, WORKERS_HELP, check_device, console, one_line_errors,
+                                      resolve_workers)
 
 
 def register(app: typer.Typer) -> None:
@@ -16,8 +17,9 @@ def register(app: typer.Typer) -> None:
 
 @one_line_errors
 def finetune_command(
-    out: Path = typer.Option(..., "-o", "--out", help="Model folder to write (config.json + model.safetensors of "
-                             "the best validation step); the run's checkpoint and metrics go to OUT/training/."),
+    output: Path = typer.Option(..., "--output", "-o", help="Model folder to write (config.json + "
+                                "model.safetensors of the best validation step); the run's checkpoint and metrics "
+                                "go to OUTPUT/training/."),
     nisqa_root: Optional[Path] = typer.Option(None, "--nisqa-root", help="NISQA_Corpus folder "
                                               "(with NISQA_corpus_file.csv)."),
     train_db: Optional[List[str]] = typer.Option(None, "--train-db", help="NISQA training database(s) (repeat). "
@@ -35,15 +37,19 @@ def finetune_command(
                                       "network of --init if given, else of --preset."),
     preset: str = typer.Option("small", "--preset", help="Network size for --from-scratch without --init: tiny, "
                                "small, base."),
-    projection_head: str = typer.Option("drop", "--projection-head", help="drop: MOS head on the encoder output "
-                                        "(default). keep: MOS head on the projection head's output."),
-    steps: int = typer.Option(3000, "--steps", help="Optimiser steps (at most; early stopping may end sooner)."),
+    projection_head: bool = typer.Option(False, "--projection-head/--no-projection-head", help="Keep the "
+                                         "pretrained projection head and put the MOS head on its output (default: "
+                                         "drop it, MOS head on the encoder output)."),
+    steps: int = typer.Option(3000, "--steps", help="Optimiser steps (at least 1; early stopping may end "
+                              "sooner)."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Training crops per step per GPU/process."),
-    lr_encoder: float = typer.Option(1e-4, "--lr-encoder", help="AdamW learning rate of the encoder."),
+    lr: float = typer.Option(1e-4, "--lr", help="AdamW learning rate of the encoder (and a kept projection "
+                             "head)."),
     lr_head: float = typer.Option(1e-3, "--lr-head", help="AdamW learning rate of the MOS head."),
     lr_flatness: Optional[float] = typer.Option(None, "--lr-flatness", help="AdamW learning rate of the flatness "
                                                 "input, for models that have one (default: --lr-head's)."),
-    weight_decay: float = typer.Option(0.01, "--weight-decay"),
+    weight_decay: float = typer.Option(0.01, "--weight-decay", help="AdamW weight decay (weights, not biases or "
+                                       "norms)."),
     warmup_steps: int = typer.Option(100, "--warmup-steps", help="Linear warm-up, then cosine decay."),
     freeze_encoder_steps: int = typer.Option(0, "--freeze-encoder-steps", help="Train only the MOS head for the "
                                              "first N steps."),
@@ -54,14 +60,15 @@ def finetune_command(
     grad_clip: float = typer.Option(1.0, "--grad-clip", help="Gradient-norm clipping (0: off)."),
     crop: Tuple[float, float] = typer.Option((4.0, 6.0), "--crop", metavar="MIN MAX", help="Random training crop "
                                              "length range in seconds (shorter files are used whole)."),
-    eval_every: int = typer.Option(200, "--eval-every", help="Validate (and checkpoint) every N steps."),
+    eval_every: int = typer.Option(200, "--eval-every", help="Validate every N steps, besides the last (0: only "
+                                   "then)."),
     early_stop: str = typer.Option("pcc", "--early-stop", help="Validation metric that picks the best step and "
                                    "stops early: pcc or rmse."),
     patience: int = typer.Option(5, "--patience", help="Stop after N validations without improvement (0: never)."),
     val_batch_size: int = typer.Option(32, "--val-batch-size", help="Windows per batch when validating."),
     seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda (torchrun sets the GPU per rank)."),
-    workers: int = typer.Option(-1, "--workers", "-j", help="DataLoader workers per process (-1: min(8, cores))."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help=WORKERS_HELP),
     cache_audio: bool = typer.Option(False, "--cache-audio", help="Decode the training files once and keep them "
                                      "in RAM as 16-bit samples (≈ 115 MB per hour of audio; worth it for small "
                                      "corpora)."),
@@ -70,7 +77,9 @@ def finetune_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Start again in a folder that holds a run or model."),
     stop_after: Optional[int] = typer.Option(None, "--stop-after", help="Stop (checkpointed) after N steps of "
                                              "this invocation, e.g. to fit a job time limit; then --resume."),
-    log_every: int = typer.Option(20, "--log-every", help="Write a metrics.jsonl line every N steps."),
+    checkpoint_every: int = typer.Option(200, "--checkpoint-every", help="Checkpoint every N steps, besides the "
+                                         "last of the invocation (0: only then)."),
+    log_every: int = typer.Option(20, "--log-every", help="Write a metrics.jsonl line every N steps (0: off)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Fine-tune a MOS predictor: a pretrained encoder (--init) or the same network from scratch.
@@ -79,21 +88,26 @@ def finetune_command(
 
     Labelled CSVs: jsqa finetune --train train.csv --val val.csv --from-scratch --preset small -o models/scratch
 
-    Several GPUs: torchrun --nproc-per-node 4 -m jsqa_cli finetune --nisqa-root NISQA_Corpus --init runs/pre/encoder -o models/m
+    Several GPUs: torchrun --nproc-per-node 4 -m jsqa_cli finetune --nisqa-root NISQA_Corpus --init runs/pre/encoder
+    -o models/m
     """
-    from jsqa_cli.finetune import NISQA_TRAIN_DBS, NISQA_VAL_DBS, finetune
+    device = check_device(device)
+    workers = resolve_workers(workers)
+    from jsqa_cli.finetune import finetune
+    from jsqa_cli.labels import NISQA_TRAIN_DBS, NISQA_VAL_DBS
 
     folder = finetune(
-        output=str(out), nisqa_root=str(nisqa_root) if nisqa_root else None,
+        output=str(output), nisqa_root=str(nisqa_root) if nisqa_root else None,
         train_db=tuple(train_db or NISQA_TRAIN_DBS), val_db=tuple(val_db or NISQA_VAL_DBS),
         train_csv=tuple(map(str, train)) if train else None, val_csv=tuple(map(str, val)) if val else None, init=init,
         from_scratch=from_scratch, preset=preset, projection_head=projection_head, steps=steps,
-        batch_size=batch_size, lr_encoder=lr_encoder, lr_head=lr_head, lr_flatness=lr_flatness,
+        batch_size=batch_size, lr=lr, lr_head=lr_head, lr_flatness=lr_flatness,
         weight_decay=weight_decay,
         warmup_steps=warmup_steps, freeze_encoder_steps=freeze_encoder_steps, loss=loss, rank_weight=rank_weight,
         grad_clip=grad_clip,
         crop_s=tuple(crop), eval_every=eval_every, early_stop=early_stop, patience=patience,
         val_batch_size=val_batch_size, seed=seed, device=device, workers=workers, cache_audio=cache_audio,
-        bf16=bf16, resume=resume, overwrite=overwrite, stop_after=stop_after, log_every=log_every, quiet=quiet)
+        bf16=bf16, resume=resume, overwrite=overwrite, stop_after=stop_after, checkpoint_every=checkpoint_every,
+        log_every=log_every, quiet=quiet)
     if (folder / "config.json").is_file() and not quiet:
         console.print(f"Model folder: {folder}  (score it: jsqa score --model {folder} FILES)", highlight=False)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
-from jsqa_cli.commands._common import console, one_line_errors
+from jsqa_cli.commands._common import WORKERS_HELP, console, one_line_errors, resolve_workers
 
 
 def register(app: typer.Typer) -> None:
@@ -15,11 +16,13 @@ def register(app: typer.Typer) -> None:
 
 @one_line_errors
 def make_pairs_command(
-    speech: list[Path] = typer.Option(..., "--speech", help="Clean speech folder(s), files, or .txt lists of files, searched recursively "
+    speech: list[Path] = typer.Option(..., "--speech", help="Clean speech folder(s), files, or .txt lists of files, "
+                                      "searched recursively "
                                       "(the LibriSpeech tree works as is). Repeat the option for several."),
     noise: list[Path] = typer.Option(..., "--noise", help="Noise folder(s) or files (long multi-channel "
                                      "backgrounds such as CHiME-3 work: a channel and crop are drawn per pair)."),
-    out: Path = typer.Option(..., "-o", "--out", help="Pairs folder to write (pairs.csv, pairs.json, audio/)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Pairs folder to write (pairs.csv, pairs.json, "
+                                "audio/)."),
     num_pairs: int = typer.Option(10_000, "--num-pairs", "-n", help="Pairs to draw (train + validation)."),
     jnd_db: float = typer.Option(3.0, "--jnd-db", help="Largest SNR difference within a pair (the JND), dB."),
     snr_min: float = typer.Option(-5.0, "--snr-min", help="Lowest SNR, dB."),
@@ -34,20 +37,20 @@ def make_pairs_command(
                                 "crops (only quality can match them; default). same-source: same speech and noise "
                                 "crop, only the SNR differs (solvable by content matching)."),
     write_audio: bool = typer.Option(False, "--write-audio", help="Also write each pair as two 16-bit FLACs."),
-    workers: int = typer.Option(0, "--workers", "-j", help="Processes drawing pairs (0: in this process)."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help=WORKERS_HELP),
 ) -> None:
     """Draw JND audio pairs (speech + noise at SNRs within the JND) into a manifest for `jsqa pretrain`.
 
     Example: jsqa make-pairs --speech LibriSpeech/train-clean-100 --noise CHiME3/data/audio/16kHz/backgrounds
     -o pairs/ --num-pairs 130000 --workers 8
     """
-    from rich.progress import Progress
-
+    workers = resolve_workers(workers)
     from jsqa_cli.pairs import make_pairs
+    from jsqa_cli.progress import progress_bar
 
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("drawing pairs", total=num_pairs)
-        summary = make_pairs(speech, noise, out, num_pairs=num_pairs, jnd_db=jnd_db, snr_min=snr_min,
+    with progress_bar(console=console, transient=True) as bar:
+        task = bar.add_task("drawing pairs", total=num_pairs, status="")
+        summary = make_pairs(speech, noise, output, num_pairs=num_pairs, jnd_db=jnd_db, snr_min=snr_min,
                              snr_max=snr_max, seconds=seconds, sample_rate=sample_rate, seed=seed,
                              val_fraction=val_fraction, pairing=pairing, write_audio=write_audio, workers=workers,
                              progress=lambda done, total: bar.update(task, completed=done))
