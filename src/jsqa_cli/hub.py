@@ -29,8 +29,8 @@ from jsqa_cli.audio import HOP_S, SAMPLE_RATE, WINDOW_S
 from jsqa_cli.model import load_model, read_config
 from jsqa_cli.resolve import (CARD_NAME, CONFIG_NAME, METRICS_NAME, MODEL_FILES, MODEL_TYPE, WEIGHTS_NAME,  # noqa: F401
                               HubError, ModelError, NotAJSQAModelError, NotLoggedInError, OfflineNotCachedError,
-                              RepoNotFoundError, RevisionMissingError, bundled_models, fetch, hub_endpoint,
-                              parse_hub_id, resolve)
+                              RepoNotFoundError, RevisionMissingError, bundled_models, default_model_name, fetch,
+                              hub_endpoint, parse_hub_id, resolve)
 
 CARD_TAGS = ["jsqa", "speech-quality-assessment", "mos-prediction", "audio"]
 DEFAULT_LICENSE = "mit"
@@ -124,7 +124,8 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def model_metrics(folder: str | Path, metadata: dict | None = None, metrics_path: str | Path | None = None) -> list[dict]:
+def model_metrics(folder: str | Path, metadata: dict | None = None,
+                  metrics_path: str | Path | None = None) -> list[dict]:
     """A model's evaluation rows: ``metrics_path``, else ``metrics.json`` next to the model, else
     ``metadata["metrics"]`` from config.json. Unreadable files are a HubError naming the file."""
     folder = Path(folder)
@@ -216,10 +217,13 @@ def model_card(folder: str | Path, repo_id: str, *, license: str | None = None,
     metrics = model_metrics(folder, meta) if metrics is None else metrics
     num_params = parameter_count(folder)
     flatness = f" + spectral flatness ({cfg.flatness_bands} bands)" if cfg.flatness_bands else ""
+    architecture = (f"log-mel ({cfg.n_mels} bands){flatness} → conv stem → {cfg.n_layers}-layer Transformer "
+                    f"(d={cfg.d_model}) → attention pooling → MOS head")
     name = repo_id.split("/")[-1]
     eval_results = [
         EvalResult(task_type="speech-quality-assessment", task_name="Speech quality assessment (MOS prediction)",
-                   dataset_type=r["dataset"], dataset_name=r["dataset"], dataset_split=None if r["level"] == "-" else r["level"],
+                   dataset_type=r["dataset"], dataset_name=r["dataset"],
+                   dataset_split=None if r["level"] == "-" else r["level"],
                    metric_type=HUB_METRIC_TYPES[m],
                    metric_name=METRIC_NAMES[m] + ("" if r["level"] == "-" else f" ({r['level']})"),
                    metric_value=round(float(r[m]), 4))
@@ -248,7 +252,7 @@ scored in {WINDOW_S:g} s windows with a {HOP_S:g} s hop and the file score is th
 
 | | |
 |---|---|
-| architecture | log-mel ({cfg.n_mels} bands){flatness} → conv stem → {cfg.n_layers}-layer Transformer (d={cfg.d_model}) → attention pooling → MOS head |
+| architecture | {architecture} |
 | preset | {cfg.preset} |
 | parameters | {num_params:,} |
 
@@ -343,7 +347,8 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: s
         card_bytes, card_state = (folder / CARD_NAME).read_bytes(), "kept"
     else:
         metrics = model_metrics(folder, metrics_path=metrics_path)
-        card_bytes, card_state = str(model_card(folder, repo_id, license=license, metrics=metrics)).encode(), "generated"
+        card_bytes = str(model_card(folder, repo_id, license=license, metrics=metrics)).encode()
+        card_state = "generated"
     ops = [CommitOperationAdd(CONFIG_NAME, str(folder / CONFIG_NAME)),
            CommitOperationAdd(WEIGHTS_NAME, str(folder / WEIGHTS_NAME)),
            CommitOperationAdd(CARD_NAME, card_bytes)]
@@ -439,6 +444,20 @@ def cached_models(cache_dir: str | Path | None = None) -> list[ModelEntry]:
 def list_models(cache_dir: str | Path | None = None) -> list[ModelEntry]:
     """The bundled models, then the jsqa models in the Hugging Face cache."""
     return [_entry(n, "bundled", p) for n, p in bundled_models().items()] + cached_models(cache_dir)
+
+
+# What the training recipe records in config.json's metadata["recipe"], in the order `jsqa info` shows it.
+RECIPE_FIELDS = {"config": "recipe config", "config_sha256": "recipe config sha256", "git_commit": "recipe git commit"}
+
+
+def recipe_provenance(metadata: dict) -> dict[str, str]:
+    """``metadata["recipe"]`` (``{"config": name, "config_sha256": hash, "git_commit": sha}``) → {label: value}
+    for the fields present, known ones first; {} when the model was not made by the recipe."""
+    recipe = metadata.get("recipe")
+    if not isinstance(recipe, dict):
+        return {}
+    keys = [k for k in RECIPE_FIELDS if k in recipe] + [k for k in recipe if k not in RECIPE_FIELDS]
+    return {RECIPE_FIELDS.get(k, f"recipe {k}"): _fmt(recipe[k]) for k in keys if recipe[k] not in (None, "")}
 
 
 def model_info(name: str | None = None) -> ModelEntry:
