@@ -136,3 +136,22 @@ def test_help_imports_no_torch():
     n_helps, heavy = out.stdout.split()
     assert int(n_helps) >= 8  # the app and its commands: score, pairs, pretrain, finetune, evaluate, hub, models
     assert heavy == "-", f"--help imported {heavy}"
+
+
+SCORE_WITHOUT_HUB = """
+import sys
+from typer.testing import CliRunner
+from jsqa_cli.cli import app
+
+result = CliRunner().invoke(app, ["score", sys.argv[1], "--model", sys.argv[2], "-q", "-j", "0", "--device", "cpu"])
+assert result.exit_code == 0, result.output
+print("huggingface_hub" in sys.modules, "jsqa_cli.hub" in sys.modules)
+"""
+
+
+def test_scoring_with_a_local_model_imports_no_hub_code(tiny_model_dir, make_audio):
+    """huggingface_hub is for Hub ids only: `jsqa score` with a folder (or a bundled name) never imports it."""
+    wav = make_audio("a.wav", seconds=0.5)
+    out = subprocess.run([sys.executable, "-c", SCORE_WITHOUT_HUB, str(wav), str(tiny_model_dir)],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
