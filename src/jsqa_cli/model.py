@@ -306,7 +306,12 @@ def load_model(name_or_path: str | os.PathLike | None = None, device: str | torc
         state = load_file(str(weights))
     except Exception as e:  # safetensors raises its own error types for corrupt headers
         raise ModelError(f"{weights}: unreadable safetensors file ({e})") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    own = model.state_dict()
+    state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}  # as copying into them would
+    try:  # assign: the parameters become the tensors just read, instead of a second copy of the weights
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as e:  # shapes that differ from the config's
+        raise ModelError(f"{weights}: weights do not match config.json ({_first_mismatch(str(e))})") from None
     missing = [k for k in missing if not k.startswith("encoder.frontend.")]  # fixed buffers, rebuilt from config
     if missing or unexpected:
         raise ModelError(f"{weights}: weights do not match config.json "
@@ -314,3 +319,9 @@ def load_model(name_or_path: str | os.PathLike | None = None, device: str | torc
     model.metadata = meta
     model.name = resolved.name
     return model.to(device).eval()
+
+
+def _first_mismatch(message: str) -> str:
+    """The first 'size mismatch for ...' line of load_state_dict's error, without its leading tab."""
+    lines = [line.strip() for line in message.splitlines() if "mismatch" in line]
+    return lines[0].rstrip(".") if lines else message.splitlines()[0]
