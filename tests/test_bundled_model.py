@@ -12,6 +12,11 @@ from jsqa_cli.scoring import score_waveforms
 pytestmark = pytest.mark.skipif(DEFAULT_MODEL not in bundled_models(), reason="no bundled model in this checkout")
 
 
+@pytest.fixture(autouse=True)
+def _no_model_override(monkeypatch):
+    monkeypatch.delenv("JSQA_MODEL", raising=False)  # "the default" here is the bundled model, whatever the shell says
+
+
 def test_default_model_loads_with_provenance_and_metrics():
     model = load_model()
     assert model.name == DEFAULT_MODEL

@@ -336,7 +336,12 @@ def test_cli_push_never_prints_the_token(hub_env, tmp_path, monkeypatch, caplog)
     folder = _tiny_folder(tmp_path / "cli", 4)
     caplog.set_level("DEBUG")
     result = runner.invoke(app, ["push", str(folder), "jsqa-test/cli", "--tag", "v0.1", "-m", "from the cli"])
+    assert result.exit_code == 2 and "-m" in result.output  # -m means --model everywhere; push has no model option
+    result = runner.invoke(app, ["push", str(folder), "jsqa-test/cli", "--tag", "v0.1", "--commit-message",
+                                 "from the cli"])
     assert result.exit_code == 0, result.output
+    commit = [r for r in hub_env["double"].requests if "/commit/" in r["path"]][-1]
+    assert commit["json"][0]["value"]["summary"] == "from the cli"
     assert result.stdout.strip().startswith(f"{hub_env['url']}/jsqa-test/cli/commit/")
     assert "tag v0.1" in result.stderr
     assert TOKEN not in result.output and TOKEN not in caplog.text

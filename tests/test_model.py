@@ -118,6 +118,9 @@ def _broken(tmp_path, tiny, case):
     elif case == "mismatch":
         cfg = json.loads((folder / "config.json").read_text())
         (folder / "config.json").write_text(json.dumps({**cfg, "n_layers": 2}))
+    elif case == "shape":
+        cfg = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**cfg, "head_hidden": cfg["head_hidden"] * 2}))
     elif case == "file":
         folder = folder / "config.json"
     return folder
@@ -130,6 +133,7 @@ def _broken(tmp_path, tiny, case):
     ("no_weights", "model.safetensors is missing"),
     ("corrupt_weights", "unreadable safetensors file"),
     ("mismatch", "weights do not match config.json"),
+    ("shape", "weights do not match config.json (size mismatch for mos_head"),
     ("file", "not a file"),
 ])
 def test_load_errors_are_one_line(tmp_path, tiny, case, message):

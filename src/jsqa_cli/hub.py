@@ -1,8 +1,11 @@
-"""Hugging Face Hub: ``ORG/NAME[@REVISION]`` → local model folder, ``pull``, ``push``, model cards, cache listing.
+"""Hugging Face Hub: ``pull``, ``push``, model cards, and the listing of bundled and cached models.
 
     jsqa push out/ft  me/jsqa-nisqa --tag v1      config.json + model.safetensors + README.md, one commit
     jsqa pull me/jsqa-nisqa@v1                    → $HF_HUB_CACHE/models--me--jsqa-nisqa/snapshots/<commit>/
     jsqa score x.wav --model me/jsqa-nisqa@v1     the same resolution, through the cache (HF_HUB_OFFLINE=1 works)
+
+Names (bundled, folder, ``ORG/NAME[@REVISION]``) are resolved to folders by :mod:`jsqa_cli.resolve`, which
+``model.load_model`` uses; this module builds on both and neither imports it.
 
 Everything goes through ``huggingface_hub`` (endpoint from ``HF_ENDPOINT``, cache from ``HF_HUB_CACHE``/``HF_HOME``,
 token from ``HF_TOKEN`` or ``hf auth login``). Every expected failure is a :class:`HubError` (a
@@ -13,70 +16,26 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from huggingface_hub import (CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, constants, get_token,
-                             scan_cache_dir, snapshot_download, try_to_load_from_cache)
-from huggingface_hub.errors import (CacheNotFound, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                    OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
+                             scan_cache_dir)
+from huggingface_hub.errors import CacheNotFound, HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
 
 from jsqa_cli import __version__
 from jsqa_cli.audio import HOP_S, SAMPLE_RATE, WINDOW_S
-from jsqa_cli.model import (CARD_NAME, CONFIG_NAME, MODEL_TYPE, WEIGHTS_NAME, ModelError, bundled_models, load_model,
-                            read_config)
+from jsqa_cli.model import load_model, read_config
+from jsqa_cli.resolve import (CARD_NAME, CONFIG_NAME, METRICS_NAME, MODEL_FILES, MODEL_TYPE, WEIGHTS_NAME,  # noqa: F401
+                              HubError, ModelError, NotAJSQAModelError, NotLoggedInError, OfflineNotCachedError,
+                              RepoNotFoundError, RevisionMissingError, bundled_models, default_model_name, fetch,
+                              hub_endpoint, parse_hub_id, resolve)
 
-METRICS_NAME = "metrics.json"  # what `jsqa evaluate -o DIR` writes; pushed and pulled when next to the model
-MODEL_FILES = [CONFIG_NAME, WEIGHTS_NAME, METRICS_NAME]  # what pull downloads (README.md is for people)
 CARD_TAGS = ["jsqa", "speech-quality-assessment", "mos-prediction", "audio"]
 DEFAULT_LICENSE = "mit"
 METRIC_NAMES = {"pcc": "PCC", "srcc": "SRCC", "rmse": "RMSE", "mae": "MAE"}
 HUB_METRIC_TYPES = {"pcc": "pearsonr", "srcc": "spearmanr", "rmse": "rmse", "mae": "mae"}
-_SHA = re.compile(r"^[0-9a-f]{40}$")
-
-
-class HubError(ModelError):
-    """A Hub operation that cannot go on; ``str(err)`` is one actionable line."""
-
-
-class NotLoggedInError(HubError):
-    pass
-
-
-class RepoNotFoundError(HubError):
-    pass
-
-
-class RevisionMissingError(HubError):
-    pass
-
-
-class OfflineNotCachedError(HubError):
-    pass
-
-
-class NotAJSQAModelError(HubError):
-    pass
-
-
-# ----------------------------------------------------------------------------------------------- ids
-
-
-def parse_hub_id(name: str) -> tuple[str, str | None]:
-    """``ORG/NAME[@REVISION]`` → (repo_id, revision or None). The revision is a branch, tag or commit sha."""
-    repo_id, _, revision = str(name).partition("@")
-    parts = repo_id.split("/")
-    if len(parts) != 2 or not all(parts) or any(p in (".", "..") for p in parts):
-        raise HubError(f"{name}: not a Hub model id; expected ORG/NAME or ORG/NAME@REVISION")
-    if "@" in name and not revision:
-        raise HubError(f"{name}: empty revision after '@'; expected ORG/NAME@BRANCH, @TAG or @COMMIT")
-    return repo_id, revision or None
-
-
-def _endpoint() -> str:
-    return constants.ENDPOINT
 
 
 # ----------------------------------------------------------------------------------------------- pull
@@ -94,96 +53,28 @@ class PullResult:
         return f"{self.repo_id}@{self.revision}"
 
 
-def _cache_error(name: str, repo_id: str, revision: str) -> HubError:
-    if constants.HF_HUB_OFFLINE:
-        return OfflineNotCachedError(
-            f"{name}: not in the local cache and HF_HUB_OFFLINE=1; unset HF_HUB_OFFLINE and run "
-            f"`jsqa pull {name}` once (cache: {constants.HF_HUB_CACHE})")
-    return OfflineNotCachedError(
-        f"{name}: cannot reach {_endpoint()} and the model is not in the local cache ({constants.HF_HUB_CACHE}); "
-        "check the network or HF_ENDPOINT")
-
-
-def _refs_summary(repo_id: str) -> str | None:
-    """'branches: main; tags: v1' when the repo is readable, None when it is not (so the repo is the problem)."""
-    try:
-        refs = HfApi().list_repo_refs(repo_id)
-    except Exception:  # any failure here means "could not confirm the repo exists"
-        return None
-    branches = ", ".join(r.name for r in refs.branches) or "none"
-    tags = ", ".join(r.name for r in refs.tags) or "none"
-    return f"branches: {branches}; tags: {tags}"
-
-
-def _repo_or_revision_error(name: str, repo_id: str, revision: str) -> HubError:
-    refs = _refs_summary(repo_id)
-    if refs is not None:  # the repo answers, so it is the revision that is missing
-        return RevisionMissingError(f"{name}: revision {revision!r} not found in {repo_id} ({refs})")
-    return RepoNotFoundError(
-        f"{name}: repository {repo_id} not found on {_endpoint()} (if it is private, log in with "
-        "`hf auth login` or set HF_TOKEN)")
-
-
-def _download(name: str, repo_id: str, revision: str, cache_dir: str | Path | None) -> Path:
-    try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=MODEL_FILES, cache_dir=cache_dir,
-                                      library_name="jsqa", library_version=__version__))
-    except GatedRepoError:
-        raise HubError(f"{name}: {repo_id} is gated; accept its conditions on {_endpoint()}/{repo_id} and log in "
-                       "(`hf auth login` or HF_TOKEN)") from None
-    except RevisionNotFoundError:
-        raise _repo_or_revision_error(name, repo_id, revision) from None
-    except RepositoryNotFoundError:  # olah and private repos answer a missing revision this way too
-        raise _repo_or_revision_error(name, repo_id, revision) from None
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
-        raise _cache_error(name, repo_id, revision) from None
-    except HfHubHTTPError as e:
-        status = e.response.status_code if e.response is not None else "?"
-        raise HubError(f"{name}: the Hub answered HTTP {status} ({str(e).splitlines()[0]})") from None
-
-
-def _check_jsqa_folder(name: str, path: Path) -> None:
-    if not (path / CONFIG_NAME).is_file():
-        raise NotAJSQAModelError(f"{name}: not a jsqa model (the repo has no {CONFIG_NAME})")
-    try:
-        read_config(path)
-    except ModelError as e:
-        raise NotAJSQAModelError(f"{name}: not a jsqa model ({str(e).split(': ', 1)[-1]})") from None
-    if not (path / WEIGHTS_NAME).is_file():
-        raise NotAJSQAModelError(f"{name}: not a jsqa model (the repo has no {WEIGHTS_NAME})")
-
-
 def pull(name: str, dest: str | Path | None = None, *, cache_dir: str | Path | None = None,
          verify: bool = True) -> PullResult:
     """Download a model's files (config.json, model.safetensors, metrics.json if any) into the Hugging Face cache
     and return where they are. With ``dest`` the files are then copied there as plain files. ``verify`` loads the
     model once to prove it works. A full commit sha that is already cached is used without any network access."""
-    repo_id, revision = parse_hub_id(name)
-    revision = revision or constants.DEFAULT_REVISION
-    path = None
-    if _SHA.match(revision):  # immutable: a cached copy is always right
-        cached = try_to_load_from_cache(repo_id, CONFIG_NAME, revision=revision, cache_dir=cache_dir)
-        if isinstance(cached, str) and (Path(cached).parent / WEIGHTS_NAME).is_file():
-            path = Path(cached).parent
-    if path is None:
-        path = _download(name, repo_id, revision, cache_dir)
-    _check_jsqa_folder(name, path)
-    result = PullResult(repo_id, revision, path.name, path)
+    got = fetch(name, cache_dir=cache_dir)
+    result = PullResult(got.repo_id, got.revision, got.commit, got.path)
     if verify:
-        load_model(path)
+        load_model(got.path)
     if dest is not None:
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
         for f in MODEL_FILES:
-            if (path / f).is_file():
-                shutil.copyfile(path / f, dest / f)  # follows the cache's symlinks: plain files
+            if (got.path / f).is_file():
+                shutil.copyfile(got.path / f, dest / f)  # follows the cache's symlinks: plain files
         result.path = dest
     return result
 
 
 def resolve_hub_model(name: str) -> Path:
     """``ORG/NAME[@REVISION]`` → a local folder through the cache (what every ``--model`` option uses)."""
-    return pull(name, verify=False).path
+    return fetch(name).path
 
 
 # ----------------------------------------------------------------------------------------------- metrics
@@ -233,7 +124,8 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def model_metrics(folder: str | Path, metadata: dict | None = None, metrics_path: str | Path | None = None) -> list[dict]:
+def model_metrics(folder: str | Path, metadata: dict | None = None,
+                  metrics_path: str | Path | None = None) -> list[dict]:
     """A model's evaluation rows: ``metrics_path``, else ``metrics.json`` next to the model, else
     ``metadata["metrics"]`` from config.json. Unreadable files are a HubError naming the file."""
     folder = Path(folder)
@@ -325,10 +217,13 @@ def model_card(folder: str | Path, repo_id: str, *, license: str | None = None,
     metrics = model_metrics(folder, meta) if metrics is None else metrics
     num_params = parameter_count(folder)
     flatness = f" + spectral flatness ({cfg.flatness_bands} bands)" if cfg.flatness_bands else ""
+    architecture = (f"log-mel ({cfg.n_mels} bands){flatness} → conv stem → {cfg.n_layers}-layer Transformer "
+                    f"(d={cfg.d_model}) → attention pooling → MOS head")
     name = repo_id.split("/")[-1]
     eval_results = [
         EvalResult(task_type="speech-quality-assessment", task_name="Speech quality assessment (MOS prediction)",
-                   dataset_type=r["dataset"], dataset_name=r["dataset"], dataset_split=None if r["level"] == "-" else r["level"],
+                   dataset_type=r["dataset"], dataset_name=r["dataset"],
+                   dataset_split=None if r["level"] == "-" else r["level"],
                    metric_type=HUB_METRIC_TYPES[m],
                    metric_name=METRIC_NAMES[m] + ("" if r["level"] == "-" else f" ({r['level']})"),
                    metric_value=round(float(r[m]), 4))
@@ -357,7 +252,7 @@ scored in {WINDOW_S:g} s windows with a {HOP_S:g} s hop and the file score is th
 
 | | |
 |---|---|
-| architecture | log-mel ({cfg.n_mels} bands){flatness} → conv stem → {cfg.n_layers}-layer Transformer (d={cfg.d_model}) → attention pooling → MOS head |
+| architecture | {architecture} |
 | preset | {cfg.preset} |
 | parameters | {num_params:,} |
 
@@ -452,7 +347,8 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: s
         card_bytes, card_state = (folder / CARD_NAME).read_bytes(), "kept"
     else:
         metrics = model_metrics(folder, metrics_path=metrics_path)
-        card_bytes, card_state = str(model_card(folder, repo_id, license=license, metrics=metrics)).encode(), "generated"
+        card_bytes = str(model_card(folder, repo_id, license=license, metrics=metrics)).encode()
+        card_state = "generated"
     ops = [CommitOperationAdd(CONFIG_NAME, str(folder / CONFIG_NAME)),
            CommitOperationAdd(WEIGHTS_NAME, str(folder / WEIGHTS_NAME)),
            CommitOperationAdd(CARD_NAME, card_bytes)]
@@ -471,7 +367,7 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: s
     except OfflineModeIsEnabled:
         raise HubError(f"{repo_id}: cannot push with HF_HUB_OFFLINE=1; unset it") from None
     except RepositoryNotFoundError:
-        raise RepoNotFoundError(f"{repo_id}: repository not found and could not be created on {_endpoint()}; "
+        raise RepoNotFoundError(f"{repo_id}: repository not found and could not be created on {hub_endpoint()}; "
                                 "check the namespace and that the token may write to it") from None
     except HfHubHTTPError as e:
         if tag and e.response is not None and e.response.status_code == 409:
@@ -550,15 +446,24 @@ def list_models(cache_dir: str | Path | None = None) -> list[ModelEntry]:
     return [_entry(n, "bundled", p) for n, p in bundled_models().items()] + cached_models(cache_dir)
 
 
-def model_info(name: str | None = None) -> ModelEntry:
-    """Config, parameter count, metrics and provenance of a bundled name, folder or Hub id (pulled if needed)."""
-    from jsqa_cli.model import DEFAULT_MODEL, resolve_model
+# What the training recipe records in config.json's metadata["recipe"], in the order `jsqa info` shows it.
+RECIPE_FIELDS = {"config": "recipe config", "config_sha256": "recipe config sha256", "git_commit": "recipe git commit"}
 
-    name = name or DEFAULT_MODEL
-    path = resolve_model(name)
-    if name in bundled_models():
-        return _entry(name, "bundled", path)
-    if Path(name).expanduser().is_dir():
-        return _entry(name, "folder", path)
-    repo_id, revision = parse_hub_id(name)
-    return _entry(name, "cache", path, revision=revision or constants.DEFAULT_REVISION, commit=path.name)
+
+def recipe_provenance(metadata: dict) -> dict[str, str]:
+    """``metadata["recipe"]`` (``{"config": name, "config_sha256": hash, "git_commit": sha}``) → {label: value}
+    for the fields present, known ones first; {} when the model was not made by the recipe."""
+    recipe = metadata.get("recipe")
+    if not isinstance(recipe, dict):
+        return {}
+    keys = [k for k in RECIPE_FIELDS if k in recipe] + [k for k in recipe if k not in RECIPE_FIELDS]
+    return {RECIPE_FIELDS.get(k, f"recipe {k}"): _fmt(recipe[k]) for k in keys if recipe[k] not in (None, "")}
+
+
+def model_info(name: str | None = None) -> ModelEntry:
+    """Config, parameter count, metrics and provenance of a bundled name, folder or Hub id (fetched if needed);
+    None means the model ``jsqa score`` would use ($JSQA_MODEL, else the bundled default)."""
+    got = resolve(name)
+    if got.source == "cache":
+        return _entry(got.name, got.source, got.path, revision=got.revision, commit=got.commit)
+    return _entry(got.name, got.source, got.path)

@@ -28,13 +28,10 @@ from safetensors.torch import load_file, save_file
 
 from jsqa_cli import __version__
 from jsqa_cli.audio import SAMPLE_RATE
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-CARD_NAME = "README.md"
-MODEL_TYPE = "jsqa"
-WEIGHTS_DIR = Path(__file__).parent / "weights"
-DEFAULT_MODEL = "jsqa-small"  # the bundled model `jsqa score` uses when no --model is given
+# Names → folders live in resolve (bundled names, folders, Hub ids); re-exported here, where users look for them.
+from jsqa_cli.resolve import (CARD_NAME, CONFIG_NAME, DEFAULT_MODEL, MODEL_TYPE, WEIGHTS_DIR,  # noqa: F401
+                              WEIGHTS_NAME, ModelError, bundled_models, default_model_name, read_config_dict,
+                              resolve, resolve_model)
 
 # Fixed affine map of natural-log mel power to roughly zero mean / unit variance on speech at typical levels.
 LOGMEL_OFFSET = 5.0
@@ -273,10 +270,6 @@ def add_flatness_bands(model: JSQA, bands: int) -> JSQA:
 # ---------------------------------------------------------------------------------------------- model folders
 
 
-class ModelError(Exception):
-    """A model name or folder that cannot be used; ``str(err)`` is one actionable line."""
-
-
 def save_model(model: JSQA, folder: str | Path, metadata: dict | None = None) -> Path:
     """Write ``config.json`` and ``model.safetensors`` (Hugging Face layout) into ``folder``."""
     folder = Path(folder)
@@ -293,60 +286,17 @@ def save_model(model: JSQA, folder: str | Path, metadata: dict | None = None) ->
 
 def read_config(folder: str | Path) -> tuple[JSQAConfig, dict]:
     """Parse a model folder's ``config.json`` → (config, metadata); ModelError if it is not a jsqa model."""
-    path = Path(folder) / CONFIG_NAME
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelError(f"{folder}: not a jsqa model folder (no {CONFIG_NAME})") from None
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
-    if raw.get("model_type") != MODEL_TYPE:
-        raise ModelError(f"{path}: not a jsqa model (model_type={raw.get('model_type')!r})")
+    raw = read_config_dict(folder)
     known = {f.name for f in fields(JSQAConfig)}
     return JSQAConfig(**{k: v for k, v in raw.items() if k in known}), raw.get("metadata", {})
 
 
-def bundled_models() -> dict[str, Path]:
-    """Names → folders of the models shipped inside the package."""
-    if not WEIGHTS_DIR.is_dir():
-        return {}
-    return {p.name: p for p in sorted(WEIGHTS_DIR.iterdir()) if (p / CONFIG_NAME).is_file()}
-
-
-def default_model_name() -> str:
-    """The model used when none is named: ``$JSQA_MODEL``, else the bundled default."""
-    return os.environ.get("JSQA_MODEL", DEFAULT_MODEL)
-
-
-def resolve_model(name_or_path: str | os.PathLike | None = None) -> Path:
-    """A bundled name (or None for the default), a local folder, or a Hub id ``ORG/NAME[@REVISION]`` → folder."""
-    name = str(name_or_path) if name_or_path is not None else default_model_name()
-    bundled = bundled_models()
-    if name in bundled:
-        return bundled[name]
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise ModelError(f"{name}: a model is a folder with {CONFIG_NAME} and {WEIGHTS_NAME}, not a file")
-    if _looks_like_hub_id(name):
-        from jsqa_cli import hub  # only when needed: keeps plain scoring free of Hub imports
-
-        return hub.resolve_hub_model(name)
-    known = ", ".join(bundled) or "none installed"
-    raise ModelError(f"{name}: no such model folder, bundled model ({known}) or Hub id (ORG/NAME[@REVISION])")
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    repo = name.split("@", 1)[0]
-    parts = repo.split("/")
-    return (len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
-            and not any(p in (".", "..") for p in parts))
-
-
 def load_model(name_or_path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> JSQA:
-    """Load a model by bundled name, folder or Hub id, in eval mode on ``device``. Never unpickles."""
-    folder = resolve_model(name_or_path)
+    """Load a model by bundled name, folder or Hub id ``ORG/NAME[@REVISION]`` (None: ``$JSQA_MODEL``, else the
+    bundled default), in eval mode on ``device``. ``model.name`` is the name scores report: the bundled name, the
+    folder as given, or ``ORG/NAME@REVISION``. Never unpickles."""
+    resolved = resolve(name_or_path)
+    folder = resolved.path
     cfg, meta = read_config(folder)
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
@@ -356,11 +306,22 @@ def load_model(name_or_path: str | os.PathLike | None = None, device: str | torc
         state = load_file(str(weights))
     except Exception as e:  # safetensors raises its own error types for corrupt headers
         raise ModelError(f"{weights}: unreadable safetensors file ({e})") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    own = model.state_dict()
+    state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}  # as copying into them would
+    try:  # assign: the parameters become the tensors just read, instead of a second copy of the weights
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as e:  # shapes that differ from the config's
+        raise ModelError(f"{weights}: weights do not match config.json ({_first_mismatch(str(e))})") from None
     missing = [k for k in missing if not k.startswith("encoder.frontend.")]  # fixed buffers, rebuilt from config
     if missing or unexpected:
         raise ModelError(f"{weights}: weights do not match config.json "
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.metadata = meta
-    model.name = str(name_or_path) if name_or_path is not None else DEFAULT_MODEL
+    model.name = resolved.name
     return model.to(device).eval()
+
+
+def _first_mismatch(message: str) -> str:
+    """The first 'size mismatch for ...' line of load_state_dict's error, without its leading tab."""
+    lines = [line.strip() for line in message.splitlines() if "mismatch" in line]
+    return lines[0].rstrip(".") if lines else message.splitlines()[0]

@@ -9,19 +9,22 @@ import typer
 
 from jsqa_cli.commands._common import console, err_console, fail, one_line_errors
 
-PUSH_HELP = """Upload a model folder to the Hugging Face Hub in one commit.
+# Help texts: one source line per paragraph would pass 120 columns, so paragraphs are built from adjacent strings
+# (a newline inside one would show as a line break). Square brackets are escaped: rich would take them for markup.
+PUSH_HELP = (
+    "Upload a model folder to the Hugging Face Hub in one commit.\n\n"
+    "Uploads config.json, model.safetensors, a README.md model card (generated from the model's metadata and "
+    "evaluation, or the folder's own README.md) and metrics.json when present. Creates the repo if needed. The token "
+    "comes from HF_TOKEN or `hf auth login`; it is never printed.\n\n"
+    'Example: jsqa push runs/finetune/model me/jsqa-nisqa --tag v1.0 --commit-message "NISQA fine-tune"\n'
+)
 
-Uploads config.json, model.safetensors, a README.md model card (generated from the model's metadata and evaluation, or the folder's own README.md) and metrics.json when present. Creates the repo if needed. The token comes from HF_TOKEN or `hf auth login`; it is never printed.
-
-Example: jsqa push runs/finetune/model me/jsqa-nisqa --tag v1.0
-"""
-
-PULL_HELP = """Download a model from the Hugging Face Hub into the local cache and check that it loads.
-
-MODEL is ORG/NAME or ORG/NAME@REVISION (a branch, tag or commit). Prints the local folder and the commit. After a pull, `--model ORG/NAME[@REVISION]` works offline too (HF_HUB_OFFLINE=1).
-
-Example: jsqa pull me/jsqa-nisqa@v1.0 --dest models/nisqa
-"""
+PULL_HELP = (
+    "Download a model from the Hugging Face Hub into the local cache and check that it loads.\n\n"
+    "MODEL is ORG/NAME or ORG/NAME@REVISION (a branch, tag or commit). Prints the local folder and the commit. After "
+    "a pull, `--model ORG/NAME\\[@REVISION]` works offline too (HF_HUB_OFFLINE=1).\n\n"
+    "Example: jsqa pull me/jsqa-nisqa@v1.0 --dest models/nisqa\n"
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -35,7 +38,8 @@ def register(app: typer.Typer) -> None:
         revision: Optional[str] = typer.Option(None, "--revision", help="Branch to commit to (created if new; "
                                                                         "default main)."),
         tag: Optional[str] = typer.Option(None, "--tag", help="Tag the new commit, e.g. v1.0."),
-        message: Optional[str] = typer.Option(None, "--message", "-m", help="Commit message."),
+        message: Optional[str] = typer.Option(None, "--commit-message", help="Commit message (default: "
+                                                                             "Upload jsqa model (FOLDER))."),
         card: str = typer.Option("keep", "--card", help="keep: use MODEL_DIR/README.md if it exists; "
                                                         "regenerate: always write a new card."),
         license: Optional[str] = typer.Option(None, "--license", help="Licence id for the card (default: the "
@@ -57,7 +61,7 @@ def register(app: typer.Typer) -> None:
     @app.command("pull", help=PULL_HELP, no_args_is_help=True)
     @one_line_errors
     def pull(
-        model: str = typer.Argument(..., help="ORG/NAME[@REVISION].", show_default=False),
+        model: str = typer.Argument(..., help="ORG/NAME\\[@REVISION] (a branch, tag or commit).", show_default=False),
         dest: Optional[Path] = typer.Option(None, "--dest", "-d", help="Also copy the files into this folder "
                                                                        "(plain files)."),
     ) -> None:

@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from jsqa_cli.commands._common import console, one_line_errors
 
-MODELS_HELP = """List the bundled models and the jsqa models in the local Hugging Face cache.
+# Help texts: one source line per paragraph would pass 120 columns, so paragraphs are built from adjacent strings
+# (a newline inside one would show as a line break). Square brackets are escaped: rich would take them for markup.
+MODELS_HELP = (
+    "List the bundled models and the jsqa models in the local Hugging Face cache.\n\n"
+    "Columns: the name to pass to --model, where it comes from, revision, parameters, metrics. The last line names "
+    "the model used without --model ($JSQA_MODEL, else the bundled default).\n\n"
+    "Example: jsqa models --json\n"
+)
 
-Columns: the name to pass to --model, where it comes from, revision, parameters, metrics.
-
-Example: jsqa models --json
-"""
-
-INFO_HELP = """Show a model's config, parameter count, metrics and provenance.
-
-MODEL is a bundled name, a model folder or a Hub id ORG/NAME[@REVISION] (pulled into the cache if needed).
-
-Example: jsqa info me/jsqa-nisqa@v1.0
-"""
+INFO_HELP = (
+    "Show a model's config, parameter count, metrics and provenance (for a model the training recipe made: its "
+    "config, the config's sha256 and the git commit).\n\n"
+    "MODEL is a bundled name, a model folder or a Hub id ORG/NAME\\[@REVISION] (pulled into the cache if needed). "
+    "Without MODEL: the model `jsqa score` uses, $JSQA_MODEL or else the bundled default.\n\n"
+    "Example: jsqa info me/jsqa-nisqa@v1.0\n"
+)
 
 
 def _as_json(entry) -> dict:
@@ -35,6 +38,8 @@ def register(app: typer.Typer) -> None:
     @app.command("models", help=MODELS_HELP)
     @one_line_errors
     def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+        from rich.table import Table
+
         from jsqa_cli import hub
 
         entries = hub.list_models()
@@ -51,6 +56,9 @@ def register(app: typer.Typer) -> None:
         if not any(e.source == "cache" for e in entries):
             console.print("No jsqa models in the Hugging Face cache yet (get one with `jsqa pull ORG/NAME`).",
                           highlight=False)
+        default = hub.default_model_name()
+        console.print(f"Without --model: {default}" + (" ($JSQA_MODEL)" if os.environ.get("JSQA_MODEL") else ""),
+                      highlight=False, soft_wrap=True, markup=False)
 
     @app.command("info", help=INFO_HELP)
     @one_line_errors
@@ -59,6 +67,8 @@ def register(app: typer.Typer) -> None:
                                               show_default=False),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     ) -> None:
+        from rich.table import Table
+
         from jsqa_cli import hub
 
         e = hub.model_info(model)
@@ -75,8 +85,10 @@ def register(app: typer.Typer) -> None:
             head.add_row("commit", e.commit)
         head.add_row("parameters", f"{e.parameters:,}" if e.parameters is not None else "?")
         head.add_row("config", ", ".join(f"{k}={v}" for k, v in e.config.items()))
+        for label, value in hub.recipe_provenance(e.metadata).items():
+            head.add_row(label, value)
         for k, v in e.metadata.items():
-            if k != "metrics":
+            if k not in ("metrics", "recipe"):
                 head.add_row(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v))
         console.print(head)
         if e.metrics:
