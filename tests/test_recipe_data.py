@@ -361,29 +361,6 @@ def test_versions_share_one_reference(recipe_sources, tmp_path):
 
 
 @needs_pesq
-def test_ladder_versions_are_one_chain_at_rising_strength(recipe_sources, tmp_path):
-    """--versions 4 --ladder: after the reference, one impairment chain (same families, noise, codec ...) at three
-    sorted strengths; labels fall along the ladder."""
-    out = tmp_path / "mos"
-    simulate_mos.main(["--sources", str(recipe_sources), "--out", str(out), "--num-files", "24", "0", "0",
-                       "--workers", "1", "--max-factor", "0", "--seed", "5", "--versions", "4", "--ladder",
-                       "--family-weights", "reverb=1,noise=1,codec=0,band=0,level=0,clip=0,echo=0,packet_loss=0"])
-    df = pd.read_csv(out / "train.csv")
-    assert len(df) == 24 and df.group.nunique() == 6
-    number = r"[-+]?\d+(\.\d+)?"
-    for _, g in df.groupby("group", sort=False):
-        assert g.condition.iloc[0] == "clean"
-        steps = g.iloc[1:]
-        families = steps.condition.map(lambda c: tuple(part.split("-")[0] for part in c.split("+")))
-        assert families.nunique() == 1 and families.iloc[0] != ("clean",)
-        assert steps.detail.str.replace(number, "#", regex=True).nunique() == 1  # same noise, codec, delays ...
-    v1, v3 = df[df.path.str.endswith("_v1.flac")], df[df.path.str.endswith("_v3.flac")]
-    assert v1.mos.sum() > v3.mos.sum()
-    with pytest.raises(SystemExit):
-        simulate_mos.main(["--sources", str(recipe_sources), "--out", str(out), "--versions", "2", "--ladder"])
-
-
-@needs_pesq
 def test_candidate_pesq_and_codec_paths(recipe_sources):
     """One candidate per family group, including every codec path, labelled by PESQ."""
     simulate_mos._init_worker(dict(sources=str(recipe_sources), seed=0, synthetic_share=0.0, clean_share=0.0,
