@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,10 +27,9 @@ def _config(path: Path = SMOKE) -> dict:
 
 
 def _recipe(*args: str) -> subprocess.CompletedProcess:
-    env = {"PYTHONPATH": str(REPO / "src"), "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
-           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, str(REPO / "training" / "recipe.py"), *args], capture_output=True,
-                          text=True, env=env, timeout=900)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, str(REPO / "training" / "recipe.py"), *args], check=False,
+                          capture_output=True, text=True, env=env, timeout=900)
 
 
 @pytest.mark.slow
@@ -93,6 +93,19 @@ def test_a_changed_number_reruns_that_stage_and_what_depends_on_it(tmp_path):
     assert not rerun & {"sources", "corpus/main", "corpus/groups", "pairs", "ablation/pt-cross-jnd-proj"}
     again = {u.name: u.hash for u in recipe.plan(copy.deepcopy(config), tmp_path, SMOKE)}
     assert again == before
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_only_with_the_same_hash(tmp_path):
+    units = {u.name: u for u in recipe.plan(_config(), tmp_path, SMOKE)}
+    phase, draw = units["finetune/regression"], units["corpus/main"]
+    assert phase.checkpoint and draw.checkpoint is None  # a draw always starts again
+    (phase.folder / "training").mkdir(parents=True)
+    (phase.folder / recipe.STARTED).write_text(json.dumps({"hash": phase.hash}))
+    assert not phase.resumable()  # no checkpoint yet
+    (phase.folder / phase.checkpoint).write_bytes(b"x")
+    assert phase.resumable() and not phase.done()
+    (phase.folder / recipe.STARTED).write_text(json.dumps({"hash": "another config"}))
+    assert not phase.resumable()
 
 
 def test_failed_checks_and_advisory_groups():

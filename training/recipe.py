@@ -23,8 +23,9 @@ training/ scripts' ``main(argv)``): the keys are the functions' own names. The f
 
 Every unit of work (a stage, or one draw / phase / run of it) writes ``.done.json`` into its folder last, holding
 a hash of its config table and of its inputs' hashes; a unit whose hash matches is skipped, anything else in its
-folder is removed and the unit runs again. So a killed recipe resumes where it stopped, and a changed number
-reruns what depends on it. Wall times go to OUT/timings.tsv.
+folder is removed and the unit runs again (a pretraining or fine-tuning run killed with the same hash goes on
+from its last checkpoint). So a killed recipe resumes where it stopped, and a changed number reruns what depends
+on it. Wall times go to OUT/timings.tsv.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ sys.path.insert(0, str(TRAINING))
 STAGES = ("sources", "languages", "corpus", "pairs", "pretrain", "finetune", "evaluate", "checks", "bundle",
           "ablation")
 DONE = ".done.json"
+STARTED = ".started.json"
 
 
 class RecipeError(Exception):
@@ -122,7 +124,8 @@ class Unit:
     folder: Path
     section: object
     inputs: list[Unit]
-    run: Callable[[], None]
+    run: Callable[[bool], None]  # run(resume): resume is True when a killed run of the same hash left a checkpoint
+    checkpoint: str | None = None  # where that checkpoint is, inside the folder (pretrain and finetune runs)
     hash: str = field(init=False)
 
     def __post_init__(self):
@@ -133,6 +136,13 @@ class Unit:
             return json.loads((self.folder / DONE).read_text()).get("hash") == self.hash
         except (OSError, ValueError):
             return False
+
+    def resumable(self) -> bool:
+        try:
+            started = json.loads((self.folder / STARTED).read_text()).get("hash") == self.hash
+        except (OSError, ValueError):
+            return False
+        return started and self.checkpoint is not None and (self.folder / self.checkpoint).is_file()
 
 
 # ------------------------------------------------------------------------------------------------ the plan
@@ -152,15 +162,15 @@ def plan(config: dict, out: Path, config_path: Path) -> list[Unit]:
     import simulate_mos
 
     from jsqa_cli.evaluate import evaluate, load_eval_data
-    from jsqa_cli.finetune import finetune
+    from jsqa_cli.finetune import TRAINING_DIR, finetune
     from jsqa_cli.pairs import make_pairs
     from jsqa_cli.pretrain import pretrain
 
     units: list[Unit] = []
     by_name: dict[str, Unit] = {}
 
-    def add(stage, name, folder, section, inputs, run) -> Unit:
-        unit = Unit(stage, name, folder, section, [i for i in inputs if i is not None], run)
+    def add(stage, name, folder, section, inputs, run, checkpoint=None) -> Unit:
+        unit = Unit(stage, name, folder, section, [i for i in inputs if i is not None], run, checkpoint)
         units.append(unit)
         by_name[name] = unit
         return unit
@@ -169,7 +179,7 @@ def plan(config: dict, out: Path, config_path: Path) -> list[Unit]:
     sources_cfg = table(config, "sources")  # data_root: relative to the repository root (hashed as written)
     data_root = (REPO / sources_cfg.get("data_root", "../shared/data")).resolve()
     src_dir = out / "sources"
-    sources = add("sources", "sources", src_dir, sources_cfg, [], lambda: call_script(
+    sources = add("sources", "sources", src_dir, sources_cfg, [], lambda resume: call_script(
         prepare_sources.main, as_argv({**sources_cfg, "data_root": str(data_root), "out": str(src_dir)}),
         "prepare_sources.py"))
 
@@ -177,7 +187,7 @@ def plan(config: dict, out: Path, config_path: Path) -> list[Unit]:
     lang_dir, languages = out / "languages", None
     if "languages" in config:
         lang_cfg = table(config, "languages")
-        languages = add("languages", "languages", lang_dir, lang_cfg, [sources], lambda: call_script(
+        languages = add("languages", "languages", lang_dir, lang_cfg, [sources], lambda resume: call_script(
             multilingual_voices.main, as_argv({**lang_cfg, "sources": str(src_dir), "out": str(lang_dir)}),
             "multilingual_voices.py"))
 
@@ -191,7 +201,7 @@ def plan(config: dict, out: Path, config_path: Path) -> list[Unit]:
         argv = as_argv({**draw, "sources": str(lang_dir if from_languages else src_dir), "out": str(folder)})
         draws[name] = add("corpus", f"corpus/{name}", folder, {"sources": from_languages, **draw},
                           [languages if from_languages else sources],
-                          lambda argv=argv: call_script(simulate_mos.main, argv, "simulate_mos.py"))
+                          lambda resume, argv=argv: call_script(simulate_mos.main, argv, "simulate_mos.py"))
 
     def csvs(names: list[str], split: str, where: str) -> tuple[list[str], list[Unit]]:
         missing = [n for n in names if n not in draws]
@@ -205,7 +215,7 @@ def plan(config: dict, out: Path, config_path: Path) -> list[Unit]:
 
     def pairs_unit(name: str, folder: Path, cfg: dict) -> Unit:
         return add("pairs" if name == "pairs" else "ablation", name, folder, cfg, [sources],
-                   lambda: make_pairs(speech, noise, folder, **cfg))
+                   lambda resume: make_pairs(speech, noise, folder, **cfg))
 
     pairs = pairs_unit("pairs", out / "pairs", pairs_cfg) if "pairs" in config else None
 
@@ -213,15 +223,14 @@ def plan(config: dict, out: Path, config_path: Path) -> list[Unit]:
     def pretrain_unit(name: str, folder: Path, cfg: dict, pairs_in: Unit) -> Unit:
         model = cfg.pop("model", None)  # architecture: preset overrides, e.g. flatness_bands
 
-        def run():
-            folder.mkdir(parents=True, exist_ok=True)
+        def run(resume: bool):
             if model:
                 (folder / "model-config.json").write_text(json.dumps(model, indent=1))
                 cfg["config_file"] = str(folder / "model-config.json")
-            pretrain(pairs=str(pairs_in.folder), out=str(folder), **cfg)
+            pretrain(pairs=str(pairs_in.folder), out=str(folder), resume=resume, **cfg)
 
         return add("pretrain" if name == "pretrain" else "ablation", name, folder, {**cfg, "model": model},
-                   [pairs_in], run)
+                   [pairs_in], run, checkpoint="checkpoint.pt")
 
     encoder = None
     if "pretrain" in config:
@@ -242,7 +251,8 @@ def plan(config: dict, out: Path, config_path: Path) -> list[Unit]:
         if init is not None:
             cfg["init"] = str(init)
         return add(stage, name, folder, section, [start, *train_in, *val_in],
-                   lambda: finetune(output=str(folder), train_csv=train, val_csv=val, **cfg))
+                   lambda resume: finetune(output=str(folder), train_csv=train, val_csv=val, resume=resume, **cfg),
+                   checkpoint=f"{TRAINING_DIR}/checkpoint.pt")
 
     final = None
     if "finetune" in config:
@@ -267,7 +277,7 @@ def plan(config: dict, out: Path, config_path: Path) -> list[Unit]:
         if final is None or not test:
             raise ConfigError("[evaluate] needs a [finetune] table and `test`: a list of corpus draw names")
 
-        def run_evaluate(ev=ev, test=test, model=final.folder):
+        def run_evaluate(resume, ev=ev, test=test, model=final.folder):
             data, conditions, info = load_eval_data(csv=test)
             evaluate([str(model)], data, eval_dir, condition_mos=conditions, data_info=info, **ev)
 
@@ -283,8 +293,7 @@ def plan(config: dict, out: Path, config_path: Path) -> list[Unit]:
         if final is None:
             raise ConfigError("[checks] needs a [finetune] table")
 
-        def run_checks(ck=ck, advisory=advisory, model=final.folder):
-            checks_dir.mkdir(parents=True, exist_ok=True)
+        def run_checks(resume, ck=ck, advisory=advisory, model=final.folder):
             argv = as_argv({"sources": str(src_dir), "multilingual": str(lang_dir),
                             "noizeus": str(data_root / "eval" / "noizeus_noisy"),
                             "out": str(checks_dir / "quality-checks.md"),
@@ -309,7 +318,7 @@ def plan(config: dict, out: Path, config_path: Path) -> list[Unit]:
         recipe = {"config": config_path.stem, "config_sha256": sha256_hex(config_path.read_bytes()),
                   "git_commit": git_commit()}
 
-        def run_bundle(bd=bd, model=final.folder):
+        def run_bundle(resume, bd=bd, model=final.folder):
             metrics = eval_dir / "metrics.json" if evaluation is not None else None
             bundle_model.write_model_folder(model, model_dir, eval_metrics=metrics, recipe=recipe, **bd)
 
@@ -344,7 +353,7 @@ def plan(config: dict, out: Path, config_path: Path) -> list[Unit]:
                      for name, pt in pretrained.items()]
             test, test_in = csvs(ab.get("test", []), "test", "[ablation]")
 
-            def run_eval(runs=runs, test=test, seed=seed):
+            def run_eval(resume, runs=runs, test=test, seed=seed):
                 data, conditions, info = load_eval_data(csv=test)
                 evaluate([str(r.folder) for r in runs], data, ab_dir / f"eval-s{seed}", condition_mos=conditions,
                          data_info=info, plot=False)
@@ -353,7 +362,7 @@ def plan(config: dict, out: Path, config_path: Path) -> list[Unit]:
                 [*runs, *test_in], run_eval)
         report_dir = ab_dir / "report"
         add("ablation", "ablation/report", report_dir, {}, [u for u in units if u.name.startswith("ablation/eval")],
-            lambda: call_script(ablation_report.main, [str(ab_dir), "-o", str(report_dir / "ablation.md")],
+            lambda resume: call_script(ablation_report.main, [str(ab_dir), "-o", str(report_dir / "ablation.md")],
                                 "ablation_report.py"))
     return units
 
@@ -403,18 +412,21 @@ def run(config_path: Path, out: Path, stages: list[str] | None = None) -> list[t
         missing = [i.name for i in unit.inputs if not i.done()]
         if missing:
             raise ConfigError(f"{unit.name} needs {', '.join(missing)} done for this config: run that stage first")
-        print(f"[recipe] {unit.name}: running", flush=True)
-        shutil.rmtree(unit.folder, ignore_errors=True)
+        resume = unit.resumable()
+        print(f"[recipe] {unit.name}: {'resuming from its checkpoint' if resume else 'running'}", flush=True)
+        if not resume:
+            shutil.rmtree(unit.folder, ignore_errors=True)
+            unit.folder.mkdir(parents=True)
+            (unit.folder / STARTED).write_text(json.dumps({"hash": unit.hash}) + "\n")
         t0 = time.perf_counter()
         try:
-            unit.run()
+            unit.run(resume)
         except RecipeError:
             raise
         except (ValueError, TypeError, FileNotFoundError, OSError, RuntimeError) as e:
             raise RecipeError(f"{unit.name} failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
                 from e
         seconds = time.perf_counter() - t0
-        unit.folder.mkdir(parents=True, exist_ok=True)
         finished = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         (unit.folder / DONE).write_text(json.dumps({"hash": unit.hash, "seconds": round(seconds, 1),
                                                     "finished": finished}, indent=1) + "\n")
