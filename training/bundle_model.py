@@ -157,6 +157,8 @@ def write_model_folder(src: Path, dest: Path, name: str = DEFAULT_MODEL, eval_me
         shutil.copyfile(src / WEIGHTS_NAME, dest / WEIGHTS_NAME)
     if eval_metrics is not None:
         (dest / "metrics.json").write_text(json.dumps(_own_metrics(Path(eval_metrics), src), indent=2) + "\n")
+    elif (src / "metrics.json").is_file() and src.resolve() != dest.resolve():  # a model folder the recipe made
+        shutil.copyfile(src / "metrics.json", dest / "metrics.json")
     card = model_card(dest, f"jsqa/{name}", license="mit")
     card.text += BUNDLED_NOTE.format(name=name, training=training_summary(meta, where))
     card.save(dest / CARD_NAME)
