@@ -322,7 +322,9 @@ def plan(config: dict, out: Path, config_path: Path) -> list[Unit]:
             metrics = eval_dir / "metrics.json" if evaluation is not None else None
             bundle_model.write_model_folder(model, model_dir, eval_metrics=metrics, recipe=recipe, **bd)
 
-        add("bundle", "bundle", model_dir, {**bd, "recipe": recipe}, [final, evaluation, checks], run_bundle)
+        # the hash leaves the commit out: a new commit alone does not redo a model (it keeps the one it was made at)
+        add("bundle", "bundle", model_dir, {**bd, "config": recipe["config"], "config_sha256": recipe["config_sha256"]},
+            [final, evaluation, checks], run_bundle)
 
     # ablation --------------------------------------------------------------------------------------------
     if "ablation" in config:
