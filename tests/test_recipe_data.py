@@ -13,15 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-import torch
 
 from conftest import synth_speech
-from jsqa_cli.model import build_model, load_model, save_model
+from jsqa_cli.model import build_model, load_model
 
 TRAINING = Path(__file__).resolve().parents[1] / "training"
 sys.path.insert(0, str(TRAINING))
 
-import add_flatness  # noqa: E402
 import codec_probe  # noqa: E402
 import impairments as imp  # noqa: E402
 import multilingual_voices  # noqa: E402
@@ -276,18 +274,6 @@ def test_tight_references_have_no_pause_at_either_end(recipe_sources, tmp_path):
         assert frames[0] > frames.max() - 36 and frames[-1] > frames.max() - 36, path
 
 
-def test_add_flatness_writes_a_wider_model_that_scores_the_same(tmp_path):
-    torch.manual_seed(0)
-    src = save_model(build_model("tiny").eval(), tmp_path / "m", {"stage": "finetuned"})
-    add_flatness.main([str(src), "-o", str(tmp_path / "wide"), "--bands", "16"])
-    narrow, wide = load_model(src), load_model(tmp_path / "wide")
-    assert wide.config.flatness_bands == 16 and wide.metadata["stage"] == "finetuned"
-    assert wide.metadata["flatness_added"] == {"from": str(src), "bands": 16}
-    x = torch.from_numpy(np.stack([synth_speech(1.0, seed=1), synth_speech(1.0, seed=2, f0=210)]))
-    with torch.inference_mode():
-        assert torch.allclose(narrow(x), wide(x), atol=1e-6)
-
-
 def test_codec_probe_tells_coded_clips_without_their_reference():
     frontend = build_model("tiny", flatness_bands=8).encoder.frontend
     clips = [synth_speech(1.0, seed=i, f0=90 + 8 * i) for i in range(24)]
@@ -358,29 +344,6 @@ def test_versions_share_one_reference(recipe_sources, tmp_path):
         assert {round(sf.info(str(out / p)).duration, 2) for p in kept.path} == {round(g.duration_s.iloc[0], 2)}
     with pytest.raises(SystemExit):
         simulate_mos.main(["--sources", str(recipe_sources), "--out", str(out), "--versions", "0"])
-
-
-@needs_pesq
-def test_ladder_versions_are_one_chain_at_rising_strength(recipe_sources, tmp_path):
-    """--versions 4 --ladder: after the reference, one impairment chain (same families, noise, codec ...) at three
-    sorted strengths; labels fall along the ladder."""
-    out = tmp_path / "mos"
-    simulate_mos.main(["--sources", str(recipe_sources), "--out", str(out), "--num-files", "24", "0", "0",
-                       "--workers", "1", "--max-factor", "0", "--seed", "5", "--versions", "4", "--ladder",
-                       "--family-weights", "reverb=1,noise=1,codec=0,band=0,level=0,clip=0,echo=0,packet_loss=0"])
-    df = pd.read_csv(out / "train.csv")
-    assert len(df) == 24 and df.group.nunique() == 6
-    number = r"[-+]?\d+(\.\d+)?"
-    for _, g in df.groupby("group", sort=False):
-        assert g.condition.iloc[0] == "clean"
-        steps = g.iloc[1:]
-        families = steps.condition.map(lambda c: tuple(part.split("-")[0] for part in c.split("+")))
-        assert families.nunique() == 1 and families.iloc[0] != ("clean",)
-        assert steps.detail.str.replace(number, "#", regex=True).nunique() == 1  # same noise, codec, delays ...
-    v1, v3 = df[df.path.str.endswith("_v1.flac")], df[df.path.str.endswith("_v3.flac")]
-    assert v1.mos.sum() > v3.mos.sum()
-    with pytest.raises(SystemExit):
-        simulate_mos.main(["--sources", str(recipe_sources), "--out", str(out), "--versions", "2", "--ladder"])
 
 
 @needs_pesq
@@ -554,7 +517,7 @@ def test_bundle_card_summary_reads_the_provenance(tmp_path):
     after = {**third, "init": {"kind": "pretrained", "model": "jsqa-small", "previous_training": "`small` preset; X"}}
     assert bundle_model.training_summary(after, "").startswith(
         "`small` preset; continued from the bundled model before it (`small` preset; X); fine-tuned 3000 steps")
-    wide = tmp_path / "wide"  # training/add_flatness.py's copy of the third cycle, then a fourth from it
+    wide = tmp_path / "wide"  # the shipped model's history: flatness bands added to the third cycle, then a fourth
     wide.mkdir()
     (wide / "config.json").write_text(json.dumps({"metadata": {**third, "flatness_added": {"bands": 16}}}))
     fourth = {**third, "best_step": 1000, "init": {"kind": "pretrained", "model": str(wide)}}
@@ -581,31 +544,3 @@ def test_bundle_keeps_only_its_models_metrics_and_names_each_test_set(tmp_path):
         {"jsqa-simulated-mos-test"}
     with pytest.raises(SystemExit, match="no results for"):
         bundle_model._own_metrics(tmp_path / "m.json", tmp_path / "other")
-
-
-def test_average_models_is_the_mean_of_the_weights_and_validates(tmp_path, make_audio):
-    import torch
-    from average_models import average_models
-
-    from jsqa_cli.model import build_model, read_config, save_model
-
-    folders = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        meta = {"stage": "finetuned", "init": {"kind": "scratch"}, "best_step": 10 + seed,
-                "training": {"preset": "tiny", "steps": 20, "crop_s": [2.0 + seed, 6.0]}, "validation": {"pcc": 0.1}}
-        folders.append(save_model(build_model("tiny", projection_head=False), tmp_path / f"m{seed}", meta))
-    rows = [(make_audio(f"val/{i}.wav", seconds=1.5, seed=i), 1.5 + i) for i in range(4)]
-    pd.DataFrame({"path": [str(p) for p, _ in rows], "mos": [m for _, m in rows]}).to_csv(tmp_path / "val.csv")
-    out = average_models(folders, tmp_path / "soup", tmp_path / "val.csv")
-    a, b, soup = (load_model(f).state_dict() for f in (*folders, out))
-    assert all(torch.allclose(soup[k], (a[k] + b[k]) / 2) for k in a if a[k].is_floating_point())
-    _, meta = read_config(out)
-    assert [(p["best_step"], p["crop_s"], p["validation_pcc"]) for p in meta["averaged_from"]] == [
-        (10, [2.0, 6.0], 0.1), (11, [3.0, 6.0], 0.1)] and "best_step" not in meta
-    assert meta["validation"]["n"] == 4 and meta["validation"]["pcc"] != 0.1  # its own, not a part's
-    other = save_model(build_model("tiny"), tmp_path / "other", {})  # with a projection head: another network
-    with pytest.raises(ValueError, match="other"):
-        average_models([folders[0], other], tmp_path / "bad")
-    with pytest.raises(ValueError, match="at least two"):
-        average_models(folders[:1], tmp_path / "bad")

@@ -1,5 +1,6 @@
 """Copy a fine-tuned model folder into the package as a bundled model (weights + config + model card).
 
+    python training/bundle_model.py data/recipe/model     # the recipe's model folder (training/recipe.py)
     python training/bundle_model.py data/recipe/runs/jsqa-s0 --eval data/recipe/eval-test-s0/metrics.json
     python training/bundle_model.py runs/jsqa-s0 runs/jsqa-s1 --eval eval-s0/metrics.json eval-s1/metrics.json
 
@@ -129,10 +130,13 @@ def training_summary(meta: dict, where: str) -> str:
     return text + (f"; {where}" if where else "")
 
 
-def bundle(src: Path, name: str = DEFAULT_MODEL, eval_metrics: Path | None = None, where: str = "",
-           recipe: str = "training/run_recipe.sh (CPU profile)") -> Path:
+def write_model_folder(src: Path, dest: Path, name: str = DEFAULT_MODEL, eval_metrics: Path | None = None,
+                       where: str = "", recipe=None) -> Path:
+    """A complete model folder ``dest`` from the fine-tuned ``src``: config.json (provenance with repository-relative
+    paths, ``name``, training data, licence and ``recipe``: how to remake it), model.safetensors, metrics.json
+    (with ``eval_metrics``, ``jsqa evaluate``'s file) and a README.md card."""
+    src, dest = Path(src), Path(dest)
     load_model(src)  # refuse to ship a folder that does not load
-    dest = WEIGHTS_DIR / name
     dest.mkdir(parents=True, exist_ok=True)
     config = json.loads((src / CONFIG_NAME).read_text())
     meta = _relative(config.get("metadata", {}))
@@ -146,16 +150,26 @@ def bundle(src: Path, name: str = DEFAULT_MODEL, eval_metrics: Path | None = Non
         found = re.search(r"^- Training: (.*?)\. See `docs/results.md`", (dest / CARD_NAME).read_text(), re.M)
         meta["init"] = {**init, "model": f"{init['model']} (the bundled model it replaced)",
                         "previous_training": found.group(1) if found else "its card did not say how it was made"}
-    meta.update({"name": name, "training_data": TRAINING_DATA, "license": "mit",
-                 "recipe": recipe})
+    meta.update({"name": name, "training_data": TRAINING_DATA, "license": "mit", "recipe": recipe})
     config["metadata"] = meta
     (dest / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-    shutil.copyfile(src / WEIGHTS_NAME, dest / WEIGHTS_NAME)
+    if src.resolve() != dest.resolve():
+        shutil.copyfile(src / WEIGHTS_NAME, dest / WEIGHTS_NAME)
     if eval_metrics is not None:
-        (dest / "metrics.json").write_text(json.dumps(_own_metrics(eval_metrics, src), indent=2) + "\n")
+        (dest / "metrics.json").write_text(json.dumps(_own_metrics(Path(eval_metrics), src), indent=2) + "\n")
+    elif (src / "metrics.json").is_file() and src.resolve() != dest.resolve():  # a model folder the recipe made
+        shutil.copyfile(src / "metrics.json", dest / "metrics.json")
     card = model_card(dest, f"jsqa/{name}", license="mit")
     card.text += BUNDLED_NOTE.format(name=name, training=training_summary(meta, where))
     card.save(dest / CARD_NAME)
+    load_model(dest)
+    return dest
+
+
+def bundle(src: Path, name: str = DEFAULT_MODEL, eval_metrics: Path | None = None, where: str = "",
+           recipe=None) -> Path:
+    """Ship ``src`` inside the package (``WEIGHTS_DIR/name``): see :func:`write_model_folder`."""
+    dest = write_model_folder(src, WEIGHTS_DIR / name, name, eval_metrics, where, recipe)
     load_model(name)  # the bundled copy resolves by name and loads
     return dest
 
@@ -167,14 +181,14 @@ def main() -> None:
     ap.add_argument("--eval", type=Path, nargs="*", default=None,
                     help="metrics.json written by jsqa evaluate, one per model folder")
     ap.add_argument("--where", default="", help="where it was trained, for the card (e.g. '2 CPU cores')")
-    ap.add_argument("--recipe", default="training/run_recipe.sh (CPU profile)", help="how to remake it")
     args = ap.parse_args()
     if args.eval and len(args.eval) != len(args.models):
         ap.error("give one --eval file per model folder")
     pcc = [json.loads((m / CONFIG_NAME).read_text())["metadata"]["validation"]["pcc"] for m in args.models]
     best = max(range(len(pcc)), key=pcc.__getitem__)
     print(f"shipping {args.models[best]} (validation PCC {pcc[best]:.3f})")
-    print(bundle(args.models[best], args.name, args.eval[best] if args.eval else None, args.where, args.recipe))
+    print(bundle(args.models[best], args.name, args.eval[best] if args.eval else None, args.where,
+                 json.loads((args.models[best] / CONFIG_NAME).read_text())["metadata"].get("recipe")))
 
 
 if __name__ == "__main__":

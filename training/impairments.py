@@ -16,6 +16,7 @@ import soundfile as sf
 from scipy import signal
 
 from jsqa_cli.audio import SAMPLE_RATE, resample
+from jsqa_cli.pairs import mix_at_snr
 
 SR = SAMPLE_RATE
 NOMINAL_LEVEL_DB = -26.0  # active speech level of "normal" loudness (ITU-T P.56 / P.800 practice: -26 dBov)
@@ -65,11 +66,15 @@ def fit_length(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def mix_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
-    """speech + noise scaled so that (active speech level) - (noise RMS level) = ``snr_db``. Same length."""
+    """speech + noise scaled so that (active speech level) - (noise RMS level) = ``snr_db``; the speech keeps its
+    level. The mixing is ``jsqa_cli.pairs.mix_at_snr`` (which counts the whole clip's speech power, pauses
+    included): the SNR is shifted by the gap between the clip's RMS level and its active level. ``noise`` is cut
+    to the speech's length; silent noise adds nothing."""
     noise = noise[: len(speech)]
-    noise_db = 10 * math.log10(float(np.mean(noise.astype(np.float64) ** 2)) + 1e-20)
-    gain = 10 ** ((active_level_db(speech) - snr_db - noise_db) / 20)
-    return (speech + gain * noise).astype(np.float32)
+    if not np.any(noise):
+        return np.asarray(speech, dtype=np.float32)
+    rms_db = 10 * math.log10(float(np.mean(np.asarray(speech, dtype=np.float64) ** 2)) + 1e-20)
+    return mix_at_snr(speech, noise, snr_db + rms_db - active_level_db(speech), max_peak=math.inf)
 
 
 def colored_noise(kind: str, n: int, rng: np.random.Generator, sr: int = SR) -> np.ndarray:

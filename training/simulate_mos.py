@@ -215,18 +215,14 @@ class Sources:
         return imp.synthetic_rir(rt60, rng, drr_db=float(rng.uniform(-3, 6))), f"rt60={rt60:.2f}s"
 
 
-def degrade(x: np.ndarray, rng: np.random.Generator, src: Sources, families: list[str],
-            ladder: tuple[int, float] | None = None) -> dict:
+def degrade(x: np.ndarray, rng: np.random.Generator, src: Sources, families: list[str]) -> dict:
     """Apply ``families`` in signal-chain order. Returns the clip, the clip without packet loss and echo
     ('mid', for the PESQ label), and the parameters. Each family's strength u (0 mild .. 1 severe) is drawn from
-    ``rng``. With ``ladder`` = (seed, u), each family draws from its own generator seeded by (seed, family) and
-    takes strength u instead: calls with one seed pick the same noise, codec, delays ... and differ only in u."""
+    ``rng``."""
     info = dict(noisy=False, loss=None, echo=None, level_db=imp.active_level_db(x), parts=[], detail=[])
     y = mid = x
     for fam in sorted(families, key=ORDER.get):
-        if ladder is not None:
-            rng = np.random.default_rng([ladder[0], FAMILIES.index(fam)])
-        u = float(rng.random()) if ladder is None else float(ladder[1])
+        u = float(rng.random())
         word = strength_word(u)
         if fam == "reverb":
             h, name = src.rir(rng, u)
@@ -304,9 +300,7 @@ def _init_worker(cfg: dict) -> None:
 def make_candidate(job: tuple[str, int]) -> list[dict] | None:
     """One candidate (deterministic in seed, split, index): a list of FLAC-encoded clips with their labels. The
     list holds one clip, or with ``versions`` > 1 a group of versions of one clean reference: the reference
-    itself first, then independently degraded copies (each labelled against the same reference). With
-    ``ladder``, the copies are one impairment chain at rising strengths instead (a degradation ladder: the same
-    families, noise, codec ... each at strength u1 < u2 < ...)."""
+    itself first, then independently degraded copies (each labelled against the same reference)."""
     split, index = job
     if split not in _SRC:
         _SRC[split] = Sources(Path(_CFG["sources"]), split, _CFG["synthetic_share"])
@@ -327,16 +321,10 @@ def make_candidate(job: tuple[str, int]) -> list[dict] | None:
         k = min(int(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15])), int(np.count_nonzero(weights)))
         return list(rng.choice(FAMILIES, size=k, replace=False, p=weights / weights.sum()))
 
-    ladder = versions > 1 and _CFG.get("ladder", False)
-    if ladder:  # one chain and one seed for its draws, at sorted strengths
-        chain, strengths, chain_seed = draw_families(), np.sort(rng.random(versions - 1)), int(rng.integers(2**32))
     clips = []
     for v in range(versions):
-        if ladder and v > 0:
-            d = degrade(ref, rng, src, chain, ladder=(chain_seed, float(strengths[v - 1])))
-        else:
-            clean = (versions > 1 and v == 0) or rng.random() < _CFG["clean_share"]
-            d = degrade(ref, rng, src, [] if clean else draw_families())
+        clean = (versions > 1 and v == 0) or rng.random() < _CFG["clean_share"]
+        d = degrade(ref, rng, src, [] if clean else draw_families())
         clip = _labelled_clip(ref, d)
         if clip is None:
             return None
@@ -438,16 +426,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--versions", type=int, default=1, help="clips per clean reference: with 2 or more, the "
                     "reference itself and independently degraded copies, sharing a `group` column (for `jsqa "
                     "finetune --rank-weight`); groups are kept whole and not label-balanced")
-    ap.add_argument("--ladder", action="store_true", help="with --versions: the degraded copies of a reference "
-                    "are one impairment chain (the same families, noise, codec ...) at rising strengths, a "
-                    "degradation ladder, instead of independent draws")
     ap.add_argument("--max-factor", type=float, default=4.0, help="candidates drawn per kept clip before giving up "
                     "on the label balance")
     args = ap.parse_args(argv)
     if args.versions < 1:
         ap.error(f"--versions must be at least 1 (got {args.versions})")
-    if args.ladder and args.versions < 3:
-        ap.error(f"--ladder needs --versions 3 or more (the reference and two strengths; got {args.versions})")
     sources, out = Path(args.sources), Path(args.out)
     if not (sources / "speech_train.csv").exists():
         ap.error(f"{sources}: no speech_train.csv (run training/prepare_sources.py first)")
@@ -459,7 +442,7 @@ def main(argv=None) -> dict:
     meta = json.loads((sources / "sources.json").read_text()) if (sources / "sources.json").exists() else {}
     cfg = dict(sources=str(sources), seed=args.seed, synthetic_share=args.synthetic_share,
                clean_share=args.clean_share, timbre_share=args.timbre_share,
-               tight_share=args.tight_share, versions=args.versions, ladder=args.ladder,
+               tight_share=args.tight_share, versions=args.versions,
                family_weights=args.family_weights, data_root=meta.get("data_root", ""))
     summary = dict(settings=vars(args), splits={})
     t0 = time.perf_counter()
