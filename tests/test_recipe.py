@@ -86,7 +86,7 @@ def test_a_changed_number_reruns_that_stage_and_what_depends_on_it(tmp_path, mon
     config = _config()
     before = {u.name: u.hash for u in recipe.plan(config, tmp_path, SMOKE)}
     changed = copy.deepcopy(config)
-    changed["pretrain"]["max_steps"] += 1
+    changed["pretrain"]["steps"] += 1
     after = {u.name: u.hash for u in recipe.plan(changed, tmp_path, SMOKE)}
     rerun = {name for name in before if before[name] != after[name]}
     assert {"pretrain", "finetune/regression", "finetune/ranking", "evaluate", "checks", "bundle"} <= rerun

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from jsqa_cli.training_utils import read_metrics
+from jsqa_cli.train import read_metrics
 
 
 def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:

@@ -227,7 +227,7 @@ def plan(config: dict, out: Path, config_path: Path) -> list[Unit]:
             if model:
                 (folder / "model-config.json").write_text(json.dumps(model, indent=1))
                 cfg["config_file"] = str(folder / "model-config.json")
-            pretrain(pairs=str(pairs_in.folder), out=str(folder), resume=resume, **cfg)
+            pretrain(pairs=str(pairs_in.folder), output=str(folder), resume=resume, **cfg)
 
         return add("pretrain" if name == "pretrain" else "ablation", name, folder, {**cfg, "model": model},
                    [pairs_in], run, checkpoint="checkpoint.pt")
