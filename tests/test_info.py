@@ -88,3 +88,11 @@ def test_info_unknown_model_is_one_line(tmp_path):
     result = runner.invoke(app, ["info", str(tmp_path / "nowhere")])
     assert result.exit_code == 2 and "nowhere: no such model folder" in result.stderr
     assert "Traceback" not in result.output and result.stderr.strip().count("\n") == 0
+
+
+def test_info_shows_the_bundled_models_own_account_of_its_recipe():
+    """The bundled model predates training/recipe.py: its metadata says in a sentence how it was made."""
+    result = runner.invoke(app, ["info", "jsqa-small"], env={"JSQA_MODEL": "", "COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    assert any(line.lstrip("│ ").startswith("recipe") and "training/configs/small.toml" in line
+               for line in result.stdout.splitlines()), result.stdout

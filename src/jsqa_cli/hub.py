@@ -454,6 +454,8 @@ def recipe_provenance(metadata: dict) -> dict[str, str]:
     """``metadata["recipe"]`` (``{"config": name, "config_sha256": hash, "git_commit": sha}``) → {label: value}
     for the fields present, known ones first; {} when the model was not made by the recipe."""
     recipe = metadata.get("recipe")
+    if isinstance(recipe, str) and recipe:  # models made before training/recipe.py: a sentence saying how
+        return {"recipe": recipe}
     if not isinstance(recipe, dict):
         return {}
     keys = [k for k in RECIPE_FIELDS if k in recipe] + [k for k in recipe if k not in RECIPE_FIELDS]
