@@ -86,3 +86,10 @@ def all_reduce_mean(value: float, d: Dist) -> float:
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
+
+
+def default_workers() -> int:
+    """DataLoader workers when ``--workers`` is not given: one per CPU core beyond the first, at most 8, divided
+    among the processes torchrun starts on this machine (the rule of ``--workers`` in every command)."""
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(8, (os.cpu_count() or 1) // local - 1))

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from jsqa_cli.audio import HOP_S, SAMPLE_RATE, WINDOW_S, AudioError, load_audio, pad_batch
-from jsqa_cli.distributed import distributed, unwrap
+from jsqa_cli.distributed import default_workers, distributed, unwrap
 from jsqa_cli.evaluate import compute_metrics, condition_means
 from jsqa_cli.labels import (NISQA_TEST_DBS, NISQA_TRAIN_DBS, NISQA_VAL_DBS, csv_list, csv_names,  # noqa: F401
                              read_labelled_csv, read_nisqa, read_nisqa_conditions)
@@ -44,7 +44,7 @@ from jsqa_cli.model import (CONFIG_NAME, JSQA, WEIGHTS_NAME, config_from_preset,
                             resolve_model, save_model)
 from jsqa_cli.pairs import PairSampler
 from jsqa_cli.scoring import score_waveforms
-from jsqa_cli.train import (CHECKPOINT_NAME, Task, check_options, default_workers, param_groups, prepare_run_folder,
+from jsqa_cli.train import (CHECKPOINT_NAME, Task, check_options, param_groups, prepare_run_folder,
                             seed_everything, train, write_options)
 
 

@@ -29,10 +29,10 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from jsqa_cli.distributed import autocast, distributed
+from jsqa_cli.distributed import autocast, default_workers, distributed
 from jsqa_cli.model import JSQA, JSQAConfig, config_from_preset, save_model
 from jsqa_cli.pairs import PairDataError, PairDataset, PairSampler, read_manifest, worker_init
-from jsqa_cli.train import (CHECKPOINT_NAME, METRICS_NAME, OPTIONS_NAME, Task, check_options, default_workers,
+from jsqa_cli.train import (CHECKPOINT_NAME, METRICS_NAME, OPTIONS_NAME, Task, check_options,
                             param_groups, prepare_run_folder, seed_everything, train, write_options)
 
 NEGATIVES = ("batch", "jnd-aware")

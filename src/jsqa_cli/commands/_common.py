@@ -53,10 +53,9 @@ def resolve_workers(workers: int | None) -> int:
     """``--workers/-j``, one meaning in every command: ``None`` (not given) → one per CPU core beyond the first, at
     most 8, divided among the processes torchrun starts on this machine; a negative number is refused."""
     if workers is None:
-        import os
+        from jsqa_cli.distributed import default_workers
 
-        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-        return max(0, min(8, (os.cpu_count() or 1) // local - 1))
+        return default_workers()
     if workers < 0:
         fail(f"--workers {workers}: give 0 (all in the main process) or more worker processes")
     return workers
