@@ -24,10 +24,10 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from jsqa_cli.distributed import autocast, resolve_device
+from jsqa_cli.model import build_model
 from jsqa_cli.pairs import PairDataset, PairSampler, make_pairs, read_manifest, worker_init
 from jsqa_cli.pretrain import ContrastiveNet, nt_xent, pretrain
-from jsqa_cli.model import build_model
-from jsqa_cli.distributed import autocast, resolve_device
 from jsqa_cli.train import read_metrics
 
 
@@ -51,10 +51,17 @@ def make_sources(root: Path, n_speech: int = 120, n_noise: int = 3, noise_minute
 def loader_pairs_per_s(pairs_dir: Path, workers: int, batch_size: int, batches: int, hard: bool) -> float:
     df, _ = read_manifest(pairs_dir)
     ds = PairDataset(df[df.split == "train"], pairs_dir, hard_negatives=hard)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=PairSampler(len(ds)), drop_last=True,
-                                         num_workers=workers, worker_init_fn=worker_init,
-                                         persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
-                                         pin_memory=torch.cuda.is_available())
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=PairSampler(len(ds)),
+        drop_last=True,
+        num_workers=workers,
+        worker_init_fn=worker_init,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers else None,
+        pin_memory=torch.cuda.is_available(),
+    )
     it = iter(loader)
     for _ in range(max(1, min(3, batches // 5))):  # warm-up: worker start, file caches
         next(it)
@@ -111,9 +118,15 @@ def main() -> None:
     args = ap.parse_args()
 
     device = resolve_device(args.device)
-    result = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu",
-              "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size,
-              "loader": {}, "train": {}, "e2e": {}}
+    result = {
+        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu",
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "batch_size": args.batch_size,
+        "loader": {},
+        "train": {},
+        "e2e": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if args.speech and args.noise:
@@ -122,8 +135,14 @@ def main() -> None:
             speech, noise = make_sources(tmp / "src")
             speech, noise = [speech], [noise]
         t = time.perf_counter()
-        summary = make_pairs(speech, noise, tmp / "pairs", num_pairs=args.num_pairs, val_fraction=0.05,
-                             workers=min(8, os.cpu_count() or 1))
+        summary = make_pairs(
+            speech,
+            noise,
+            tmp / "pairs",
+            num_pairs=args.num_pairs,
+            val_fraction=0.05,
+            workers=min(8, os.cpu_count() or 1),
+        )
         result["make_pairs_pairs_per_s"] = round(summary["pairs"] / (time.perf_counter() - t), 1)
         print(f"make-pairs: {result['make_pairs_pairs_per_s']} pairs/s")
         for w in args.workers:
@@ -136,9 +155,19 @@ def main() -> None:
             print(f"train step, {preset:5s} on {device.type}: {r:8.1f} pairs/s", flush=True)
         for preset in args.e2e:
             run = tmp / f"run-{preset}"
-            pretrain(pairs=str(tmp / "pairs"), output=str(run), preset=preset, batch_size=args.batch_size,
-                     steps=args.e2e_steps, eval_every=0, log_every=5, quiet=True, device=args.device,
-                     checkpoint_every=0, val_max_pairs=16)
+            pretrain(
+                pairs=str(tmp / "pairs"),
+                output=str(run),
+                preset=preset,
+                batch_size=args.batch_size,
+                steps=args.e2e_steps,
+                eval_every=0,
+                log_every=5,
+                quiet=True,
+                device=args.device,
+                checkpoint_every=0,
+                val_max_pairs=16,
+            )
             rates = [r["pairs_per_s"] for r in read_metrics(run) if "pairs_per_s" in r][1:]  # skip warm-up
             result["e2e"][preset] = round(float(np.median(rates)), 1) if rates else None
             print(f"pretrain end to end, {preset}: {result['e2e'][preset]} pairs/s (median)", flush=True)

@@ -35,7 +35,7 @@ def make_audio(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         if data is None:
             mono = synth_speech(seconds, sr, seed)
-            data = np.stack([mono * (0.9 ** c) for c in range(channels)], axis=1) if channels > 1 else mono
+            data = np.stack([mono * (0.9**c) for c in range(channels)], axis=1) if channels > 1 else mono
         sf.write(str(path), data, sr, subtype=subtype, format=format)
         return path
 

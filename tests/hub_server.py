@@ -33,17 +33,28 @@ from urllib.parse import unquote, urlsplit
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".onnx")
 LFS_MIN_SIZE = 10 * 1024 * 1024
 LIFETIME_S = 600  # olah is killed after this even if the test process dies without cleaning up
-_GIT_ENV = {"GIT_AUTHOR_NAME": "hub-double", "GIT_AUTHOR_EMAIL": "double@localhost",
-            "GIT_COMMITTER_NAME": "hub-double", "GIT_COMMITTER_EMAIL": "double@localhost",
-            "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+_GIT_ENV = {
+    "GIT_AUTHOR_NAME": "hub-double",
+    "GIT_AUTHOR_EMAIL": "double@localhost",
+    "GIT_COMMITTER_NAME": "hub-double",
+    "GIT_COMMITTER_EMAIL": "double@localhost",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
 
 
 # ------------------------------------------------------------------------------------------ git repos for olah
 
 
 def _git(repo: Path, *args: str, input: bytes | None = None, env: dict | None = None) -> str:
-    out = subprocess.run(["git", *args], cwd=repo, input=input, capture_output=True, check=True,
-                         env={**os.environ, **_GIT_ENV, **(env or {})})
+    out = subprocess.run(
+        ["git", *args],
+        cwd=repo,
+        input=input,
+        capture_output=True,
+        check=True,
+        env={**os.environ, **_GIT_ENV, **(env or {})},
+    )
     return out.stdout.decode().strip()
 
 
@@ -82,8 +93,14 @@ def resolve_ref(repo: Path, rev: str) -> str | None:
         return None
 
 
-def commit_files(repo: Path, branch: str, add: dict[str, bytes | tuple[str, int]], delete: list[str] = (),
-                 message: str = "update", tag: str | None = None) -> str:
+def commit_files(
+    repo: Path,
+    branch: str,
+    add: dict[str, bytes | tuple[str, int]],
+    delete: list[str] = (),
+    message: str = "update",
+    tag: str | None = None,
+) -> str:
     """Commit on ``branch`` (created from main if new) without a checkout. ``add`` maps a path to its bytes, or to
     ``(sha256, size)`` for an LFS object already stored. LFS-type files become pointers. Returns the commit sha."""
     parent = resolve_ref(repo, f"refs/heads/{branch}") or resolve_ref(repo, "refs/heads/main")
@@ -159,7 +176,8 @@ class OlahServer:
             'hf-scheme = "http"\nhf-netloc = "127.0.0.1:9"\nhf-lfs-netloc = "127.0.0.1:9"\n'
             f'mirror-scheme = "http"\nmirror-netloc = "{public}"\nmirror-lfs-netloc = "{public}"\n'
             f'mirrors-path = ["{mirrors}"]\nmetadata-cache-ttl = 0\n'
-            "[accessibility]\noffline = true\n")
+            "[accessibility]\noffline = true\n"
+        )
         self.log = workdir / "olah.log"
         self.proc: subprocess.Popen | None = None
 
@@ -171,8 +189,14 @@ class OlahServer:
             cmd = ["timeout", str(LIFETIME_S), *cmd]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen([*cmd, "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT,
-                                         env=env, start_new_session=True, cwd=self.config.parent)
+            self.proc = subprocess.Popen(
+                [*cmd, "-c", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                cwd=self.config.parent,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -200,8 +224,18 @@ class OlahServer:
 _API = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/(?P<route>preupload|commit|branch|tag)/(?P<rev>.+)$")
 _LFS_BATCH = re.compile(r"^/(?P<repo>[^/]+/[^/]+)\.git/info/lfs/objects/batch$")
 _LFS_PUT = re.compile(r"^/__lfs_upload/(?P<repo>[^/]+/[^/]+)/(?P<oid>[0-9a-f]{64})$")
-_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization",
-               "proxy-authenticate", "content-length", "host"}
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "content-length",
+    "host",
+}
 
 
 class UploadTestDouble:
@@ -264,13 +298,19 @@ class UploadTestDouble:
 
             def _record(self, body: bytes) -> None:
                 auth = self.headers.get("authorization")
-                rec = {"method": self.command, "path": unquote(urlsplit(self.path).path),
-                       "auth": "none" if auth is None else ("ok" if auth == f"Bearer {double.token}" else "bad"),
-                       "content_type": self.headers.get("content-type", "")}
+                rec = {
+                    "method": self.command,
+                    "path": unquote(urlsplit(self.path).path),
+                    "auth": "none" if auth is None else ("ok" if auth == f"Bearer {double.token}" else "bad"),
+                    "content_type": self.headers.get("content-type", ""),
+                }
                 if body and "json" in rec["content_type"]:
                     text = body.decode()
-                    rec["json"] = ([json.loads(line) for line in text.splitlines() if line.strip()]
-                                   if "ndjson" in rec["content_type"] else json.loads(text))
+                    rec["json"] = (
+                        [json.loads(line) for line in text.splitlines() if line.strip()]
+                        if "ndjson" in rec["content_type"]
+                        else json.loads(text)
+                    )
                 elif body:
                     rec["bytes"] = len(body)
                 with double._lock:
@@ -283,16 +323,26 @@ class UploadTestDouble:
                 m_put = _LFS_PUT.match(path)
                 if self.command == "PUT" and m_put:  # presigned upload: no auth header, like the real CDN
                     return self._lfs_put(m_put["repo"], m_put["oid"], body)
-                write_route = (path == "/api/whoami-v2" or path == "/api/repos/create" or path == "/api/validate-yaml"
-                               or (self.command == "POST" and (_API.match(path) or _LFS_BATCH.match(path))))
+                write_route = (
+                    path == "/api/whoami-v2"
+                    or path == "/api/repos/create"
+                    or path == "/api/validate-yaml"
+                    or (self.command == "POST" and (_API.match(path) or _LFS_BATCH.match(path)))
+                )
                 if not write_route:
                     return self._forward(body)
                 if not self._authorized():
                     return self._send(401, {"error": "Invalid credentials in Authorization header"})
                 if path == "/api/whoami-v2":
-                    return self._send(200, {"type": "user", "name": double.user, "orgs": [],
-                                            "auth": {"type": "access_token",
-                                                     "accessToken": {"displayName": "test", "role": "write"}}})
+                    return self._send(
+                        200,
+                        {
+                            "type": "user",
+                            "name": double.user,
+                            "orgs": [],
+                            "auth": {"type": "access_token", "accessToken": {"displayName": "test", "role": "write"}},
+                        },
+                    )
                 data = json.loads(body or b"{}") if "ndjson" not in self.headers.get("content-type", "") else None
                 if path == "/api/validate-yaml":
                     return self._send(200, {"errors": [], "warnings": []})
@@ -331,16 +381,25 @@ class UploadTestDouble:
                 repo_id = f"{data.get('organization') or double.user}/{data['name']}"
                 path = repo_dir(double.mirrors, repo_id)
                 if (path / ".git").is_dir():
-                    return self._send(409, {"error": "You already created this model repo",
-                                            "url": f"{double.url}/{repo_id}"})
+                    return self._send(
+                        409, {"error": "You already created this model repo", "url": f"{double.url}/{repo_id}"}
+                    )
                 init_repo(double.mirrors, repo_id)
                 (path / ".git" / "double-visibility").write_text(
-                    data.get("visibility") or ("private" if data.get("private") else "public"))
+                    data.get("visibility") or ("private" if data.get("private") else "public")
+                )
                 return self._send(200, {"url": f"{double.url}/{repo_id}", "name": repo_id})
 
             def _preupload(self, repo: Path, rev: str, data: dict) -> None:
-                files = [{"path": f["path"], "uploadMode": "lfs" if is_lfs(f["path"], f["size"]) else "regular",
-                          "shouldIgnore": False, "oid": remote_oid(repo, rev, f["path"])} for f in data["files"]]
+                files = [
+                    {
+                        "path": f["path"],
+                        "uploadMode": "lfs" if is_lfs(f["path"], f["size"]) else "regular",
+                        "shouldIgnore": False,
+                        "oid": remote_oid(repo, rev, f["path"]),
+                    }
+                    for f in data["files"]
+                ]
                 return self._send(200, {"files": files, "commitOid": resolve_ref(repo, f"refs/heads/{rev}")})
 
             def _lfs_batch(self, repo_id: str, data: dict) -> None:
@@ -352,8 +411,11 @@ class UploadTestDouble:
                     if not stored.is_file():
                         entry["actions"] = {"upload": {"href": f"{double.url}/__lfs_upload/{repo_id}/{obj['oid']}"}}
                     objects.append(entry)
-                return self._send(200, {"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
-                                  {"Content-Type": "application/vnd.git-lfs+json"})
+                return self._send(
+                    200,
+                    {"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
+                    {"Content-Type": "application/vnd.git-lfs+json"},
+                )
 
             def _lfs_put(self, repo_id: str, oid: str, body: bytes) -> None:
                 if hashlib.sha256(body).hexdigest() != oid:
@@ -381,8 +443,9 @@ class UploadTestDouble:
                     return self._send(412, {"error": "parentCommit is not the head of the branch"})
                 with double._lock:
                     sha = commit_files(repo, rev, add, delete, header.get("summary") or "update")
-                return self._send(200, {"commitUrl": f"{double.url}/{repo_id}/commit/{sha}", "commitOid": sha,
-                                        "success": True})
+                return self._send(
+                    200, {"commitUrl": f"{double.url}/{repo_id}/commit/{sha}", "commitOid": sha, "success": True}
+                )
 
             def _forward(self, body: bytes) -> None:
                 if double.upstream is None:
@@ -397,8 +460,10 @@ class UploadTestDouble:
                     data = resp.read()
                     out = {k: v for k, v in resp.getheaders() if k.lower() not in _HOP_BY_HOP}
                     if "location" in {k.lower() for k in out}:
-                        out = {k: (v.replace(up.netloc, double.netloc) if k.lower() == "location" else v)
-                               for k, v in out.items()}
+                        out = {
+                            k: (v.replace(up.netloc, double.netloc) if k.lower() == "location" else v)
+                            for k, v in out.items()
+                        }
                     if self.command == "HEAD":
                         self.send_response(resp.status)
                         for k, v in out.items():

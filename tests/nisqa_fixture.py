@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import soundfile as sf
-
 from conftest import synth_speech
 
 SR = 48_000
@@ -21,9 +20,29 @@ LAYOUT = {
     "NISQA_TEST_FOR": (6, 3),
     "NISQA_TEST_P501": (4, 2),
 }
-COLUMNS = ["db", "con", "file", "con_description", "filename_deg", "filename_ref", "source", "lang", "votes", "mos",
-           "noi", "col", "dis", "loud", "noi_std", "col_std", "dis_std", "loud_std", "mos_std", "filepath_deg",
-           "filepath_ref"]
+COLUMNS = [
+    "db",
+    "con",
+    "file",
+    "con_description",
+    "filename_deg",
+    "filename_ref",
+    "source",
+    "lang",
+    "votes",
+    "mos",
+    "noi",
+    "col",
+    "dis",
+    "loud",
+    "noi_std",
+    "col_std",
+    "dis_std",
+    "loud_std",
+    "mos_std",
+    "filepath_deg",
+    "filepath_ref",
+]
 
 
 def degraded(mos: float, seconds: float, seed: int) -> np.ndarray:
@@ -31,7 +50,7 @@ def degraded(mos: float, seconds: float, seed: int) -> np.ndarray:
     clean = synth_speech(seconds, SR, seed=seed, f0=110 + 10 * (seed % 7))
     snr_db = -5 + 10 * (mos - 1)
     noise = np.random.default_rng(seed + 1000).standard_normal(len(clean)).astype(np.float32)
-    noise *= np.sqrt(np.mean(clean ** 2) / np.mean(noise ** 2) / 10 ** (snr_db / 10))
+    noise *= np.sqrt(np.mean(clean**2) / np.mean(noise**2) / 10 ** (snr_db / 10))
     x = clean + noise
     return (0.9 * x / max(1.0, float(np.max(np.abs(x))) / 0.9)).astype(np.float32)
 
@@ -55,11 +74,31 @@ def build_nisqa_corpus(root: str | Path, seconds: tuple[float, float] = (1.0, 2.
             mos = float(np.clip(1.3 + 0.6 * (i % 6) + rng.uniform(-0.2, 0.2), 1.0, 5.0))
             name = f"c{seed:05d}_{db.lower()}_{i:02d}.wav"
             sf.write(str(root / db / "deg" / name), degraded(mos, rng.uniform(*seconds), seed), SR, subtype="PCM_16")
-            db_rows.append({"db": db, "con": con, "file": seed, "con_description": "generated", "filename_deg": name,
-                            "filename_ref": name.replace(".wav", "_ref.wav"), "source": "synth", "lang": "en",
-                            "votes": 5, "mos": round(mos, 3), "noi": mos, "col": mos, "dis": mos, "loud": mos,
-                            "noi_std": 0.5, "col_std": 0.5, "dis_std": 0.5, "loud_std": 0.5, "mos_std": 0.6,
-                            "filepath_deg": f"{db}/deg/{name}", "filepath_ref": f"{db}/ref/{name}"})
+            db_rows.append(
+                {
+                    "db": db,
+                    "con": con,
+                    "file": seed,
+                    "con_description": "generated",
+                    "filename_deg": name,
+                    "filename_ref": name.replace(".wav", "_ref.wav"),
+                    "source": "synth",
+                    "lang": "en",
+                    "votes": 5,
+                    "mos": round(mos, 3),
+                    "noi": mos,
+                    "col": mos,
+                    "dis": mos,
+                    "loud": mos,
+                    "noi_std": 0.5,
+                    "col_std": 0.5,
+                    "dis_std": 0.5,
+                    "loud_std": 0.5,
+                    "mos_std": 0.6,
+                    "filepath_deg": f"{db}/deg/{name}",
+                    "filepath_ref": f"{db}/ref/{name}",
+                }
+            )
         pd.DataFrame(db_rows, columns=COLUMNS).to_csv(root / db / f"{db}_file.csv", index=False)
         if con_csv and isinstance(cons, int):
             df = pd.DataFrame(db_rows)
@@ -72,8 +111,9 @@ def build_nisqa_corpus(root: str | Path, seconds: tuple[float, float] = (1.0, 2.
     return root
 
 
-def write_labelled_csv(path: str | Path, df: pd.DataFrame, relative_to: str | Path | None = None,
-                       path_column: str = "path") -> Path:
+def write_labelled_csv(
+    path: str | Path, df: pd.DataFrame, relative_to: str | Path | None = None, path_column: str = "path"
+) -> Path:
     """A labelled CSV (path, mos, condition) from a read_nisqa-style frame, paths relative to ``relative_to``."""
     path = Path(path)
     out = df[["path", "mos", "condition"]].copy()

@@ -24,16 +24,23 @@ def _run(ab: Path, name: str, seed: int, val_pcc: float, pretrain: dict | None =
 
 def _eval(ab: Path, seed: int, rows: dict[str, tuple[float, float]]) -> None:
     """rows: name -> (test RMSE, test PCC); MAE = RMSE, SRCC = PCC; scratch first as evaluate writes it."""
-    metrics = [{"level": "file", "model": str(ab / f"ft-{n}-s{seed}"), "rmse": r, "mae": r, "pcc": p, "srcc": p}
-               for n, (r, p) in rows.items()]
+    metrics = [
+        {"level": "file", "model": str(ab / f"ft-{n}-s{seed}"), "rmse": r, "mae": r, "pcc": p, "srcc": p}
+        for n, (r, p) in rows.items()
+    ]
     (ab / f"eval-s{seed}").mkdir()
     (ab / f"eval-s{seed}" / "metrics.json").write_text(json.dumps({"metrics": metrics}))
 
 
 def test_report_picks_on_validation_and_signs_changes(tmp_path):
     ab = tmp_path / "ablation"
-    pt = {"pairing": "cross-source", "negatives": "jnd-aware", "steps": 10, "batch_size": 4,
-          "validation": {"val_top1": 0.3, "jnd_margin": -0.01, "snr_rank": 0.4}}
+    pt = {
+        "pairing": "cross-source",
+        "negatives": "jnd-aware",
+        "steps": 10,
+        "batch_size": 4,
+        "validation": {"val_top1": 0.3, "jnd_margin": -0.01, "snr_rank": 0.4},
+    }
     for seed in (0, 1):
         _run(ab, "scratch", seed, 0.5)
         _run(ab, "good-val", seed, 0.8, {**pt, "proj": True} if seed == 0 else None)

@@ -31,15 +31,16 @@ def _global_loss(z_ranks: list[torch.Tensor], n: int, tau: float) -> torch.Tenso
     for r, zr in enumerate(z_ranks):
         off = r * len(zr)
         idx = torch.arange(2 * n)
-        logits = z_all[off: off + 2 * n] @ z_all.T / tau
+        logits = z_all[off : off + 2 * n] @ z_all.T / tau
         logits[idx, off + idx] = float("-inf")
         total = total + F.cross_entropy(logits, off + (idx + n) % (2 * n))
     return total
 
 
 def _worker(rank: int, port: int, pairs_dir: str, out: str, result_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     import torch.distributed as dist
 
@@ -54,16 +55,28 @@ def _worker(rank: int, port: int, pairs_dir: str, out: str, result_dir: str) -> 
     _global_loss(ref, n, tau).backward()
     torch.testing.assert_close(mine.grad, ref[rank].grad, rtol=1e-5, atol=1e-6)
     # 2) a short DDP run (pretrain finds the process group torchrun would have set up)
-    T.pretrain(pairs=pairs_dir, output=out, preset="tiny", batch_size=3, steps=3, workers=0, eval_every=1000,
-               val_max_pairs=6, log_every=1, quiet=True, warmup_steps=1)
+    T.pretrain(
+        pairs=pairs_dir,
+        output=out,
+        preset="tiny",
+        batch_size=3,
+        steps=3,
+        workers=0,
+        eval_every=1000,
+        val_max_pairs=6,
+        log_every=1,
+        quiet=True,
+        warmup_steps=1,
+    )
     with open(os.path.join(result_dir, f"ok{rank}"), "w") as f:
         f.write("ok")
 
 
 def test_ddp_two_gloo_ranks(jnd_sources, tmp_path):
     pairs_dir = tmp_path / "pairs"
-    P.make_pairs([jnd_sources / "speech"], [jnd_sources / "noise"], pairs_dir, num_pairs=24, seconds=1.0,
-                 val_fraction=0.25)
+    P.make_pairs(
+        [jnd_sources / "speech"], [jnd_sources / "noise"], pairs_dir, num_pairs=24, seconds=1.0, val_fraction=0.25
+    )
     out = tmp_path / "run"
     mp.spawn(_worker, args=(_free_port(), str(pairs_dir), str(out), str(tmp_path)), nprocs=WORLD, join=True)
     assert (tmp_path / "ok0").is_file() and (tmp_path / "ok1").is_file()

@@ -11,15 +11,26 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from nisqa_fixture import build_nisqa_corpus
 from scipy import stats
 from typer.testing import CliRunner
 
 from jsqa_cli.cli import app
-from jsqa_cli.evaluate import (compute_metrics, condition_means, evaluate, load_eval_data, mae, metrics_table, pcc,
-                               relative_change, rich_table, rmse, srcc)
+from jsqa_cli.evaluate import (
+    compute_metrics,
+    condition_means,
+    evaluate,
+    load_eval_data,
+    mae,
+    metrics_table,
+    pcc,
+    relative_change,
+    rich_table,
+    rmse,
+    srcc,
+)
 from jsqa_cli.model import build_model, save_model
 from jsqa_cli.scoring import score_files
-from nisqa_fixture import build_nisqa_corpus
 
 TEST_DBS = ["NISQA_TEST_FOR", "NISQA_TEST_P501"]
 runner = CliRunner()
@@ -36,8 +47,9 @@ def two_models(tmp_path_factory):
     paths = []
     for seed in (0, 1):
         torch.manual_seed(seed)
-        paths.append(str(save_model(build_model("tiny", projection_head=False), folder / f"m{seed}",
-                                    {"stage": "finetuned"})))
+        paths.append(
+            str(save_model(build_model("tiny", projection_head=False), folder / f"m{seed}", {"stage": "finetuned"}))
+        )
     return paths
 
 
@@ -81,8 +93,14 @@ def test_relative_change_is_positive_for_improvements():
 
 
 def test_condition_means_group_within_db_and_take_condition_mos():
-    df = pd.DataFrame({"db": ["A", "A", "A", "B", "B"], "condition": ["1", "1", "2", "1", "1"],
-                       "mos": [2.0, 4.0, 1.0, 5.0, 3.0], "mos_pred": [2.5, 3.5, 1.5, 4.0, 4.0]})
+    df = pd.DataFrame(
+        {
+            "db": ["A", "A", "A", "B", "B"],
+            "condition": ["1", "1", "2", "1", "1"],
+            "mos": [2.0, 4.0, 1.0, 5.0, 3.0],
+            "mos_pred": [2.5, 3.5, 1.5, 4.0, 4.0],
+        }
+    )
     g = condition_means(df)
     assert g[["db", "condition", "n_files"]].values.tolist() == [["A", "1", 2], ["A", "2", 1], ["B", "1", 2]]
     assert g["mos"].tolist() == [3.0, 1.0, 4.0] and g["mos_pred"].tolist() == [3.0, 1.5, 4.0]
@@ -93,20 +111,38 @@ def test_condition_means_group_within_db_and_take_condition_mos():
 def test_metrics_table_levels_datasets_and_changes():
     rng = np.random.default_rng(1)
     true = rng.uniform(1, 5, 40)
-    base = pd.DataFrame({"dataset": np.repeat(["D1", "D2"], 20), "condition": np.tile(list("abcde"), 8),
-                         "path": [f"f{i}" for i in range(40)], "mos": true})
-    preds = pd.concat([base.assign(model="scratch", mos_pred=true + rng.normal(0, 1.0, 40)),
-                       base.assign(model="jsqa", mos_pred=true + rng.normal(0, 0.3, 40))])
+    base = pd.DataFrame(
+        {
+            "dataset": np.repeat(["D1", "D2"], 20),
+            "condition": np.tile(list("abcde"), 8),
+            "path": [f"f{i}" for i in range(40)],
+            "mos": true,
+        }
+    )
+    preds = pd.concat(
+        [
+            base.assign(model="scratch", mos_pred=true + rng.normal(0, 1.0, 40)),
+            base.assign(model="jsqa", mos_pred=true + rng.normal(0, 0.3, 40)),
+        ]
+    )
     t = metrics_table(preds)
     assert t[["dataset", "level"]].drop_duplicates().values.tolist() == [
-        ["D1", "file"], ["D1", "condition"], ["D2", "file"], ["D2", "condition"], ["all", "file"], ["all", "condition"]]
+        ["D1", "file"],
+        ["D1", "condition"],
+        ["D2", "file"],
+        ["D2", "condition"],
+        ["all", "file"],
+        ["all", "condition"],
+    ]
     assert t["model"].tolist()[:2] == ["scratch", "jsqa"]
     d1 = t[(t.dataset == "D1") & (t.level == "file")].set_index("model")
     assert d1.loc["jsqa", "n"] == 20 and d1.loc["scratch", "rmse"] == pytest.approx(
-        rmse(preds[(preds.model == "scratch")].mos_pred[:20], true[:20]))
+        rmse(preds[(preds.model == "scratch")].mos_pred[:20], true[:20])
+    )
     assert math.isnan(d1.loc["scratch", "rmse_change_pct"])
     assert d1.loc["jsqa", "rmse_change_pct"] == pytest.approx(
-        (d1.loc["scratch", "rmse"] - d1.loc["jsqa", "rmse"]) / d1.loc["scratch", "rmse"] * 100)
+        (d1.loc["scratch", "rmse"] - d1.loc["jsqa", "rmse"]) / d1.loc["scratch", "rmse"] * 100
+    )
     assert d1.loc["jsqa", "rmse_change_pct"] > 0 and d1.loc["jsqa", "pcc_change_pct"] > 0
     assert (t[t.level == "condition"]["n"] == [5, 5, 5, 5, 10, 10]).all()  # conditions are per dataset in "all"
     from rich.console import Console
@@ -155,8 +191,9 @@ def _has_matplotlib() -> bool:
 
 def test_evaluate_equals_the_score_command(nisqa_root, two_models, tmp_path):
     data, _, _ = load_eval_data(nisqa_root=nisqa_root, dbs=["NISQA_TEST_FOR"])
-    res = runner.invoke(app, ["score", *data["path"], "-m", two_models[1], "-o", str(tmp_path / "s.csv"),
-                              "--device", "cpu"])
+    res = runner.invoke(
+        app, ["score", *data["path"], "-m", two_models[1], "-o", str(tmp_path / "s.csv"), "--device", "cpu"]
+    )
     assert res.exit_code == 0, res.output
     scored = pd.read_csv(tmp_path / "s.csv").set_index("path")["mos"]
     ev = evaluate([two_models[1]], data, None, device="cpu", plot=False).predictions.set_index("path")["mos_pred"]
@@ -184,12 +221,32 @@ def test_load_eval_data_errors(nisqa_root, tmp_path):
 def test_cli_evaluate_csv_with_a_broken_file_is_partial(nisqa_root, two_models, tmp_path):
     data, _, _ = load_eval_data(nisqa_root=nisqa_root, dbs=["NISQA_TEST_FOR"])
     (tmp_path / "broken.wav").write_bytes(b"not audio")
-    rows = [*[(p, m, c) for p, m, c in zip(data["path"], data["mos"], data["condition"])], ("broken.wav", 3.0, "1"),
-            ("missing.wav", 2.0, "2")]
+    rows = [
+        *[(p, m, c) for p, m, c in zip(data["path"], data["mos"], data["condition"])],
+        ("broken.wav", 3.0, "1"),
+        ("missing.wav", 2.0, "2"),
+    ]
     csv = tmp_path / "labels.csv"
     pd.DataFrame(rows, columns=["path", "mos", "condition"]).to_csv(csv, index=False)
-    res = runner.invoke(app, ["evaluate", "-m", two_models[0], "-m", two_models[1], "--csv", str(csv), "-o",
-                              str(tmp_path / "out"), "--device", "cpu", "--workers", "0", "--quiet"])
+    res = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "-m",
+            two_models[0],
+            "-m",
+            two_models[1],
+            "--csv",
+            str(csv),
+            "-o",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 1, res.output
     assert "4 file score(s) failed" in res.output  # 2 files × 2 models
     pred = pd.read_csv(tmp_path / "out" / "predictions.csv", keep_default_na=False)
@@ -208,8 +265,26 @@ def test_cli_evaluate_several_csvs_gives_metrics_per_csv_and_for_all(nisqa_root,
         (tmp_path / folder).mkdir()
         csvs.append(tmp_path / folder / "test.csv")
         data[data["db"] == db][["path", "mos", "condition"]].to_csv(csvs[-1], index=False)
-    res = runner.invoke(app, ["evaluate", "-m", two_models[0], "--csv", str(csvs[0]), "--csv", str(csvs[1]), "-o",
-                              str(tmp_path / "out"), "--device", "cpu", "--workers", "0", "--quiet", "--no-plot"])
+    res = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "-m",
+            two_models[0],
+            "--csv",
+            str(csvs[0]),
+            "--csv",
+            str(csvs[1]),
+            "-o",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--quiet",
+            "--no-plot",
+        ],
+    )
     assert res.exit_code == 0, res.output
     doc = json.loads((tmp_path / "out" / "metrics.json").read_text())
     n_files = {r["dataset"]: r["n"] for r in doc["metrics"] if r["level"] == "file"}
@@ -223,9 +298,28 @@ def test_cli_evaluate_several_csvs_gives_metrics_per_csv_and_for_all(nisqa_root,
 
 
 def test_cli_evaluate_nisqa_prints_the_comparison_table(nisqa_root, two_models, tmp_path):
-    res = runner.invoke(app, ["evaluate", "-m", two_models[0], "-m", two_models[1], "--nisqa-root",
-                              str(nisqa_root), "--db", "NISQA_TEST_FOR", "-o", str(tmp_path / "o"), "--device", "cpu",
-                              "--workers", "0", "--no-plot"], env={"COLUMNS": "220"})
+    res = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "-m",
+            two_models[0],
+            "-m",
+            two_models[1],
+            "--nisqa-root",
+            str(nisqa_root),
+            "--db",
+            "NISQA_TEST_FOR",
+            "-o",
+            str(tmp_path / "o"),
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--no-plot",
+        ],
+        env={"COLUMNS": "220"},
+    )
     assert res.exit_code == 0, res.output
     assert "ΔPCC" in res.output and "condition" in res.output and "metrics.json" in res.output
     res = runner.invoke(app, ["evaluate", "-m", two_models[0], "--csv", str(tmp_path / "none.csv")])
@@ -233,9 +327,25 @@ def test_cli_evaluate_nisqa_prints_the_comparison_table(nisqa_root, two_models, 
 
 
 def test_cli_evaluate_without_model_uses_the_default_as_score_does(nisqa_root, two_models, tmp_path):
-    res = runner.invoke(app, ["evaluate", "--nisqa-root", str(nisqa_root), "--db", "NISQA_TEST_FOR", "-o",
-                              str(tmp_path / "o"), "--device", "cpu", "--workers", "0", "--no-plot", "--quiet"],
-                        env={"JSQA_MODEL": str(two_models[1])})
+    res = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--nisqa-root",
+            str(nisqa_root),
+            "--db",
+            "NISQA_TEST_FOR",
+            "-o",
+            str(tmp_path / "o"),
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--no-plot",
+            "--quiet",
+        ],
+        env={"JSQA_MODEL": str(two_models[1])},
+    )
     assert res.exit_code == 0, res.output
     doc = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert [m["name"] for m in doc["models"]] == [str(two_models[1])]
@@ -250,17 +360,37 @@ def test_cli_evaluate_help_has_an_example_and_output():
 def test_cli_evaluate_without_matplotlib_names_the_extra(nisqa_root, two_models, tmp_path, monkeypatch):
     """The hint survives rich's markup: pip install 'jsqa[plot]', not pip install 'jsqa'."""
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    res = runner.invoke(app, ["evaluate", "-m", two_models[0], "--nisqa-root", str(nisqa_root), "--db",
-                              "NISQA_TEST_P501", "--output", str(tmp_path / "o"), "--device", "cpu", "-j", "0",
-                              "--quiet"], env={"COLUMNS": "200"})
+    res = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "-m",
+            two_models[0],
+            "--nisqa-root",
+            str(nisqa_root),
+            "--db",
+            "NISQA_TEST_P501",
+            "--output",
+            str(tmp_path / "o"),
+            "--device",
+            "cpu",
+            "-j",
+            "0",
+            "--quiet",
+        ],
+        env={"COLUMNS": "200"},
+    )
     assert res.exit_code == 0, res.output
     assert "pip install 'jsqa[plot]'" in res.output and not (tmp_path / "o" / "scatter.png").exists()
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--device", "gpu"], "--device 'gpu': choose auto, cpu, cuda or cuda:N"),
-    (["--workers", "-1"], "--workers -1"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--device", "gpu"], "--device 'gpu': choose auto, cpu, cuda or cuda:N"),
+        (["--workers", "-1"], "--workers -1"),
+    ],
+)
 def test_cli_evaluate_usage_mistakes_are_one_line(nisqa_root, tmp_path, args, message):
     res = runner.invoke(app, ["evaluate", "--nisqa-root", str(nisqa_root), "-o", str(tmp_path / "o"), *args])
     assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output

@@ -9,21 +9,32 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from nisqa_fixture import build_nisqa_corpus, write_labelled_csv
 from typer.testing import CliRunner
 
 from jsqa_cli.audio import SAMPLE_RATE, AudioError
 from jsqa_cli.cli import app
 from jsqa_cli.evaluate import compute_metrics
 from jsqa_cli.finetune import MOSCrops, build_finetune_model, check_files, decode_all, finetune
-from jsqa_cli.labels import NISQA_TRAIN_DBS, read_labelled_csv, read_nisqa, read_nisqa_conditions
 from jsqa_cli.hub import model_card
+from jsqa_cli.labels import NISQA_TRAIN_DBS, read_labelled_csv, read_nisqa, read_nisqa_conditions
 from jsqa_cli.model import add_flatness_bands, build_model, load_model, read_config, save_model
 from jsqa_cli.scoring import score_files
 from jsqa_cli.train import read_metrics
-from nisqa_fixture import build_nisqa_corpus, write_labelled_csv
 
-FAST = dict(preset="tiny", steps=4, batch_size=4, eval_every=2, log_every=1, workers=0, crop_s=(0.5, 1.0),
-            val_batch_size=8, warmup_steps=1, quiet=True, device="cpu")
+FAST = dict(
+    preset="tiny",
+    steps=4,
+    batch_size=4,
+    eval_every=2,
+    log_every=1,
+    workers=0,
+    crop_s=(0.5, 1.0),
+    val_batch_size=8,
+    warmup_steps=1,
+    quiet=True,
+    device="cpu",
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +52,19 @@ def pretrained_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def csv_split(nisqa_root, tmp_path_factory):
     """train.csv (paths relative to its folder, a `file` column) and val.csv (absolute paths, a `con` column)."""
-    train = write_labelled_csv(nisqa_root / "labels" / "train.csv", read_nisqa(nisqa_root, NISQA_TRAIN_DBS),
-                               relative_to=nisqa_root, path_column="file")
+    train = write_labelled_csv(
+        nisqa_root / "labels" / "train.csv",
+        read_nisqa(nisqa_root, NISQA_TRAIN_DBS),
+        relative_to=nisqa_root,
+        path_column="file",
+    )
     df = pd.read_csv(train)
     df["file"] = "../" + df["file"]
     df.to_csv(train, index=False)
     val = tmp_path_factory.mktemp("csv") / "val.csv"
     read_nisqa(nisqa_root, ["NISQA_VAL_SIM", "NISQA_VAL_LIVE"]).rename(columns={"condition": "con"})[
-        ["path", "mos", "con"]].to_csv(val, index=False)
+        ["path", "mos", "con"]
+    ].to_csv(val, index=False)
     return train, val
 
 
@@ -188,8 +204,7 @@ def test_grouped_crops_come_with_a_partner_cropped_at_the_same_place(tmp_path, m
         paths.append(str(tmp_path / f"v{k}.wav"))
     paths.append(str(make_audio("alone.wav", seconds=2.0, seed=2)))
     paths.append(str(make_audio("nogroup.wav", seconds=2.0, seed=3)))
-    crops = MOSCrops(paths, [4.5, 3.0, 2.0, 4.0, 1.0], crop_s=(1.0, 1.5), seed=0,
-                     groups=["a", "a", "a", "b", pd.NA])
+    crops = MOSCrops(paths, [4.5, 3.0, 2.0, 4.0, 1.0], crop_s=(1.0, 1.5), seed=0, groups=["a", "a", "a", "b", pd.NA])
     partners = set()
     for epoch in range(8):
         wav, mos, (other, other_mos) = crops[(epoch, 0)]
@@ -210,15 +225,27 @@ def test_rank_weight_trains_on_groups_and_needs_them(csv_split, pretrained_dir, 
     grouped = train.parent / "grouped.csv"
     df.to_csv(grouped, index=False)
     assert read_labelled_csv(grouped)["group"].iloc[0] == f"{grouped}:g0"  # groups of two CSVs never merge
-    out = finetune(output=str(tmp_path / "rank"), train_csv=[str(grouped), str(train)], val_csv=str(val),
-                   init=str(pretrained_dir), rank_weight=1.0, **{**FAST, "steps": 2})
+    out = finetune(
+        output=str(tmp_path / "rank"),
+        train_csv=[str(grouped), str(train)],
+        val_csv=str(val),
+        init=str(pretrained_dir),
+        rank_weight=1.0,
+        **{**FAST, "steps": 2},
+    )
     meta = read_config(out)[1]
     assert meta["training"]["rank_weight"] == 1.0 and meta["data"]["train_files"] == 2 * len(df)
     losses = [r["loss"] for r in read_metrics(out / "training") if "loss" in r]
     assert len(losses) == 2 and all(np.isfinite(losses))
     with pytest.raises(ValueError, match="--rank-weight needs training files that share a `group`"):
-        finetune(output=str(tmp_path / "nogroups"), train_csv=str(train), val_csv=str(val),
-                 init=str(pretrained_dir), rank_weight=1.0, **FAST)
+        finetune(
+            output=str(tmp_path / "nogroups"),
+            train_csv=str(train),
+            val_csv=str(val),
+            init=str(pretrained_dir),
+            rank_weight=1.0,
+            **FAST,
+        )
 
 
 # ------------------------------------------------------------------------------------------------ init
@@ -290,8 +317,14 @@ def test_finetune_from_pretrained_on_nisqa(nisqa_root, pretrained_dir, tmp_path)
 
 def test_finetune_keep_projection_head_round_trips(csv_split, pretrained_dir, tmp_path):
     train, val = csv_split
-    out = finetune(output=str(tmp_path / "keep"), train_csv=str(train), val_csv=str(val), init=str(pretrained_dir),
-                   projection_head=True, **{**FAST, "steps": 2})
+    out = finetune(
+        output=str(tmp_path / "keep"),
+        train_csv=str(train),
+        val_csv=str(val),
+        init=str(pretrained_dir),
+        projection_head=True,
+        **{**FAST, "steps": 2},
+    )
     cfg, meta = read_config(out)
     assert cfg.projection_head and cfg.mos_input == "projection" and meta["init"]["projection_head"] is True
     rows = score_files(read_labelled_csv(val)["path"], str(out), device="cpu")
@@ -300,8 +333,18 @@ def test_finetune_keep_projection_head_round_trips(csv_split, pretrained_dir, tm
 
 def test_finetune_from_scratch_csv_l1_frozen_encoder(csv_split, pretrained_dir, tmp_path):
     train, val = csv_split
-    out = finetune(output=str(tmp_path / "scratch"), train_csv=str(train), val_csv=str(val), init=str(pretrained_dir),
-                   from_scratch=True, loss="l1", freeze_encoder_steps=4, early_stop="rmse", seed=7, **FAST)
+    out = finetune(
+        output=str(tmp_path / "scratch"),
+        train_csv=str(train),
+        val_csv=str(val),
+        init=str(pretrained_dir),
+        from_scratch=True,
+        loss="l1",
+        freeze_encoder_steps=4,
+        early_stop="rmse",
+        seed=7,
+        **FAST,
+    )
     _, meta = read_config(out)
     assert meta["init"]["kind"] == "scratch" and meta["data"]["source"] == "csv"
     assert meta["training"]["loss"] == "l1" and meta["training"]["early_stop"] == "rmse"
@@ -316,16 +359,28 @@ def test_flatness_input_trains_at_the_head_rate(csv_split, tmp_path):
     """A model given flatness bands (zero weights) fine-tunes them at --lr-head, like the MOS head."""
     train, val = csv_split
     torch.manual_seed(3)
-    start = save_model(add_flatness_bands(build_model("tiny", projection_head=False), 8), tmp_path / "wide",
-                       {"stage": "finetuned"})
-    out = finetune(output=str(tmp_path / "ft"), train_csv=str(train), val_csv=str(val), init=str(start),
-                   lr=0.0, lr_head=1e-2, seed=3, **FAST)
+    start = save_model(
+        add_flatness_bands(build_model("tiny", projection_head=False), 8), tmp_path / "wide", {"stage": "finetuned"}
+    )
+    out = finetune(
+        output=str(tmp_path / "ft"),
+        train_csv=str(train),
+        val_csv=str(val),
+        init=str(start),
+        lr=0.0,
+        lr_head=1e-2,
+        seed=3,
+        **FAST,
+    )
     trained, before = load_model(out), load_model(start)
     flat = "encoder.stem.conv1_flatness.weight"
     assert trained.config.flatness_bands == 8 and not before.state_dict()[flat].any()
     assert trained.state_dict()[flat].abs().max() > 1e-3  # moved at the head's rate...
-    assert all(torch.equal(v, before.state_dict()[k]) for k, v in trained.state_dict().items()
-               if k.startswith("encoder.") and k != flat)  # ...while the encoder's rate (0) kept the rest
+    assert all(
+        torch.equal(v, before.state_dict()[k])
+        for k, v in trained.state_dict().items()
+        if k.startswith("encoder.") and k != flat
+    )  # ...while the encoder's rate (0) kept the rest
 
 
 def test_lr_flatness_gives_the_flatness_input_its_own_rate(csv_split, tmp_path):
@@ -333,10 +388,20 @@ def test_lr_flatness_gives_the_flatness_input_its_own_rate(csv_split, tmp_path):
     kept in the model's metadata; a model without that input is refused in one line."""
     train, val = csv_split
     torch.manual_seed(4)
-    start = save_model(add_flatness_bands(build_model("tiny", projection_head=False), 8), tmp_path / "wide",
-                       {"stage": "finetuned"})
-    out = finetune(output=str(tmp_path / "ft"), train_csv=str(train), val_csv=str(val), init=str(start),
-                   lr=0.0, lr_head=0.0, lr_flatness=1e-2, seed=4, **FAST)
+    start = save_model(
+        add_flatness_bands(build_model("tiny", projection_head=False), 8), tmp_path / "wide", {"stage": "finetuned"}
+    )
+    out = finetune(
+        output=str(tmp_path / "ft"),
+        train_csv=str(train),
+        val_csv=str(val),
+        init=str(start),
+        lr=0.0,
+        lr_head=0.0,
+        lr_flatness=1e-2,
+        seed=4,
+        **FAST,
+    )
     trained, before = load_model(out), load_model(start)
     flat = "encoder.stem.conv1_flatness.weight"
     assert trained.state_dict()[flat].abs().max() > 1e-3
@@ -345,8 +410,14 @@ def test_lr_flatness_gives_the_flatness_input_its_own_rate(csv_split, tmp_path):
     assert read_config(out)[1]["training"]["lr_flatness"] == 1e-2
     plain = save_model(build_model("tiny", projection_head=False), tmp_path / "plain", {"stage": "finetuned"})
     with pytest.raises(ValueError, match="--lr-flatness: .*plain has no flatness input"):
-        finetune(output=str(tmp_path / "ft2"), train_csv=str(train), val_csv=str(val), init=str(plain),
-                 lr_flatness=1e-2, **FAST)
+        finetune(
+            output=str(tmp_path / "ft2"),
+            train_csv=str(train),
+            val_csv=str(val),
+            init=str(plain),
+            lr_flatness=1e-2,
+            **FAST,
+        )
 
 
 def test_a_missing_init_model_fails_before_the_files_are_read(csv_split, tmp_path, monkeypatch):
@@ -359,8 +430,13 @@ def test_a_missing_init_model_fails_before_the_files_are_read(csv_split, tmp_pat
     monkeypatch.setattr(ft, "load_finetune_data", read_nothing)
     train, val = csv_split
     with pytest.raises(ModelError, match="runs/no-such-model: no such model folder"):
-        finetune(output=str(tmp_path / "ft"), train_csv=str(train), val_csv=str(val),
-                 init=str(tmp_path / "runs/no-such-model"), **FAST)
+        finetune(
+            output=str(tmp_path / "ft"),
+            train_csv=str(train),
+            val_csv=str(val),
+            init=str(tmp_path / "runs/no-such-model"),
+            **FAST,
+        )
 
 
 def test_cache_audio_warns_when_the_cache_would_not_fit(csv_split, tmp_path, monkeypatch):
@@ -380,21 +456,42 @@ def test_cache_audio_warns_when_the_cache_would_not_fit(csv_split, tmp_path, mon
     train, val = csv_split
     monkeypatch.setattr(ft, "available_memory", lambda: 1000)
     with pytest.warns(UserWarning, match=r"--cache-audio: the \d+ training files need about"):
-        out = finetune(output=str(tmp_path / "cached"), train_csv=str(train), val_csv=str(val), from_scratch=True,
-                       cache_audio=True, **FAST)
+        out = finetune(
+            output=str(tmp_path / "cached"),
+            train_csv=str(train),
+            val_csv=str(val),
+            from_scratch=True,
+            cache_audio=True,
+            **FAST,
+        )
     assert read_config(out)[1]["best_step"] in (2, 4)
     monkeypatch.setattr(ft, "available_memory", lambda: 2**40)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        finetune(output=str(tmp_path / "roomy"), train_csv=str(train), val_csv=str(val), from_scratch=True,
-                 cache_audio=True, **FAST)
+        finetune(
+            output=str(tmp_path / "roomy"),
+            train_csv=str(train),
+            val_csv=str(val),
+            from_scratch=True,
+            cache_audio=True,
+            **FAST,
+        )
 
 
 def test_early_stopping_on_a_model_that_cannot_improve(csv_split, tmp_path):
     train, val = csv_split
     opts = {**FAST, "steps": 20, "eval_every": 1, "log_every": 5}
-    out = finetune(output=str(tmp_path / "es"), train_csv=str(train), val_csv=str(val), from_scratch=True,
-                   lr=0.0, lr_head=0.0, early_stop="rmse", patience=2, **opts)
+    out = finetune(
+        output=str(tmp_path / "es"),
+        train_csv=str(train),
+        val_csv=str(val),
+        from_scratch=True,
+        lr=0.0,
+        lr_head=0.0,
+        early_stop="rmse",
+        patience=2,
+        **opts,
+    )
     _, meta = read_config(out)
     assert meta["early_stopped"] is True and meta["steps_run"] == 3 and meta["best_step"] == 1
 
@@ -428,18 +525,26 @@ def test_finetune_option_errors(tmp_path, csv_split):
     with pytest.raises(TypeError, match="unknown finetune option"):
         finetune(output=str(tmp_path / "x"), epochs=3)
     with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
-        finetune(output=str(tmp_path / "x"), train_csv=str(train), val_csv=str(val), from_scratch=True,
-                 resume=True, **FAST)
+        finetune(
+            output=str(tmp_path / "x"), train_csv=str(train), val_csv=str(val), from_scratch=True, resume=True, **FAST
+        )
 
 
 def _ddp_worker(rank: int, port: int, train: str, val: str, out: str) -> None:
     import os
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
-    finetune(output=out, train_csv=train, val_csv=val, from_scratch=True, freeze_encoder_steps=1,
-             **{**FAST, "steps": 3, "eval_every": 2, "batch_size": 2})
+    finetune(
+        output=out,
+        train_csv=train,
+        val_csv=val,
+        from_scratch=True,
+        freeze_encoder_steps=1,
+        **{**FAST, "steps": 3, "eval_every": 2, "batch_size": 2},
+    )
 
 
 def test_ddp_two_gloo_ranks(csv_split, tmp_path):
@@ -471,8 +576,21 @@ runner = CliRunner()
 def test_cli_finetune_help_has_an_example_and_the_shared_vocabulary():
     res = runner.invoke(app, ["finetune", "--help"], env={"COLUMNS": "200"})
     assert res.exit_code == 0 and "Example" in res.output and "--no-projection-head" in res.output
-    for option in ("--steps", "--eval-every", "--log-every", "--checkpoint-every", "--lr ", "--lr-head", "--output",
-                   "--workers", "--device", "--resume", "--overwrite", "--stop-after", "--patience"):
+    for option in (
+        "--steps",
+        "--eval-every",
+        "--log-every",
+        "--checkpoint-every",
+        "--lr ",
+        "--lr-head",
+        "--output",
+        "--workers",
+        "--device",
+        "--resume",
+        "--overwrite",
+        "--stop-after",
+        "--patience",
+    ):
         assert option in res.output, option
     assert "--max-steps" not in res.output and "--val-every" not in res.output and "--lr-encoder" not in res.output
 
@@ -480,16 +598,41 @@ def test_cli_finetune_help_has_an_example_and_the_shared_vocabulary():
 def test_cli_finetune_runs_and_errors_are_one_line(csv_split, tmp_path):
     train, val = csv_split
     out = tmp_path / "cli"
-    args = ["finetune", "-o", str(out), "--train", str(train), "--val", str(val), "--from-scratch", "--preset", "tiny",
-            "--steps", "2", "--batch-size", "4", "--eval-every", "2", "--workers", "0", "--crop", "0.5", "1.0",
-            "--device", "cpu", "--quiet"]
+    args = [
+        "finetune",
+        "-o",
+        str(out),
+        "--train",
+        str(train),
+        "--val",
+        str(val),
+        "--from-scratch",
+        "--preset",
+        "tiny",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--eval-every",
+        "2",
+        "--workers",
+        "0",
+        "--crop",
+        "0.5",
+        "1.0",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert read_config(out)[1]["steps_run"] == 2
     res = runner.invoke(app, args)  # the folder holds a run now
     assert res.exit_code == 2 and "--resume continues it" in res.output and "Traceback" not in res.output
-    res = runner.invoke(app, ["finetune", "-o", str(tmp_path / "y"), "--train", str(train), "--val", str(val),
-                              "--device", "cpu", "--quiet"])
+    res = runner.invoke(
+        app,
+        ["finetune", "-o", str(tmp_path / "y"), "--train", str(train), "--val", str(val), "--device", "cpu", "--quiet"],
+    )
     assert res.exit_code == 2 and "--from-scratch" in res.output
     json.loads((out / "training" / "options.json").read_text())
 
@@ -498,14 +641,39 @@ def test_cli_finetune_reads_several_train_csvs_as_one_set(csv_split, tmp_path):
     train, val = csv_split
     df = read_labelled_csv(train)  # absolute paths now; each half goes to its own folder
     halves = []
-    for i, part in enumerate((df.iloc[: len(df) // 2], df.iloc[len(df) // 2:])):
+    for i, part in enumerate((df.iloc[: len(df) // 2], df.iloc[len(df) // 2 :])):
         (tmp_path / f"part{i}").mkdir()
         halves.append(tmp_path / f"part{i}" / "train.csv")
         part.to_csv(halves[-1], index=False)
     out = tmp_path / "two"
-    args = ["finetune", "-o", str(out), "--train", str(halves[0]), "--train", str(halves[1]), "--val", str(val),
-            "--from-scratch", "--preset", "tiny", "--steps", "1", "--batch-size", "4", "--eval-every", "1",
-            "--workers", "0", "--crop", "0.5", "1.0", "--device", "cpu", "--quiet"]
+    args = [
+        "finetune",
+        "-o",
+        str(out),
+        "--train",
+        str(halves[0]),
+        "--train",
+        str(halves[1]),
+        "--val",
+        str(val),
+        "--from-scratch",
+        "--preset",
+        "tiny",
+        "--steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--eval-every",
+        "1",
+        "--workers",
+        "0",
+        "--crop",
+        "0.5",
+        "1.0",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     data = read_config(out)[1]["data"]
@@ -519,12 +687,17 @@ def test_finetune_validates_on_several_val_csvs_as_one_set(csv_split, tmp_path):
     train, val = csv_split
     df = read_labelled_csv(val)
     halves = []
-    for i, part in enumerate((df.iloc[: len(df) // 2], df.iloc[len(df) // 2:])):
+    for i, part in enumerate((df.iloc[: len(df) // 2], df.iloc[len(df) // 2 :])):
         (tmp_path / f"lang{i}").mkdir()
         halves.append(tmp_path / f"lang{i}" / "val.csv")
         part.assign(condition="clean").to_csv(halves[-1], index=False)  # the same condition name in both
-    out = finetune(output=str(tmp_path / "m"), train_csv=str(train), val_csv=[str(h) for h in halves],
-                   from_scratch=True, **{**FAST, "steps": 1, "eval_every": 1})
+    out = finetune(
+        output=str(tmp_path / "m"),
+        train_csv=str(train),
+        val_csv=[str(h) for h in halves],
+        from_scratch=True,
+        **{**FAST, "steps": 1, "eval_every": 1},
+    )
     meta = read_config(out)[1]
     assert meta["data"]["val_files"] == len(df) and meta["data"]["val_csv"] == [str(h) for h in halves]
     assert meta["validation"]["n"] == len(df) and meta["validation"]["condition"]["n"] == 2  # one per CSV
@@ -535,8 +708,15 @@ def test_finetune_validates_on_several_val_csvs_as_one_set(csv_split, tmp_path):
 def test_grad_clip_0_trains(nisqa_root, tmp_path):
     """--grad-clip 0 is off: the weights move and the validation error falls."""
     start, _ = build_finetune_model(None, True, preset="tiny", seed=0)
-    out = finetune(output=str(tmp_path / "ft"), nisqa_root=str(nisqa_root), from_scratch=True, grad_clip=0.0,
-                   lr_head=1e-2, patience=0, **{**FAST, "steps": 8, "eval_every": 1})
+    out = finetune(
+        output=str(tmp_path / "ft"),
+        nisqa_root=str(nisqa_root),
+        from_scratch=True,
+        grad_clip=0.0,
+        lr_head=1e-2,
+        patience=0,
+        **{**FAST, "steps": 8, "eval_every": 1},
+    )
     trained = load_model(out).state_dict()
     assert not torch.equal(trained["mos_head.0.weight"], start.state_dict()["mos_head.0.weight"])
     assert any(not torch.equal(v, trained[k]) for k, v in start.state_dict().items() if k.startswith("encoder."))
@@ -548,8 +728,13 @@ def test_grad_clip_0_trains(nisqa_root, tmp_path):
 
 def test_overwrite_starts_again(csv_split, tmp_path):
     train, val = csv_split
-    common = dict(output=str(tmp_path / "m"), train_csv=str(train), val_csv=str(val), from_scratch=True,
-                  **{**FAST, "steps": 2, "eval_every": 1})
+    common = dict(
+        output=str(tmp_path / "m"),
+        train_csv=str(train),
+        val_csv=str(val),
+        from_scratch=True,
+        **{**FAST, "steps": 2, "eval_every": 1},
+    )
     finetune(**common)
     finetune(**{**common, "steps": 1}, overwrite=True)
     assert read_config(tmp_path / "m")[1]["steps_run"] == 1
@@ -558,20 +743,38 @@ def test_overwrite_starts_again(csv_split, tmp_path):
         finetune(**common, overwrite=True, resume=True)
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--grad-clip", "-1"], "--grad-clip -1.0: give a positive gradient-norm limit, or 0 for no clipping"),
-    (["--steps", "0"], "--steps 0: train at least 1 step"),
-    (["--log-every", "-1"], "--log-every -1: must not be negative"),
-    (["--eval-every", "-2"], "--eval-every -2: must not be negative"),
-    (["--checkpoint-every", "-1"], "--checkpoint-every -1: must not be negative"),
-    (["--patience", "-1"], "--patience -1: must not be negative"),
-    (["--stop-after", "0"], "--stop-after 0: stop after at least 1 step"),
-    (["--workers", "-1"], "--workers -1"),
-    (["--device", "gpu"], "--device 'gpu': choose auto, cpu, cuda or cuda:N"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--grad-clip", "-1"], "--grad-clip -1.0: give a positive gradient-norm limit, or 0 for no clipping"),
+        (["--steps", "0"], "--steps 0: train at least 1 step"),
+        (["--log-every", "-1"], "--log-every -1: must not be negative"),
+        (["--eval-every", "-2"], "--eval-every -2: must not be negative"),
+        (["--checkpoint-every", "-1"], "--checkpoint-every -1: must not be negative"),
+        (["--patience", "-1"], "--patience -1: must not be negative"),
+        (["--stop-after", "0"], "--stop-after 0: stop after at least 1 step"),
+        (["--workers", "-1"], "--workers -1"),
+        (["--device", "gpu"], "--device 'gpu': choose auto, cpu, cuda or cuda:N"),
+    ],
+)
 def test_cli_finetune_usage_mistakes_are_one_line(csv_split, tmp_path, args, message):
     train, val = csv_split
-    res = runner.invoke(app, ["finetune", "-o", str(tmp_path / "m"), "--train", str(train), "--val", str(val),
-                              "--from-scratch", "--preset", "tiny", "-q", *args])
+    res = runner.invoke(
+        app,
+        [
+            "finetune",
+            "-o",
+            str(tmp_path / "m"),
+            "--train",
+            str(train),
+            "--val",
+            str(val),
+            "--from-scratch",
+            "--preset",
+            "tiny",
+            "-q",
+            *args,
+        ],
+    )
     assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
     assert not (tmp_path / "m").exists()

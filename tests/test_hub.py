@@ -11,18 +11,17 @@ import os
 import shutil
 import subprocess
 
+import hub_server
 import numpy as np
 import pytest
 import torch
+from conftest import synth_speech
 from huggingface_hub import ModelCard, constants
 from typer.testing import CliRunner
 
 from jsqa_cli import hub
 from jsqa_cli.cli import app
 from jsqa_cli.model import build_model, load_model, read_config, save_model
-
-import hub_server
-from conftest import synth_speech
 
 TOKEN = "hf_test_double_token_0123456789"
 REPO = "jsqa-test/tiny"
@@ -63,8 +62,9 @@ def hub_servers(tmp_path_factory):
             files = {f: (folder / f).read_bytes() for f in ("config.json", "model.safetensors")}
             commits[seed] = hub_server.commit_files(repo, "main", files, f"seed {seed}", tag=tag)
         other = hub_server.init_repo(mirrors, "jsqa-test/not-jsqa")
-        hub_server.commit_files(other, "main", {"config.json": b'{"model_type": "bert"}\n',
-                                                "model.safetensors": b"\0" * 200}, "bert")
+        hub_server.commit_files(
+            other, "main", {"config.json": b'{"model_type": "bert"}\n', "model.safetensors": b"\0" * 200}, "bert"
+        )
         yield {"url": double.url, "double": double, "mirrors": mirrors, "root": root, "commits": commits}
     finally:
         olah.stop()
@@ -106,31 +106,64 @@ def test_parse_hub_id():
 
 
 def test_normalize_metrics_shapes():
-    evaluate_doc = {"reference_model": "a", "metrics": [
-        {"dataset": "FOR", "level": "file", "model": "a", "n": 240, "pcc": 0.9, "srcc": 0.88, "rmse": 0.5,
-         "mae": 0.4, "pcc_change_pct": None},
-        {"dataset": "FOR", "level": "file", "model": "b", "n": 240, "pcc": 0.7, "srcc": None, "rmse": 0.6,
-         "mae": 0.5}]}
+    evaluate_doc = {
+        "reference_model": "a",
+        "metrics": [
+            {
+                "dataset": "FOR",
+                "level": "file",
+                "model": "a",
+                "n": 240,
+                "pcc": 0.9,
+                "srcc": 0.88,
+                "rmse": 0.5,
+                "mae": 0.4,
+                "pcc_change_pct": None,
+            },
+            {
+                "dataset": "FOR",
+                "level": "file",
+                "model": "b",
+                "n": 240,
+                "pcc": 0.7,
+                "srcc": None,
+                "rmse": 0.6,
+                "mae": 0.5,
+            },
+        ],
+    }
     assert hub.normalize_metrics(evaluate_doc) == [
-        {"dataset": "FOR", "level": "file", "n": 240, "pcc": 0.9, "srcc": 0.88, "rmse": 0.5, "mae": 0.4}]
+        {"dataset": "FOR", "level": "file", "n": 240, "pcc": 0.9, "srcc": 0.88, "rmse": 0.5, "mae": 0.4}
+    ]
     assert hub.normalize_metrics(evaluate_doc, model_label="b")[0]["pcc"] == 0.7
     nested = {"val_pcc": 0.8, "P501": {"file": {"pcc": 0.9, "n": 3}, "condition": {"pcc": 0.95}}}
     assert hub.normalize_metrics(nested) == [
         {"dataset": "-", "level": "-", "n": None, "val_pcc": 0.8},
         {"dataset": "P501", "level": "file", "n": 3, "pcc": 0.9},
-        {"dataset": "P501", "level": "condition", "n": None, "pcc": 0.95}]
+        {"dataset": "P501", "level": "condition", "n": None, "pcc": 0.95},
+    ]
     assert hub.normalize_metrics({}) == [] and hub.normalize_metrics(None) == []
 
 
 def test_finetune_validation_metrics(tmp_path):
-    meta = {"stage": "finetuned", "data": {"source": "nisqa", "val_db": ["NISQA_VAL_SIM", "NISQA_VAL_LIVE"]},
-            "validation": {"n": 50, "rmse": 0.61, "mae": 0.5, "pcc": 0.82, "srcc": 0.8,
-                           "condition": {"n": 10, "rmse": 0.4, "mae": 0.3, "pcc": 0.9, "srcc": 0.88}}}
+    meta = {
+        "stage": "finetuned",
+        "data": {"source": "nisqa", "val_db": ["NISQA_VAL_SIM", "NISQA_VAL_LIVE"]},
+        "validation": {
+            "n": 50,
+            "rmse": 0.61,
+            "mae": 0.5,
+            "pcc": 0.82,
+            "srcc": 0.8,
+            "condition": {"n": 10, "rmse": 0.4, "mae": 0.3, "pcc": 0.9, "srcc": 0.88},
+        },
+    }
     folder = _tiny_folder(tmp_path / "ft", 0, meta)
     rows = hub.model_metrics(folder)
     assert [(r["dataset"], r["level"], r["n"], r["pcc"]) for r in rows] == [
         ("NISQA_VAL_SIM+NISQA_VAL_LIVE (validation)", "file", 50, 0.82),
-        ("NISQA_VAL_SIM+NISQA_VAL_LIVE (validation)", "condition", 10, 0.9)]
+        ("NISQA_VAL_SIM+NISQA_VAL_LIVE (validation)", "condition", 10, 0.9),
+    ]
     text = hub.model_card(folder, "me/ft").text
     assert "| NISQA_VAL_SIM+NISQA_VAL_LIVE (validation) | condition | 10 | 0.900 |" in text
     assert "| validation |" not in text  # shown as evaluation, not as provenance
@@ -138,9 +171,24 @@ def test_finetune_validation_metrics(tmp_path):
 
 def test_model_card_metadata_and_sections(tmp_path):
     folder = _tiny_folder(tmp_path / "m", 0, {"stage": "finetune", "init": "runs/pre/encoder", "license": "cc-by-4.0"})
-    (folder / "metrics.json").write_text(json.dumps({"metrics": [
-        {"dataset": "NISQA_TEST_FOR", "level": "file", "model": "m", "n": 240, "pcc": 0.91, "srcc": 0.9,
-         "rmse": 0.52, "mae": 0.41}]}))
+    (folder / "metrics.json").write_text(
+        json.dumps(
+            {
+                "metrics": [
+                    {
+                        "dataset": "NISQA_TEST_FOR",
+                        "level": "file",
+                        "model": "m",
+                        "n": 240,
+                        "pcc": 0.91,
+                        "srcc": 0.9,
+                        "rmse": 0.52,
+                        "mae": 0.41,
+                    }
+                ]
+            }
+        )
+    )
     card = hub.model_card(folder, "me/jsqa-tiny")
     data = ModelCard(str(card)).data.to_dict()  # parsed back the way the Hub does
     assert data["library_name"] == "jsqa" and data["license"] == "cc-by-4.0"
@@ -194,8 +242,11 @@ def test_offline_uses_cache(hub_env, monkeypatch, make_audio):
     assert hub.resolve_hub_model(f"{REPO}@v1").name == hub_env["commits"][0]  # tag → commit from cached refs
     model = load_model(f"{REPO}@v1")
     assert 1.0 <= _score(model, synth_speech(0.5)) <= 5.0
-    with pytest.raises(hub.OfflineNotCachedError, match=r"jsqa-test/tiny@main: not in the local cache and "
-                                                        r"HF_HUB_OFFLINE=1.*jsqa pull"):
+    with pytest.raises(
+        hub.OfflineNotCachedError,
+        match=r"jsqa-test/tiny@main: not in the local cache and "
+        r"HF_HUB_OFFLINE=1.*jsqa pull",
+    ):
         load_model(f"{REPO}@main")
     result = runner.invoke(app, ["score", str(make_audio("a.wav")), "--model", f"{REPO}@v1", "-q", "-j", "0"])
     if result.exit_code != 2 or "No such command" not in result.output:  # scoring is another helper's command
@@ -206,8 +257,9 @@ def test_offline_uses_cache(hub_env, monkeypatch, make_audio):
 def test_unreachable_endpoint_falls_back_to_cache(hub_env, monkeypatch):
     hub.pull(f"{REPO}@v1")
     monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{hub_server.free_port()}")  # nothing listens
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                        constants.ENDPOINT + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", constants.ENDPOINT + "/{repo_id}/resolve/{revision}/{filename}"
+    )
     assert hub.pull(f"{REPO}@v1").commit == hub_env["commits"][0]
     with pytest.raises(hub.OfflineNotCachedError, match="cannot reach http://127.0.0.1:.* not in the local cache"):
         hub.pull(f"{REPO}@main")
@@ -250,8 +302,9 @@ def test_cli_pull_dest_models_and_info(hub_env, tmp_path):
 
 
 def _git_show(mirrors, repo_id, rev_path):
-    return subprocess.run(["git", "show", rev_path], cwd=hub_server.repo_dir(mirrors, repo_id), capture_output=True,
-                          check=True).stdout
+    return subprocess.run(
+        ["git", "show", rev_path], cwd=hub_server.repo_dir(mirrors, repo_id), capture_output=True, check=True
+    ).stdout
 
 
 def test_push_needs_login(hub_env, tiny_model_dir, monkeypatch):
@@ -271,9 +324,24 @@ def test_push_pull_score_round_trip(hub_env, tmp_path, monkeypatch, make_audio):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     double, mirrors = hub_env["double"], hub_env["mirrors"]
     folder = _tiny_folder(tmp_path / "model", 7, {"stage": "finetune", "data": "NISQA_TRAIN_SIM"})
-    (folder / "metrics.json").write_text(json.dumps({"metrics": [
-        {"dataset": "NISQA_TEST_P501", "level": "file", "model": "x", "n": 4, "pcc": 0.5, "srcc": 0.4,
-         "rmse": 0.9, "mae": 0.8}]}))
+    (folder / "metrics.json").write_text(
+        json.dumps(
+            {
+                "metrics": [
+                    {
+                        "dataset": "NISQA_TEST_P501",
+                        "level": "file",
+                        "model": "x",
+                        "n": 4,
+                        "pcc": 0.5,
+                        "srcc": 0.4,
+                        "rmse": 0.9,
+                        "mae": 0.8,
+                    }
+                ]
+            }
+        )
+    )
     start = len(double.requests)
     res = hub.push(folder, "jsqa-test/pushed", private=True, tag="v1", message="first model")
     sent = double.requests[start:]
@@ -337,8 +405,9 @@ def test_cli_push_never_prints_the_token(hub_env, tmp_path, monkeypatch, caplog)
     caplog.set_level("DEBUG")
     result = runner.invoke(app, ["push", str(folder), "jsqa-test/cli", "--tag", "v0.1", "-m", "from the cli"])
     assert result.exit_code == 2 and "-m" in result.output  # -m means --model everywhere; push has no model option
-    result = runner.invoke(app, ["push", str(folder), "jsqa-test/cli", "--tag", "v0.1", "--commit-message",
-                                 "from the cli"])
+    result = runner.invoke(
+        app, ["push", str(folder), "jsqa-test/cli", "--tag", "v0.1", "--commit-message", "from the cli"]
+    )
     assert result.exit_code == 0, result.output
     commit = [r for r in hub_env["double"].requests if "/commit/" in r["path"]][-1]
     assert commit["json"][0]["value"]["summary"] == "from the cli"
@@ -363,8 +432,10 @@ def test_push_refuses_a_broken_folder(hub_env, tmp_path, monkeypatch):
 
 
 @pytest.mark.live
-@pytest.mark.skipif(not (os.environ.get("HF_TOKEN") and os.environ.get("JSQA_TEST_HUB_REPO")),
-                    reason="set HF_TOKEN and JSQA_TEST_HUB_REPO (a model repo you may write to) to run")
+@pytest.mark.skipif(
+    not (os.environ.get("HF_TOKEN") and os.environ.get("JSQA_TEST_HUB_REPO")),
+    reason="set HF_TOKEN and JSQA_TEST_HUB_REPO (a model repo you may write to) to run",
+)
 def test_live_push_pull(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     repo = os.environ["JSQA_TEST_HUB_REPO"]

@@ -59,7 +59,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for dep in sorted(graph.get(node, ())):
             if state.get(dep) == 1:
-                return path[path.index(dep):] + [dep]
+                return path[path.index(dep) :] + [dep]
             if dep not in state and (cycle := visit(dep)):
                 return cycle
         path.pop()
@@ -147,6 +147,10 @@ print("huggingface_hub" in sys.modules, "jsqa_cli.hub" in sys.modules)
 def test_scoring_with_a_local_model_imports_no_hub_code(tiny_model_dir, make_audio):
     """huggingface_hub is for Hub ids only: `jsqa score` with a folder (or a bundled name) never imports it."""
     wav = make_audio("a.wav", seconds=0.5)
-    out = subprocess.run([sys.executable, "-c", SCORE_WITHOUT_HUB, str(wav), str(tiny_model_dir)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", SCORE_WITHOUT_HUB, str(wav), str(tiny_model_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.split() == ["False", "False"]

@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from jsqa_cli.cli import app
-from jsqa_cli.model import DEFAULT_MODEL, bundled_models, build_model, load_model, save_model
+from jsqa_cli.model import DEFAULT_MODEL, build_model, bundled_models, load_model, save_model
 
 runner = CliRunner()
 RECIPE = {"config": "small", "config_sha256": "ab" * 32, "git_commit": "0123456789abcdef0123456789abcdef01234567"}
@@ -23,8 +23,7 @@ RECIPE = {"config": "small", "config_sha256": "ab" * 32, "git_commit": "01234567
 @pytest.fixture
 def recipe_model(tmp_path):
     torch.manual_seed(1)
-    return save_model(build_model("tiny"), tmp_path / "recipe-model", metadata={"stage": "finetune",
-                                                                                "recipe": RECIPE})
+    return save_model(build_model("tiny"), tmp_path / "recipe-model", metadata={"stage": "finetune", "recipe": RECIPE})
 
 
 def _jsqa(*args, env=None):
@@ -70,8 +69,11 @@ def test_info_shows_recipe_provenance(recipe_model):
     result = runner.invoke(app, ["info", str(recipe_model)], env={"COLUMNS": "300"})
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    for label, value in (("recipe config", "small"), ("recipe config sha256", RECIPE["config_sha256"]),
-                         ("recipe git commit", RECIPE["git_commit"])):
+    for label, value in (
+        ("recipe config", "small"),
+        ("recipe config sha256", RECIPE["config_sha256"]),
+        ("recipe git commit", RECIPE["git_commit"]),
+    ):
         assert any(label in line and value in line for line in lines), (label, result.stdout)
     assert '{"config"' not in result.stdout  # shown as rows, not as a JSON blob
     doc = json.loads(runner.invoke(app, ["info", str(recipe_model), "--json"]).stdout)
@@ -94,5 +96,7 @@ def test_info_shows_the_bundled_models_own_account_of_its_recipe():
     """The bundled model predates training/recipe.py: its metadata says in a sentence how it was made."""
     result = runner.invoke(app, ["info", "jsqa-small"], env={"JSQA_MODEL": "", "COLUMNS": "400"})
     assert result.exit_code == 0, result.output
-    assert any(line.lstrip("│ ").startswith("recipe") and "training/configs/small.toml" in line
-               for line in result.stdout.splitlines()), result.stdout
+    assert any(
+        line.lstrip("│ ").startswith("recipe") and "training/configs/small.toml" in line
+        for line in result.stdout.splitlines()
+    ), result.stdout

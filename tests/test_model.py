@@ -7,11 +7,20 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import synth_speech
+
 from jsqa_cli.audio import pad_batch
-from jsqa_cli.model import (PRESETS, JSQA, ModelError, add_flatness_bands, build_model, config_from_preset,
-                            load_model, read_config, save_model)
+from jsqa_cli.model import (
+    JSQA,
+    PRESETS,
+    ModelError,
+    add_flatness_bands,
+    build_model,
+    config_from_preset,
+    load_model,
+    read_config,
+    save_model,
+)
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +84,9 @@ def test_flatness_bands_see_harmonics_the_mel_bands_blur(tiny, tmp_path):
     with torch.inference_mode():
         feats, _ = wide.encoder.frontend(torch.from_numpy(np.stack([harmonic, noise])), torch.tensor([16_000] * 2))
     mel, flat = feats[:, : tiny.config.n_mels], feats[:, tiny.config.n_mels :]
-    assert flat.shape[1] == 8 and torch.equal(mel, tiny.encoder.frontend(
-        torch.from_numpy(np.stack([harmonic, noise])), torch.tensor([16_000] * 2))[0])
+    assert flat.shape[1] == 8 and torch.equal(
+        mel, tiny.encoder.frontend(torch.from_numpy(np.stack([harmonic, noise])), torch.tensor([16_000] * 2))[0]
+    )
     # band 0 (0-1 kHz): the harmonic signal's power sits in a few bins (low flatness), white noise's in all
     assert flat[0, 0].mean() < flat[1, 0].mean() - 1.5
     assert abs(flat[1].mean().item() - (-0.577 + 1.0) / 0.5) < 0.3  # white noise: E[log] - log E = -Euler's gamma
@@ -126,16 +136,19 @@ def _broken(tmp_path, tiny, case):
     return folder
 
 
-@pytest.mark.parametrize("case,message", [
-    ("no_config", "not a jsqa model folder"),
-    ("bad_json", "invalid JSON"),
-    ("wrong_type", "not a jsqa model"),
-    ("no_weights", "model.safetensors is missing"),
-    ("corrupt_weights", "unreadable safetensors file"),
-    ("mismatch", "weights do not match config.json"),
-    ("shape", "weights do not match config.json (size mismatch for mos_head"),
-    ("file", "not a file"),
-])
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("no_config", "not a jsqa model folder"),
+        ("bad_json", "invalid JSON"),
+        ("wrong_type", "not a jsqa model"),
+        ("no_weights", "model.safetensors is missing"),
+        ("corrupt_weights", "unreadable safetensors file"),
+        ("mismatch", "weights do not match config.json"),
+        ("shape", "weights do not match config.json (size mismatch for mos_head"),
+        ("file", "not a file"),
+    ],
+)
 def test_load_errors_are_one_line(tmp_path, tiny, case, message):
     with pytest.raises(ModelError) as err:
         load_model(_broken(tmp_path, tiny, case))

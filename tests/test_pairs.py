@@ -142,8 +142,9 @@ def test_write_audio_matches_on_the_fly_mixing(jnd_sources, tmp_path):
 
 def test_make_pairs_errors_are_one_line(jnd_sources, tmp_path):
     with pytest.raises(ValueError, match="no usable speech"):
-        P.make_pairs([jnd_sources / "noise" / "silent.wav"], [jnd_sources / "noise"], tmp_path / "x", num_pairs=2,
-                     seconds=5.0)
+        P.make_pairs(
+            [jnd_sources / "noise" / "silent.wav"], [jnd_sources / "noise"], tmp_path / "x", num_pairs=2, seconds=5.0
+        )
     with pytest.raises(FileNotFoundError, match="nowhere"):
         P.make_pairs([tmp_path / "nowhere"], [jnd_sources / "noise"], tmp_path / "x", num_pairs=2)
     with pytest.raises(ValueError, match="--pairing"):
@@ -194,8 +195,9 @@ def test_worker_errors_arrive_as_one_line(built, tmp_path):
     tmp, _, df = built
     broken = df[df.split == "train"].head(4).copy()
     broken["speech_a"] = str(tmp_path / "gone.flac")
-    loader = torch.utils.data.DataLoader(P.PairDataset(broken), batch_size=2, num_workers=1,
-                                         sampler=[(0, i) for i in range(4)])
+    loader = torch.utils.data.DataLoader(
+        P.PairDataset(broken), batch_size=2, num_workers=1, sampler=[(0, i) for i in range(4)]
+    )
     with pytest.raises(P.PairDataError) as err:
         next(iter(loader))
     msg = str(P.PairDataError(str(err.value)))
@@ -207,13 +209,28 @@ def test_worker_errors_arrive_as_one_line(built, tmp_path):
 
 def test_cli_make_pairs(jnd_sources, tmp_path):
     out = tmp_path / "cli"
-    res = CliRunner().invoke(app, ["make-pairs", "--speech", str(jnd_sources / "speech"), "--noise",
-                                   str(jnd_sources / "noise"), "-o", str(out), "-n", "8", "--seconds", "1"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "make-pairs",
+            "--speech",
+            str(jnd_sources / "speech"),
+            "--noise",
+            str(jnd_sources / "noise"),
+            "-o",
+            str(out),
+            "-n",
+            "8",
+            "--seconds",
+            "1",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "8 cross-source pairs" in res.output and "Skipped: 1 speech files shorter" in res.output
     assert len(pd.read_csv(out / P.MANIFEST_NAME)) == 8
-    bad = CliRunner().invoke(app, ["make-pairs", "--speech", str(tmp_path / "none"), "--noise",
-                                   str(jnd_sources / "noise"), "-o", str(out)])
+    bad = CliRunner().invoke(
+        app, ["make-pairs", "--speech", str(tmp_path / "none"), "--noise", str(jnd_sources / "noise"), "-o", str(out)]
+    )
     assert bad.exit_code == 2 and "none: no such file or folder" in bad.output
 
 
@@ -222,8 +239,9 @@ def test_discover_audio_reads_list_files(jnd_sources, tmp_path):
 
     speech = sorted((jnd_sources / "speech").rglob("*-7-0000.flac"))[:3]
     listing = tmp_path / "train.txt"
-    listing.write_text("# a split\n" + "\n".join(str(p) for p in speech[:2]) + "\n\n"
-                       + os.path.relpath(speech[2], tmp_path) + "\n")
+    listing.write_text(
+        "# a split\n" + "\n".join(str(p) for p in speech[:2]) + "\n\n" + os.path.relpath(speech[2], tmp_path) + "\n"
+    )
     assert discover_audio([listing]) == sorted(p.resolve() for p in speech)
     (tmp_path / "bad.txt").write_text("nowhere.flac\n")
     with pytest.raises(FileNotFoundError, match="bad.txt: lists 1 missing"):

@@ -17,15 +17,17 @@ from jsqa_cli.cli import app
 from jsqa_cli.model import load_model
 from jsqa_cli.train import read_metrics
 
-FAST = dict(preset="tiny", batch_size=4, workers=0, eval_every=1000, val_max_pairs=8, log_every=1, quiet=True,
-            warmup_steps=1)
+FAST = dict(
+    preset="tiny", batch_size=4, workers=0, eval_every=1000, val_max_pairs=8, log_every=1, quiet=True, warmup_steps=1
+)
 
 
 @pytest.fixture(scope="module")
 def pairs_dir(jnd_sources, tmp_path_factory):
     out = tmp_path_factory.mktemp("pt") / "pairs"
-    P.make_pairs([jnd_sources / "speech"], [jnd_sources / "noise"], out, num_pairs=28, seconds=1.0, seed=0,
-                 val_fraction=0.2)
+    P.make_pairs(
+        [jnd_sources / "speech"], [jnd_sources / "noise"], out, num_pairs=28, seconds=1.0, seed=0, val_fraction=0.2
+    )
     return out
 
 
@@ -53,7 +55,8 @@ def test_nt_xent_matches_the_formula_with_and_without_jnd_mask():
     snr = torch.tensor([0.0, 5.0, 10.0, 1.0, 6.5, 9.0, 7.0, 12.0, 3.5])
     assert float(T.nt_xent(z, snr, n, 0.1)) == pytest.approx(_reference_nt_xent(z, n, 0.1), rel=1e-5)
     assert float(T.nt_xent(z, snr, n, 0.5, jnd_db=3.0)) == pytest.approx(
-        _reference_nt_xent(z, n, 0.5, snr, 3.0), rel=1e-5)
+        _reference_nt_xent(z, n, 0.5, snr, 3.0), rel=1e-5
+    )
 
 
 def test_jnd_mask_ignores_views_within_the_jnd():
@@ -88,8 +91,14 @@ def test_validation_metrics():
 
 def test_pretrain_logs_validates_and_exports(pairs_dir, tmp_path):
     out = tmp_path / "run"
-    encoder = T.pretrain(pairs=str(pairs_dir), output=str(out), steps=4, eval_every=2, hard_negatives=True,
-                         **{k: v for k, v in FAST.items() if k != "eval_every"})
+    encoder = T.pretrain(
+        pairs=str(pairs_dir),
+        output=str(out),
+        steps=4,
+        eval_every=2,
+        hard_negatives=True,
+        **{k: v for k, v in FAST.items() if k != "eval_every"},
+    )
     assert encoder == out / "encoder"
     records = read_metrics(out)
     train = [r for r in records if "loss" in r]
@@ -108,8 +117,15 @@ def test_pretrain_logs_validates_and_exports(pairs_dir, tmp_path):
 def test_no_projection_head_and_config_file(pairs_dir, tmp_path):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"preset": "tiny", "d_model": 16, "n_heads": 2}))
-    encoder = T.pretrain(pairs=str(pairs_dir), output=str(tmp_path / "r"), steps=1, projection_head=False,
-                         config_file=str(cfg), negatives="batch", **FAST)
+    encoder = T.pretrain(
+        pairs=str(pairs_dir),
+        output=str(tmp_path / "r"),
+        steps=1,
+        projection_head=False,
+        config_file=str(cfg),
+        negatives="batch",
+        **FAST,
+    )
     model = load_model(encoder)
     assert model.projection is None and model.config.d_model == 16
 
@@ -131,8 +147,16 @@ def test_resume_continues_exactly(pairs_dir, tmp_path):
 def test_warns_when_the_task_is_trivial(jnd_sources, tmp_path):
     # same-source pairs at identical SNRs: the two members are the same signal, retrieval is 100 % at step 0
     pairs = tmp_path / "same"
-    P.make_pairs([jnd_sources / "speech"], [jnd_sources / "noise"], pairs, num_pairs=20, seconds=1.0,
-                 jnd_db=0.0, pairing="same-source", val_fraction=0.4)
+    P.make_pairs(
+        [jnd_sources / "speech"],
+        [jnd_sources / "noise"],
+        pairs,
+        num_pairs=20,
+        seconds=1.0,
+        jnd_db=0.0,
+        pairing="same-source",
+        val_fraction=0.4,
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         T.pretrain(pairs=str(pairs), output=str(tmp_path / "r"), steps=1, **FAST)
@@ -152,22 +176,41 @@ def test_worker_failure_is_one_clear_error(pairs_dir, tmp_path):
 
 
 def test_cli_pretrain(pairs_dir, tmp_path):
-    res = CliRunner().invoke(app, ["pretrain", "--pairs", str(pairs_dir), "-o", str(tmp_path / "r"), "--preset",
-                                   "tiny", "--steps", "2", "-b", "4", "--workers", "0", "-q"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "pretrain",
+            "--pairs",
+            str(pairs_dir),
+            "-o",
+            str(tmp_path / "r"),
+            "--preset",
+            "tiny",
+            "--steps",
+            "2",
+            "-b",
+            "4",
+            "--workers",
+            "0",
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "Pretrained encoder:" in res.output
     bad = CliRunner().invoke(app, ["pretrain", "--pairs", str(tmp_path), "-o", str(tmp_path / "r2")])
     assert bad.exit_code == 2 and "not a pairs folder" in bad.output
-    bad = CliRunner().invoke(app, ["pretrain", "--pairs", str(pairs_dir), "-o", str(tmp_path / "r3"),
-                                   "--negatives", "all"])
+    bad = CliRunner().invoke(
+        app, ["pretrain", "--pairs", str(pairs_dir), "-o", str(tmp_path / "r3"), "--negatives", "all"]
+    )
     assert bad.exit_code == 2 and "--negatives must be one of" in bad.output
 
 
 def test_grad_clip_0_trains(pairs_dir, tmp_path):
     """--grad-clip 0 is off (it used to zero every gradient): the weights move and the loss falls."""
     start = load_model(T.pretrain(pairs=str(pairs_dir), output=str(tmp_path / "s"), steps=1, lr=0.0, **FAST))
-    encoder = T.pretrain(pairs=str(pairs_dir), output=str(tmp_path / "r"), steps=8, grad_clip=0.0, lr=2e-3,
-                         weight_decay=0.0, **FAST)
+    encoder = T.pretrain(
+        pairs=str(pairs_dir), output=str(tmp_path / "r"), steps=8, grad_clip=0.0, lr=2e-3, weight_decay=0.0, **FAST
+    )
     trained = load_model(encoder).state_dict()
     moved = [k for k, v in start.state_dict().items() if k.startswith("encoder.") and not torch.equal(v, trained[k])]
     assert len(moved) > 10
@@ -188,20 +231,24 @@ def test_an_existing_run_folder_needs_resume_or_overwrite(pairs_dir, tmp_path):
         T.pretrain(**{**opts, "output": str(tmp_path / "new")}, resume=True)
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--grad-clip", "-1"], "--grad-clip -1.0: give a positive gradient-norm limit, or 0 for no clipping"),
-    (["--steps", "0"], "--steps 0: train at least 1 step"),
-    (["--log-every", "-1"], "--log-every -1: must not be negative"),
-    (["--eval-every", "-2"], "--eval-every -2: must not be negative"),
-    (["--checkpoint-every", "-1"], "--checkpoint-every -1: must not be negative"),
-    (["--stop-after", "0"], "--stop-after 0: stop after at least 1 step"),
-    (["--workers", "-1"], "--workers -1"),
-    (["--device", "gpu"], "--device 'gpu': choose auto, cpu, cuda or cuda:N"),
-    (["--resume", "--overwrite"], "choose one"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--grad-clip", "-1"], "--grad-clip -1.0: give a positive gradient-norm limit, or 0 for no clipping"),
+        (["--steps", "0"], "--steps 0: train at least 1 step"),
+        (["--log-every", "-1"], "--log-every -1: must not be negative"),
+        (["--eval-every", "-2"], "--eval-every -2: must not be negative"),
+        (["--checkpoint-every", "-1"], "--checkpoint-every -1: must not be negative"),
+        (["--stop-after", "0"], "--stop-after 0: stop after at least 1 step"),
+        (["--workers", "-1"], "--workers -1"),
+        (["--device", "gpu"], "--device 'gpu': choose auto, cpu, cuda or cuda:N"),
+        (["--resume", "--overwrite"], "choose one"),
+    ],
+)
 def test_cli_pretrain_usage_mistakes_are_one_line(pairs_dir, tmp_path, args, message):
-    res = CliRunner().invoke(app, ["pretrain", "--pairs", str(pairs_dir), "-o", str(tmp_path / "r"), "--preset",
-                                   "tiny", "-q", *args])
+    res = CliRunner().invoke(
+        app, ["pretrain", "--pairs", str(pairs_dir), "-o", str(tmp_path / "r"), "--preset", "tiny", "-q", *args]
+    )
     assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
     assert not (tmp_path / "r").exists()  # refused before anything was written
 
@@ -209,7 +256,19 @@ def test_cli_pretrain_usage_mistakes_are_one_line(pairs_dir, tmp_path, args, mes
 def test_cli_pretrain_help_speaks_the_shared_vocabulary():
     res = CliRunner().invoke(app, ["pretrain", "--help"], env={"COLUMNS": "200"})
     assert res.exit_code == 0
-    for option in ("--steps", "--eval-every", "--log-every", "--checkpoint-every", "--lr ", "--output", "--workers",
-                   "--device", "--resume", "--overwrite", "--stop-after", "--no-projection-head"):
+    for option in (
+        "--steps",
+        "--eval-every",
+        "--log-every",
+        "--checkpoint-every",
+        "--lr ",
+        "--output",
+        "--workers",
+        "--device",
+        "--resume",
+        "--overwrite",
+        "--stop-after",
+        "--no-projection-head",
+    ):
         assert option in res.output, option
     assert "--max-steps" not in res.output and "--val-every" not in res.output and "--out " not in res.output

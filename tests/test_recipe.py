@@ -28,8 +28,14 @@ def _config(path: Path = SMOKE) -> dict:
 
 def _recipe(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, str(REPO / "training" / "recipe.py"), *args], check=False,
-                          capture_output=True, text=True, env=env, timeout=900)
+    return subprocess.run(
+        [sys.executable, str(REPO / "training" / "recipe.py"), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
 
 
 @pytest.mark.slow
@@ -41,8 +47,17 @@ def test_smoke_recipe_runs_end_to_end_scores_examples_and_resumes(tmp_path):
     first = _recipe("--config", str(SMOKE), "--out", str(out))
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     units = [u.name for u in recipe.plan(_config(), out.resolve(), SMOKE)]
-    assert {"sources", "corpus/main", "pairs", "pretrain", "finetune/ranking", "evaluate", "checks", "bundle",
-            "ablation/report"} <= set(units)
+    assert {
+        "sources",
+        "corpus/main",
+        "pairs",
+        "pretrain",
+        "finetune/ranking",
+        "evaluate",
+        "checks",
+        "bundle",
+        "ablation/report",
+    } <= set(units)
     assert all(f"[recipe] {u}: done in" in first.stdout for u in units)
 
     model = out / "model"
@@ -110,9 +125,11 @@ def test_a_killed_run_resumes_from_its_checkpoint_only_with_the_same_hash(tmp_pa
 
 
 def test_failed_checks_and_advisory_groups():
-    report = {"ladders": [{"ladder": "opus", "passed": False}, {"ladder": "mp3", "passed": True}],
-              "noizeus": {"passed": False},
-              "clean_by_source": [{"source": "librispeech", "passed": False}, {"source": "synthetic", "passed": None}]}
+    report = {
+        "ladders": [{"ladder": "opus", "passed": False}, {"ladder": "mp3", "passed": True}],
+        "noizeus": {"passed": False},
+        "clean_by_source": [{"source": "librispeech", "passed": False}, {"source": "synthetic", "passed": None}],
+    }
     failed = recipe.failed_checks(report)
     assert failed == ["ladders/opus", "noizeus", "clean_speech/librispeech"]
     assert [c for c in failed if not recipe.is_advisory(c, ["ladders", "clean_speech"])] == ["noizeus"]
@@ -122,10 +139,28 @@ def test_failed_checks_and_advisory_groups():
 
 
 def test_tables_become_script_options():
-    argv = recipe.as_argv({"num_files": [3, 1, 1], "seed": 2, "ladder": False, "reference_labels": True,
-                           "family_weights": {"codec": 1, "noise": 0}}, positional=("m",))
-    assert argv == ["m", "--num-files", "3", "1", "1", "--seed", "2", "--reference-labels",
-                    "--family-weights", "codec=1,noise=0"]
+    argv = recipe.as_argv(
+        {
+            "num_files": [3, 1, 1],
+            "seed": 2,
+            "ladder": False,
+            "reference_labels": True,
+            "family_weights": {"codec": 1, "noise": 0},
+        },
+        positional=("m",),
+    )
+    assert argv == [
+        "m",
+        "--num-files",
+        "3",
+        "1",
+        "1",
+        "--seed",
+        "2",
+        "--reference-labels",
+        "--family-weights",
+        "codec=1,noise=0",
+    ]
 
 
 def test_usage_mistakes_are_one_line_with_exit_2(tmp_path):
@@ -139,4 +174,5 @@ def test_usage_mistakes_are_one_line_with_exit_2(tmp_path):
     assert named.returncode == 2 and "grups" in named.stderr and named.stderr.count("\n") == 1
     order = _recipe("--config", str(SMOKE), "--out", str(tmp_path / "fresh"), "--stages", "pretrain")
     assert order.returncode == 2 and order.stderr == (
-        "recipe: pretrain needs pairs done for this config: run that stage first\n")
+        "recipe: pretrain needs pairs done for this config: run that stage first\n"
+    )

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-
 from conftest import synth_speech
+
 from jsqa_cli.model import build_model, load_model
 
 TRAINING = Path(__file__).resolve().parents[1] / "training"
@@ -65,8 +65,12 @@ def recipe_data_root(tmp_path_factory):
     sf.write(ivr / "silence_2.flac", np.zeros(2 * SR, np.float32), SR)
     sf.write(ivr / "beep.flac", 0.3 * np.sin(2 * np.pi * 1000 * np.arange(SR // 4) / SR), SR)
     sf.write(ivr / "muted.flac", 1e-4 * _wave(2.0, 7), SR)
-    for folder, names in {"ambient_blanket": ["city", "rain", "pink-noise"], "speech_commands": ["pink_noise", "tap"],
-                          "speechbrain": ["noise1", "noise2", "noise3"], "nonspeech100_nc": ["n1", "n2"]}.items():
+    for folder, names in {
+        "ambient_blanket": ["city", "rain", "pink-noise"],
+        "speech_commands": ["pink_noise", "tap"],
+        "speechbrain": ["noise1", "noise2", "noise3"],
+        "nonspeech100_nc": ["n1", "n2"],
+    }.items():
         for name in names:
             p = root / f"noise/{folder}/{name}.flac"
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -142,13 +146,15 @@ def test_multilingual_jobs_split_by_language():
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
 def test_multilingual_voices_make_a_sources_folder(recipe_sources, tmp_path):
     out = tmp_path / "multi"
-    summary = multilingual_voices.main(["--sources", str(recipe_sources), "--out", str(out), "--per-language", "1",
-                                        "--workers", "1"])
+    summary = multilingual_voices.main(
+        ["--sources", str(recipe_sources), "--out", str(out), "--per-language", "1", "--workers", "1"]
+    )
     assert summary["splits"]["test"]["languages"] == ["it", "pl"] and summary["splits"]["val"]["languages"] == ["nl"]
     train = pd.read_csv(out / "speech_train.csv")
     assert len(train) == len(multilingual_voices.SENTENCES) - 3 and not {"it", "pl", "nl"} & set(train.language)
-    assert (train.kind == "synthetic").all() and (out / "noise_train.csv").read_text() == \
-        (recipe_sources / "noise_train.csv").read_text()
+    assert (train.kind == "synthetic").all() and (out / "noise_train.csv").read_text() == (
+        recipe_sources / "noise_train.csv"
+    ).read_text()
     x, sr = sf.read(train.path[0])
     assert sr == SR and len(x) > SR // 2
 
@@ -214,7 +220,9 @@ def test_label_calibration():
     gaps = sm.label(4.3, 4.64, False, (5.0, "zero", 1.0), None, -26.0)
     assert gaps < concealed < clean - 0.3
     assert sm.label(None, 4.64, False, (20.0, "remove", 2.0), None, -26.0) < 2.0
-    assert sm.label(4.5, 4.64, False, None, (-10.0, 200.0), -26.0) < sm.label(4.5, 4.64, False, None, (-30.0, 200.0), -26.0)
+    assert sm.label(4.5, 4.64, False, None, (-10.0, 200.0), -26.0) < sm.label(
+        4.5, 4.64, False, None, (-30.0, 200.0), -26.0
+    )
     assert sm.label(4.64, 4.64, False, None, None, -50.0) < clean - 1.0  # far too quiet
 
 
@@ -241,9 +249,28 @@ def test_voice_shift_and_spectral_tilt():
 
 def _clean_draw(sources, out, share_option):
     """Three clean training clips, every reference given ``share_option`` (e.g. --timbre-share) at share 1."""
-    simulate_mos.main(["--sources", str(sources), "--out", str(out), "--num-files", "3", "0", "0",
-                       "--workers", "1", "--max-factor", "1", "--seed", "2", share_option, "1",
-                       "--clean-share", "1"])
+    simulate_mos.main(
+        [
+            "--sources",
+            str(sources),
+            "--out",
+            str(out),
+            "--num-files",
+            "3",
+            "0",
+            "0",
+            "--workers",
+            "1",
+            "--max-factor",
+            "1",
+            "--seed",
+            "2",
+            share_option,
+            "1",
+            "--clean-share",
+            "1",
+        ]
+    )
     return pd.read_csv(out / "train.csv")
 
 
@@ -300,9 +327,26 @@ def test_family_weights_option():
 def test_family_weights_pick_the_impairments(recipe_sources, tmp_path):
     out = tmp_path / "mos"
     only_clip = ",".join(f"{f}={int(f == 'clip')}" for f in simulate_mos.FAMILIES)
-    summary = simulate_mos.main(["--sources", str(recipe_sources), "--out", str(out), "--num-files", "3", "0", "0",
-                                 "--workers", "1", "--max-factor", "1", "--clean-share", "0",
-                                 "--family-weights", only_clip])
+    summary = simulate_mos.main(
+        [
+            "--sources",
+            str(recipe_sources),
+            "--out",
+            str(out),
+            "--num-files",
+            "3",
+            "0",
+            "0",
+            "--workers",
+            "1",
+            "--max-factor",
+            "1",
+            "--clean-share",
+            "0",
+            "--family-weights",
+            only_clip,
+        ]
+    )
     df = pd.read_csv(out / "train.csv")
     assert len(df) and df.condition.str.fullmatch(r"clip-\w+").all()  # one family with non-zero weight: k = 1
     assert summary["settings"]["family_weights"][simulate_mos.FAMILIES.index("clip")] == 1
@@ -311,8 +355,24 @@ def test_family_weights_pick_the_impairments(recipe_sources, tmp_path):
 @needs_pesq
 def test_simulate_mos_corpus(recipe_sources, tmp_path):
     out = tmp_path / "mos"
-    summary = simulate_mos.main(["--sources", str(recipe_sources), "--out", str(out), "--num-files", "4", "2", "0",
-                                 "--workers", "1", "--max-factor", "1", "--seed", "1"])
+    summary = simulate_mos.main(
+        [
+            "--sources",
+            str(recipe_sources),
+            "--out",
+            str(out),
+            "--num-files",
+            "4",
+            "2",
+            "0",
+            "--workers",
+            "1",
+            "--max-factor",
+            "1",
+            "--seed",
+            "1",
+        ]
+    )
     assert summary["splits"]["train"]["files"] == 4 and "test" not in summary["splits"]
     df = pd.read_csv(out / "train.csv")
     assert list(df.columns[:5]) == ["path", "mos", "condition", "pesq_raw", "pesq_mid"] and "source" in df
@@ -331,8 +391,28 @@ def test_simulate_mos_corpus(recipe_sources, tmp_path):
 def test_versions_share_one_reference(recipe_sources, tmp_path):
     """--versions 3: groups of the clean reference and two degraded copies, kept whole, each labelled against it."""
     out = tmp_path / "mos"
-    simulate_mos.main(["--sources", str(recipe_sources), "--out", str(out), "--num-files", "5", "0", "0",
-                       "--workers", "1", "--max-factor", "0", "--seed", "4", "--versions", "3", "--clean-share", "0"])
+    simulate_mos.main(
+        [
+            "--sources",
+            str(recipe_sources),
+            "--out",
+            str(out),
+            "--num-files",
+            "5",
+            "0",
+            "0",
+            "--workers",
+            "1",
+            "--max-factor",
+            "0",
+            "--seed",
+            "4",
+            "--versions",
+            "3",
+            "--clean-share",
+            "0",
+        ]
+    )
     df = pd.read_csv(out / "train.csv")
     assert len(df) == 6 and list(df.columns)[-1] == "group"  # whole groups until at least 5 clips
     for _, g in df.groupby("group", sort=False):
@@ -349,8 +429,9 @@ def test_versions_share_one_reference(recipe_sources, tmp_path):
 @needs_pesq
 def test_candidate_pesq_and_codec_paths(recipe_sources):
     """One candidate per family group, including every codec path, labelled by PESQ."""
-    simulate_mos._init_worker(dict(sources=str(recipe_sources), seed=0, synthetic_share=0.0, clean_share=0.0,
-                                   data_root=""))
+    simulate_mos._init_worker(
+        dict(sources=str(recipe_sources), seed=0, synthetic_share=0.0, clean_share=0.0, data_root="")
+    )
     src = simulate_mos.Sources(recipe_sources, "train", 0.0)
     rng = np.random.default_rng(0)
     ref = imp.set_level(src.speech(rng, 4.0)[0], -26.0)
@@ -371,9 +452,25 @@ def test_candidate_pesq_and_codec_paths(recipe_sources):
 
 def test_quality_checks_with_tiny_model(tiny_model_dir, recipe_sources, recipe_data_root, tmp_path):
     out, js = tmp_path / "qc.md", tmp_path / "qc.json"
-    report = quality_checks.main([str(tiny_model_dir), "--sources", str(recipe_sources), "--utterances", "2",
-                                  "--seconds", "3", "--noizeus", str(recipe_data_root / "eval/noizeus_noisy"),
-                                  "--out", str(out), "--json", str(js), "--multilingual", str(tmp_path / "none")])
+    report = quality_checks.main(
+        [
+            str(tiny_model_dir),
+            "--sources",
+            str(recipe_sources),
+            "--utterances",
+            "2",
+            "--seconds",
+            "3",
+            "--noizeus",
+            str(recipe_data_root / "eval/noizeus_noisy"),
+            "--out",
+            str(out),
+            "--json",
+            str(js),
+            "--multilingual",
+            str(tmp_path / "none"),
+        ]
+    )
     assert report["clean_by_language"] == []  # no multilingual voices: no table
     names = [r["ladder"] for r in report["ladders"]]
     assert {"clipping", "mp3", "opus", "packet_loss:zero", "packet_loss:repeat", "lowpass", "noise:white"} <= set(names)
@@ -395,8 +492,9 @@ def test_quality_checks_with_tiny_model(tiny_model_dir, recipe_sources, recipe_d
     assert "| mp3 |" in text and "NOIZEUS" in text and "Clean held-out speech by source" in text
     assert any(c["crop_sd"] is not None for c in clean) and "within-recording sd" in text
     assert json.loads(js.read_text())["passed"] == report["passed"]
-    assert report["passed"] == (all(r["passed"] for r in report["ladders"]) and nz["passed"]
-                                and all(c["passed"] is not False for c in clean))
+    assert report["passed"] == (
+        all(r["passed"] for r in report["ladders"]) and nz["passed"] and all(c["passed"] is not False for c in clean)
+    )
 
 
 def test_quality_checks_clean_speech_by_language(tiny_model_dir, recipe_sources, tmp_path):
@@ -407,16 +505,30 @@ def test_quality_checks_clean_speech_by_language(tiny_model_dir, recipe_sources,
         for i in range(n):
             path = multi / f"{lang}_{i}.flac"
             sf.write(path, _wave(2.0, 20 + i), SR)
-            rows.append(dict(path=str(path), corpus="synthetic_espeak-ng_multilingual", speaker=f"espeak-ng:{lang}+m1",
-                             kind="synthetic", duration_s=2.0, sample_rate=SR, licence="generated", language=lang))
+            rows.append(
+                dict(
+                    path=str(path),
+                    corpus="synthetic_espeak-ng_multilingual",
+                    speaker=f"espeak-ng:{lang}+m1",
+                    kind="synthetic",
+                    duration_s=2.0,
+                    sample_rate=SR,
+                    licence="generated",
+                    language=lang,
+                )
+            )
         pd.DataFrame(rows).to_csv(multi / f"speech_{split}.csv", index=False)
     model = load_model(str(tiny_model_dir))
-    rows = quality_checks.clean_by_language(model, multi, recipe_sources, per_language=2, seconds=3.0, seed=0,
-                                            batch_size=4)
+    rows = quality_checks.clean_by_language(
+        model, multi, recipe_sources, per_language=2, seconds=3.0, seed=0, batch_size=4
+    )
     assert [(r["language"], r["split"], r["files"]) for r in rows] == [("de", "train", 2), ("it", "test", 2)]
     assert all(1.0 <= r["mean"] <= 5.0 and r["sd"] >= 0 for r in rows)
-    text = quality_checks.markdown(dict(model="tiny", model_arg="tiny", utterances=0, seconds=3.0, ladders=[],
-                                        passed=False, clean_by_language=rows))
+    text = quality_checks.markdown(
+        dict(
+            model="tiny", model_arg="tiny", utterances=0, seconds=3.0, ladders=[], passed=False, clean_by_language=rows
+        )
+    )
     assert "## Clean synthetic speech by language" in text and "| it | test | 2 |" in text
 
 
@@ -427,8 +539,7 @@ def test_quality_checks_reference_labels_fall_along_ladders(recipe_sources, tiny
     utterances, _ = quality_checks.test_utterances(recipe_sources, 1, 3.0, 0)
     defs = quality_checks.ladders(recipe_sources, 0, [])
     model = load_model(tiny_model_dir)
-    for r in quality_checks.run_ladders(model, utterances, {k: defs[k] for k in ("mp3", "lowpass")}, 8,
-                                        reference=True):
+    for r in quality_checks.run_ladders(model, utterances, {k: defs[k] for k in ("mp3", "lowpass")}, 8, reference=True):
         labels = r["reference_labels"]
         assert labels[0] == pytest.approx(simulate_mos.MOS_MAX, abs=0.01)
         assert all(a > b for a, b in zip(labels, labels[1:]))
@@ -443,10 +554,13 @@ def test_quality_checks_ladder_bar_counts_one_swap_of_five_as_rho_0_9(monkeypatc
     rows = {r["ladder"]: r for r in quality_checks.run_ladders(None, [np.zeros(1)], defs, 8)}
     assert rows["one"]["rho"] == 0.9 and rows["one"]["passed"]
     assert rows["two"]["rho"] == 0.7 and not rows["two"]["passed"]
-    text = quality_checks.markdown(dict(model="m", model_arg="m", utterances=1, seconds=3.0, passed=False,
-                                        ladders=list(rows.values())))
-    assert "Out of order (a level scoring at least as high as the better one before it): one: 1 over 0 (4.130 " \
-           "against 4.100); two: 1 over 0 (4.150 against 4.100)." in text
+    text = quality_checks.markdown(
+        dict(model="m", model_arg="m", utterances=1, seconds=3.0, passed=False, ladders=list(rows.values()))
+    )
+    assert (
+        "Out of order (a level scoring at least as high as the better one before it): one: 1 over 0 (4.130 "
+        "against 4.100); two: 1 over 0 (4.150 against 4.100)." in text
+    )
 
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -473,74 +587,112 @@ def test_bundle_card_summary_reads_the_provenance(tmp_path):
 
     enc = tmp_path / "encoder"
     enc.mkdir()
-    (enc / "config.json").write_text(json.dumps({"metadata": {"steps": 1200, "batch_size": 64,
-                                                             "pairing": "cross-source", "negatives": "jnd-aware"}}))
-    meta = {"training": {"preset": "small", "steps": 7000, "global_batch_size": 16}, "best_step": 6500,
-            "data": {"train_files": 3000}, "init": {"kind": "pretrained", "model": str(enc)}}
+    (enc / "config.json").write_text(
+        json.dumps({"metadata": {"steps": 1200, "batch_size": 64, "pairing": "cross-source", "negatives": "jnd-aware"}})
+    )
+    meta = {
+        "training": {"preset": "small", "steps": 7000, "global_batch_size": 16},
+        "best_step": 6500,
+        "data": {"train_files": 3000},
+        "init": {"kind": "pretrained", "model": str(enc)},
+    }
     text = bundle_model.training_summary(meta, "fine-tuned on 2 CPU cores")
-    assert text == ("`small` preset; encoder pretrained on JND pairs (1200 steps × 64 cross-source pairs, jnd-aware "
-                    "negatives); fine-tuned 7000 steps × 16 crops on 3000 simulated clips (best validation step "
-                    "6500); fine-tuned on 2 CPU cores")
+    assert text == (
+        "`small` preset; encoder pretrained on JND pairs (1200 steps × 64 cross-source pairs, jnd-aware "
+        "negatives); fine-tuned 7000 steps × 16 crops on 3000 simulated clips (best validation step "
+        "6500); fine-tuned on 2 CPU cores"
+    )
     scratch = bundle_model.training_summary({**meta, "init": {"kind": "scratch"}}, "")
     assert "trained from scratch" in scratch and not scratch.endswith("; ")
     first = tmp_path / "first"  # a second cycle, continued from the model above
     first.mkdir()
     (first / "config.json").write_text(json.dumps({"metadata": meta}))
-    more = {"training": {"preset": "small", "steps": 6000, "global_batch_size": 16, "crop_s": [2.0, 6.0]},
-            "best_step": 5500, "data": {"train_files": 9000}, "init": {"kind": "pretrained", "model": str(first)}}
+    more = {
+        "training": {"preset": "small", "steps": 6000, "global_batch_size": 16, "crop_s": [2.0, 6.0]},
+        "best_step": 5500,
+        "data": {"train_files": 9000},
+        "init": {"kind": "pretrained", "model": str(first)},
+    }
     assert bundle_model.training_summary(more, "") == (
         "`small` preset; encoder pretrained on JND pairs (1200 steps × 64 cross-source pairs, jnd-aware negatives); "
         "fine-tuned 7000 steps × 16 crops on 3000 simulated clips (best validation step 6500); fine-tuned 6000 "
-        "steps × 16 crops of 2-6 s on 9000 simulated clips (best validation step 5500)")
+        "steps × 16 crops of 2-6 s on 9000 simulated clips (best validation step 5500)"
+    )
     part = {"steps": 6000, "global_batch_size": 16, "crop_s": [2.0, 6.0], "train_files": 9000}
-    soup = {"training": more["training"], "init": more["init"],
-            "averaged_from": [{**part, "best_step": 5500}, {**part, "best_step": 4000}]}
+    soup = {
+        "training": more["training"],
+        "init": more["init"],
+        "averaged_from": [{**part, "best_step": 5500}, {**part, "best_step": 4000}],
+    }
     assert bundle_model.training_summary(soup, "").endswith(
         "; then 2 runs from there, weights averaged: fine-tuned 6000 steps × 16 crops of 2-6 s on 9000 simulated "
         "clips (best validation step 5500) | fine-tuned 6000 steps × 16 crops of 2-6 s on 9000 simulated clips "
-        "(best validation step 4000)")
+        "(best validation step 4000)"
+    )
     averaged = tmp_path / "averaged"  # a third cycle, continued from the averaged model: both averages are told
     averaged.mkdir()
     (averaged / "config.json").write_text(json.dumps({"metadata": soup}))
-    third = {"training": {"preset": "small", "steps": 3000, "global_batch_size": 16, "crop_s": [4.0, 6.0]},
-             "best_step": 1500, "data": {"train_files": 11400}, "init": {"kind": "pretrained", "model": str(averaged)}}
+    third = {
+        "training": {"preset": "small", "steps": 3000, "global_batch_size": 16, "crop_s": [4.0, 6.0]},
+        "best_step": 1500,
+        "data": {"train_files": 11400},
+        "init": {"kind": "pretrained", "model": str(averaged)},
+    }
     text = bundle_model.training_summary(third, "")
     assert text.count("weights averaged") == 1 and text.count("best validation step 4000") == 1
-    assert text.endswith("(best validation step 4000); fine-tuned 3000 steps × 16 crops of 4-6 s on 11400 "
-                         "simulated clips (best validation step 1500)")
+    assert text.endswith(
+        "(best validation step 4000); fine-tuned 3000 steps × 16 crops of 4-6 s on 11400 "
+        "simulated clips (best validation step 1500)"
+    )
     loop = tmp_path / "loop"  # a model whose provenance names itself (bundled, then continued) ends the chain
     loop.mkdir()
-    (loop / "config.json").write_text(json.dumps({"metadata": {**third, "init": {"kind": "pretrained",
-                                                                                   "model": str(loop)}}}))
-    assert bundle_model.training_summary({**third, "init": {"kind": "pretrained", "model": str(loop)}}, "") \
-        .count("fine-tuned 3000 steps") == 2
+    (loop / "config.json").write_text(
+        json.dumps({"metadata": {**third, "init": {"kind": "pretrained", "model": str(loop)}}})
+    )
+    assert (
+        bundle_model.training_summary({**third, "init": {"kind": "pretrained", "model": str(loop)}}, "").count(
+            "fine-tuned 3000 steps"
+        )
+        == 2
+    )
     after = {**third, "init": {"kind": "pretrained", "model": "jsqa-small", "previous_training": "`small` preset; X"}}
     assert bundle_model.training_summary(after, "").startswith(
-        "`small` preset; continued from the bundled model before it (`small` preset; X); fine-tuned 3000 steps")
+        "`small` preset; continued from the bundled model before it (`small` preset; X); fine-tuned 3000 steps"
+    )
     wide = tmp_path / "wide"  # the shipped model's history: flatness bands added to the third cycle, then a fourth
     wide.mkdir()
     (wide / "config.json").write_text(json.dumps({"metadata": {**third, "flatness_added": {"bands": 16}}}))
     fourth = {**third, "best_step": 1000, "init": {"kind": "pretrained", "model": str(wide)}}
     assert bundle_model.training_summary(fourth, "").endswith(
         "(best validation step 1500); then 16 spectral-flatness input bands added (zero weights); fine-tuned 3000 "
-        "steps × 16 crops of 4-6 s on 11400 simulated clips (best validation step 1000)")
+        "steps × 16 crops of 4-6 s on 11400 simulated clips (best validation step 1000)"
+    )
 
 
 def test_bundle_keeps_only_its_models_metrics_and_names_each_test_set(tmp_path):
     import bundle_model
 
-    rows = [{"dataset": d, "level": "file", "model": m, "n": 4, "pcc": 0.5}
-            for d in ("mos/test", "mos-multi/test", "all") for m in ("scratch", "jsqa")]
-    doc = {"models": [{"label": "scratch", "name": str(tmp_path / "s")}, {"label": "jsqa", "name": str(tmp_path / "j")}],
-           "metrics": rows}
+    rows = [
+        {"dataset": d, "level": "file", "model": m, "n": 4, "pcc": 0.5}
+        for d in ("mos/test", "mos-multi/test", "all")
+        for m in ("scratch", "jsqa")
+    ]
+    doc = {
+        "models": [{"label": "scratch", "name": str(tmp_path / "s")}, {"label": "jsqa", "name": str(tmp_path / "j")}],
+        "metrics": rows,
+    }
     (tmp_path / "m.json").write_text(json.dumps(doc))
     own = bundle_model._own_metrics(tmp_path / "m.json", tmp_path / "j")
     assert [m["label"] for m in own["models"]] == ["jsqa"] and {r["model"] for r in own["metrics"]} == {"jsqa"}
-    assert [r["dataset"] for r in own["metrics"]] == ["jsqa-simulated-mos-test", "jsqa-simulated-mos-multi-test",
-                                                       "jsqa-simulated-all"]
+    assert [r["dataset"] for r in own["metrics"]] == [
+        "jsqa-simulated-mos-test",
+        "jsqa-simulated-mos-multi-test",
+        "jsqa-simulated-all",
+    ]
     doc["metrics"] = [r for r in rows if r["dataset"] == "mos/test"]  # one test set: the name it always had
     (tmp_path / "m.json").write_text(json.dumps(doc))
-    assert {r["dataset"] for r in bundle_model._own_metrics(tmp_path / "m.json", tmp_path / "j")["metrics"]} == \
-        {"jsqa-simulated-mos-test"}
+    assert {r["dataset"] for r in bundle_model._own_metrics(tmp_path / "m.json", tmp_path / "j")["metrics"]} == {
+        "jsqa-simulated-mos-test"
+    }
     with pytest.raises(SystemExit, match="no results for"):
         bundle_model._own_metrics(tmp_path / "m.json", tmp_path / "other")

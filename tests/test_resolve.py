@@ -32,9 +32,21 @@ def test_bundled_names_win(monkeypatch, tmp_path):
     assert (got.name, got.path, got.source) == (name, bundled[name], "bundled")
 
 
-@pytest.mark.parametrize("name,is_hub", [("org/name", True), ("org/name@v1", True), ("org/name@refs/pr/1", True),
-                                         ("name", False), ("./org/name", False), ("/abs/path", False),
-                                         ("~/x/y", False), ("a/b/c", False), ("../x", False), ("org/", False)])
+@pytest.mark.parametrize(
+    "name,is_hub",
+    [
+        ("org/name", True),
+        ("org/name@v1", True),
+        ("org/name@refs/pr/1", True),
+        ("name", False),
+        ("./org/name", False),
+        ("/abs/path", False),
+        ("~/x/y", False),
+        ("a/b/c", False),
+        ("../x", False),
+        ("org/", False),
+    ],
+)
 def test_hub_id_shape(name, is_hub):
     assert resolve.looks_like_hub_id(name) is is_hub
 

@@ -101,20 +101,23 @@ def test_grad_clip_0_is_off_and_the_model_learns(tmp_path):
     assert all(r["grad_norm"] > 0 for r in records if "loss" in r)  # the norm is still logged
 
 
-@pytest.mark.parametrize(("field", "value", "message"), [
-    ("grad_clip", -1.0, "--grad-clip -1.0: give a positive gradient-norm limit, or 0 for no clipping"),
-    ("grad_clip", float("nan"), "--grad-clip nan"),
-    ("steps", 0, "--steps 0: train at least 1 step"),
-    ("steps", -3, "--steps -3"),
-    ("log_every", -1, "--log-every -1: must not be negative (0: off)"),
-    ("eval_every", -5, "--eval-every -5"),
-    ("checkpoint_every", -1, "--checkpoint-every -1"),
-    ("patience", -1, "--patience -1"),
-    ("warmup_steps", -1, "--warmup-steps -1"),
-    ("stop_after", 0, "--stop-after 0: stop after at least 1 step"),
-    ("workers", -1, "--workers -1"),
-    ("weight_decay", -0.1, "--weight-decay -0.1"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("grad_clip", -1.0, "--grad-clip -1.0: give a positive gradient-norm limit, or 0 for no clipping"),
+        ("grad_clip", float("nan"), "--grad-clip nan"),
+        ("steps", 0, "--steps 0: train at least 1 step"),
+        ("steps", -3, "--steps -3"),
+        ("log_every", -1, "--log-every -1: must not be negative (0: off)"),
+        ("eval_every", -5, "--eval-every -5"),
+        ("checkpoint_every", -1, "--checkpoint-every -1"),
+        ("patience", -1, "--patience -1"),
+        ("warmup_steps", -1, "--warmup-steps -1"),
+        ("stop_after", 0, "--stop-after 0: stop after at least 1 step"),
+        ("workers", -1, "--workers -1"),
+        ("weight_decay", -0.1, "--weight-decay -0.1"),
+    ],
+)
 def test_option_checks_are_one_line(field, value, message):
     with pytest.raises(ValueError) as err:
         T.check_options(Opts(**{field: value}))
@@ -176,8 +179,12 @@ def test_one_rule_for_an_existing_run_folder(tmp_path):
 
 def test_weight_decay_on_weights_not_on_biases_or_norms():
     model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Conv1d(4, 2, 3))
-    groups = T.param_groups(model, {"encoder": 1e-3, "head": 1e-2},
-                            lambda name: "head" if name.startswith("2.") else "encoder", weight_decay=0.1)
+    groups = T.param_groups(
+        model,
+        {"encoder": 1e-3, "head": 1e-2},
+        lambda name: "head" if name.startswith("2.") else "encoder",
+        weight_decay=0.1,
+    )
     by = {(g["name"], g["weight_decay"]): {id(p) for p in g["params"]} for g in groups}
     assert by[("encoder", 0.1)] == {id(model[0].weight)}
     assert by[("encoder", 0.0)] == {id(model[0].bias), id(model[1].weight), id(model[1].bias)}

@@ -26,13 +26,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 TRAINING_DATA = {
     "speech": "LibriSpeech slice (CC BY 4.0), LJSpeech (public domain), AN4 (CMU, BSD-style), IVR prompts "
-              "'Allison' (CC BY-SA 3.0), espeak-ng/flite synthetic voices in English and (fourth cycle) espeak-ng "
-              "voices in eight other languages; speaker-disjoint splits, language-disjoint for the other languages",
+    "'Allison' (CC BY-SA 3.0), espeak-ng/flite synthetic voices in English and (fourth cycle) espeak-ng "
+    "voices in eight other languages; speaker-disjoint splits, language-disjoint for the other languages",
     "noise": "ambient recordings (Blanket app sounds: CC0 / CC BY / CC BY-SA / public domain), Speech Commands "
-             "backgrounds (CC BY 4.0), SpeechBrain test noises and RIRs (Apache-2.0), ambient-engine (public "
-             "domain / CC BY 4.0), NOISEX-92 (freely redistributable); no research-only or non-commercial material",
+    "backgrounds (CC BY 4.0), SpeechBrain test noises and RIRs (Apache-2.0), ambient-engine (public "
+    "domain / CC BY 4.0), NOISEX-92 (freely redistributable); no research-only or non-commercial material",
     "labels": "simulated MOS: wideband PESQ (P.862.2) calibrated to listener scales, E-model (G.107) for packet "
-              "loss and echo; see docs/recipe-data.md",
+    "loss and echo; see docs/recipe-data.md",
 }
 
 
@@ -81,8 +81,9 @@ def _own_metrics(path: Path, src: Path, dataset: str = "jsqa-simulated-mos-test"
     doc["models"] = [m for m in doc["models"] if m["label"] in labels]
     rows = [r for r in doc["metrics"] if r["model"] in labels]
     several = len({r["dataset"] for r in rows}) > 1
-    doc["metrics"] = [{**r, "dataset": f"jsqa-simulated-{r['dataset'].replace('/', '-')}" if several else dataset}
-                      for r in rows]
+    doc["metrics"] = [
+        {**r, "dataset": f"jsqa-simulated-{r['dataset'].replace('/', '-')}" if several else dataset} for r in rows
+    ]
     return _relative(doc)
 
 
@@ -98,11 +99,16 @@ def _start(init: dict, seen: frozenset = frozenset()) -> str:
     m = json.loads(cfg.read_text()).get("metadata", {}) if cfg.is_file() and cfg not in seen else {}
     if "training" in m and "init" in m:  # continued from a fine-tuned (perhaps averaged) model
         added = m.get("flatness_added")  # training/add_flatness.py: the same model, with new input channels
-        return (_start(m["init"], seen | {cfg}) + _made(m)
-                + (f"; then {added['bands']} spectral-flatness input bands added (zero weights)" if added else ""))
+        return (
+            _start(m["init"], seen | {cfg})
+            + _made(m)
+            + (f"; then {added['bands']} spectral-flatness input bands added (zero weights)" if added else "")
+        )
     if {"steps", "batch_size", "pairing", "negatives"} <= m.keys():
-        return (f"; encoder pretrained on JND pairs ({m['steps']} steps × {m['batch_size']} {m['pairing']} pairs, "
-                f"{m['negatives']} negatives)")
+        return (
+            f"; encoder pretrained on JND pairs ({m['steps']} steps × {m['batch_size']} {m['pairing']} pairs, "
+            f"{m['negatives']} negatives)"
+        )
     return "; encoder pretrained on JND pairs"
 
 
@@ -110,9 +116,11 @@ def _fine_tuned(meta: dict) -> str:
     """A model's fine-tuning from its metadata, or from one ``averaged_from`` entry (the same keys, flat)."""
     t, data = meta.get("training", meta), meta.get("data", meta)
     crop = t.get("crop_s")
-    return (f"; fine-tuned {t.get('steps', '?')} steps × {t.get('global_batch_size', '?')} crops"
-            + (f" of {crop[0]:g}-{crop[1]:g} s" if crop else "")
-            + f" on {data.get('train_files', '?')} simulated clips (best validation step {meta.get('best_step', '?')})")
+    return (
+        f"; fine-tuned {t.get('steps', '?')} steps × {t.get('global_batch_size', '?')} crops"
+        + (f" of {crop[0]:g}-{crop[1]:g} s" if crop else "")
+        + f" on {data.get('train_files', '?')} simulated clips (best validation step {meta.get('best_step', '?')})"
+    )
 
 
 def _made(meta: dict) -> str:
@@ -120,7 +128,8 @@ def _made(meta: dict) -> str:
     parts = meta.get("averaged_from")  # training/average_models.py: runs from the same starting point
     if parts:
         return f"; then {len(parts)} runs from there, weights averaged: " + " | ".join(
-            _fine_tuned(p).removeprefix("; ") for p in parts)
+            _fine_tuned(p).removeprefix("; ") for p in parts
+        )
     return _fine_tuned(meta)
 
 
@@ -130,8 +139,9 @@ def training_summary(meta: dict, where: str) -> str:
     return text + (f"; {where}" if where else "")
 
 
-def write_model_folder(src: Path, dest: Path, name: str = DEFAULT_MODEL, eval_metrics: Path | None = None,
-                       where: str = "", recipe=None) -> Path:
+def write_model_folder(
+    src: Path, dest: Path, name: str = DEFAULT_MODEL, eval_metrics: Path | None = None, where: str = "", recipe=None
+) -> Path:
     """A complete model folder ``dest`` from the fine-tuned ``src``: config.json (provenance with repository-relative
     paths, ``name``, training data, licence and ``recipe``: how to remake it), model.safetensors, metrics.json
     (with ``eval_metrics``, ``jsqa evaluate``'s file) and a README.md card."""
@@ -142,14 +152,20 @@ def write_model_folder(src: Path, dest: Path, name: str = DEFAULT_MODEL, eval_me
     meta = _relative(config.get("metadata", {}))
     init = meta.get("init") or {}
     shipped = json.loads((dest / CONFIG_NAME).read_text()).get("metadata", {}) if (dest / CONFIG_NAME).is_file() else {}
-    if ((shipped.get("init") or {}).get("previous_training") and (dest / WEIGHTS_NAME).is_file()
-            and (dest / WEIGHTS_NAME).read_bytes() == (src / WEIGHTS_NAME).read_bytes()):
+    if (
+        (shipped.get("init") or {}).get("previous_training")
+        and (dest / WEIGHTS_NAME).is_file()
+        and (dest / WEIGHTS_NAME).read_bytes() == (src / WEIGHTS_NAME).read_bytes()
+    ):
         meta["init"] = shipped["init"]  # the same model bundled again: the model it replaced is the same too
     elif (REPO / str(init.get("model", ""))).resolve() == dest.resolve() and (dest / CARD_NAME).is_file():
         # continued from the model this replaces: keep how that one was made before its files are overwritten
         found = re.search(r"^- Training: (.*?)\. See `docs/results.md`", (dest / CARD_NAME).read_text(), re.M)
-        meta["init"] = {**init, "model": f"{init['model']} (the bundled model it replaced)",
-                        "previous_training": found.group(1) if found else "its card did not say how it was made"}
+        meta["init"] = {
+            **init,
+            "model": f"{init['model']} (the bundled model it replaced)",
+            "previous_training": found.group(1) if found else "its card did not say how it was made",
+        }
     meta.update({"name": name, "training_data": TRAINING_DATA, "license": "mit", "recipe": recipe})
     config["metadata"] = meta
     (dest / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
@@ -166,8 +182,9 @@ def write_model_folder(src: Path, dest: Path, name: str = DEFAULT_MODEL, eval_me
     return dest
 
 
-def bundle(src: Path, name: str = DEFAULT_MODEL, eval_metrics: Path | None = None, where: str = "",
-           recipe=None) -> Path:
+def bundle(
+    src: Path, name: str = DEFAULT_MODEL, eval_metrics: Path | None = None, where: str = "", recipe=None
+) -> Path:
     """Ship ``src`` inside the package (``WEIGHTS_DIR/name``): see :func:`write_model_folder`."""
     dest = write_model_folder(src, WEIGHTS_DIR / name, name, eval_metrics, where, recipe)
     load_model(name)  # the bundled copy resolves by name and loads
@@ -178,8 +195,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", type=Path, nargs="+", help="fine-tuned model folder(s)")
     ap.add_argument("--name", default=DEFAULT_MODEL)
-    ap.add_argument("--eval", type=Path, nargs="*", default=None,
-                    help="metrics.json written by jsqa evaluate, one per model folder")
+    ap.add_argument(
+        "--eval", type=Path, nargs="*", default=None, help="metrics.json written by jsqa evaluate, one per model folder"
+    )
     ap.add_argument("--where", default="", help="where it was trained, for the card (e.g. '2 CPU cores')")
     args = ap.parse_args()
     if args.eval and len(args.eval) != len(args.models):
@@ -187,8 +205,15 @@ def main() -> None:
     pcc = [json.loads((m / CONFIG_NAME).read_text())["metadata"]["validation"]["pcc"] for m in args.models]
     best = max(range(len(pcc)), key=pcc.__getitem__)
     print(f"shipping {args.models[best]} (validation PCC {pcc[best]:.3f})")
-    print(bundle(args.models[best], args.name, args.eval[best] if args.eval else None, args.where,
-                 json.loads((args.models[best] / CONFIG_NAME).read_text())["metadata"].get("recipe")))
+    print(
+        bundle(
+            args.models[best],
+            args.name,
+            args.eval[best] if args.eval else None,
+            args.where,
+            json.loads((args.models[best] / CONFIG_NAME).read_text())["metadata"].get("recipe"),
+        )
+    )
 
 
 if __name__ == "__main__":

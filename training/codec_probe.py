@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import impairments as imp  # noqa: E402
 import quality_checks  # noqa: E402
+
 from jsqa_cli.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from jsqa_cli.model import build_model  # noqa: E402
 
@@ -46,12 +47,15 @@ def features(frontend, x: np.ndarray) -> dict[str, np.ndarray]:
     mel, flat = f[:n_mels], f[n_mels:]
     loud = mel.mean(0) > np.percentile(mel.mean(0), 40)
     mel, flat = mel[:, loud], flat[:, loud]
-    return {"log-mel": np.concatenate([mel.mean(1), mel.std(1), np.abs(np.diff(mel, axis=1)).mean(1)]),
-            "flatness": flat.mean(1)}
+    return {
+        "log-mel": np.concatenate([mel.mean(1), mel.std(1), np.abs(np.diff(mel, axis=1)).mean(1)]),
+        "flatness": flat.mean(1),
+    }
 
 
 def probe(train: list[np.ndarray], test: list[np.ndarray], code, frontend, lam: float) -> dict[str, float]:
     """Test accuracy of a ridge classifier (clean vs coded) per feature set, trained on ``train``."""
+
     def table(clips):
         rows = [features(frontend, x) for x in clips] + [features(frontend, code(x)[: len(x)]) for x in clips]
         return rows, np.r_[-np.ones(len(clips)), np.ones(len(clips))]

@@ -184,8 +184,9 @@ def voice_shift(x: np.ndarray, factor: float) -> np.ndarray:
     return signal.resample_poly(x.astype(np.float64), 100, down).astype(np.float32) if down != 100 else x
 
 
-def spectral_tilt(x: np.ndarray, db_per_octave: float, pivot_hz: float = 1000.0, max_db: float = 9.0,
-                  sr: int = SR) -> np.ndarray:
+def spectral_tilt(
+    x: np.ndarray, db_per_octave: float, pivot_hz: float = 1000.0, max_db: float = 9.0, sr: int = SR
+) -> np.ndarray:
     """A smooth EQ: gain ``db_per_octave * log2(f / pivot)``, limited to +-``max_db`` (negative = darker)."""
     spec = np.fft.rfft(x.astype(np.float64))
     f = np.fft.rfftfreq(len(x), 1 / sr)
@@ -211,8 +212,9 @@ def loss_pattern(num_frames: int, rate: float, mean_burst: float, rng: np.random
     return lost
 
 
-def packet_loss(x: np.ndarray, rate: float, mode: str, rng: np.random.Generator, frame_ms: float = 20.0,
-                mean_burst: float = 1.0) -> tuple[np.ndarray, float]:
+def packet_loss(
+    x: np.ndarray, rate: float, mode: str, rng: np.random.Generator, frame_ms: float = 20.0, mean_burst: float = 1.0
+) -> tuple[np.ndarray, float]:
     """Lose frames of ``frame_ms`` and conceal them as a receiver would; returns (signal, actual loss rate).
 
     ``zero``: the gap is silent. ``remove``: the frames are cut out (chopped speech, the signal gets shorter).

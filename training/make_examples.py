@@ -20,6 +20,7 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import impairments as imp  # noqa: E402
+
 from jsqa_cli.audio import SAMPLE_RATE, load_audio  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,28 +50,72 @@ def build(data_root: Path, out: Path) -> list[dict]:
     rng = lambda k: np.random.default_rng([7, k])  # noqa: E731
     dishes = load_audio(data_root / NOISE)[0]
     a, b, c = (clean[n] for n, _, _ in CLIPS)
-    babble_talkers = [clean["ls1069"], clean["ls4340"], np.roll(clean["ls1069"], 20000), np.roll(clean["ls4340"], 30000)]
+    babble_talkers = [
+        clean["ls1069"],
+        clean["ls4340"],
+        np.roll(clean["ls1069"], 20000),
+        np.roll(clean["ls4340"], 30000),
+    ]
     rows = [
         ("ls533_clean.flac", "ls533", "clean (original recording, level set to -26 dBFS)", a, {}),
-        ("ls533_noise_dishes_5dB.flac", "ls533", "kitchen noise (Speech Commands 'doing the dishes') at 5 dB SNR",
-         imp.mix_snr(a, imp.fit_length(dishes, len(a), rng(1)), 5.0), {}),
-        ("ls533_mp3_16kbps.mp3", "ls533", "MP3 at 16 kbit/s (CBR)", a,
-         dict(format="MP3", subtype="MPEG_LAYER_III", bitrate_mode="CONSTANT", compression_level=imp.MP3_LEVELS[16])),
-        ("ls533_packetloss_10pct.wav", "ls533", "packet loss: 10 % of 20 ms frames lost, silent gaps (no concealment)",
-         imp.packet_loss(a, 0.10, "zero", rng(2), mean_burst=1.5)[0], dict(subtype="PCM_16")),
+        (
+            "ls533_noise_dishes_5dB.flac",
+            "ls533",
+            "kitchen noise (Speech Commands 'doing the dishes') at 5 dB SNR",
+            imp.mix_snr(a, imp.fit_length(dishes, len(a), rng(1)), 5.0),
+            {},
+        ),
+        (
+            "ls533_mp3_16kbps.mp3",
+            "ls533",
+            "MP3 at 16 kbit/s (CBR)",
+            a,
+            dict(format="MP3", subtype="MPEG_LAYER_III", bitrate_mode="CONSTANT", compression_level=imp.MP3_LEVELS[16]),
+        ),
+        (
+            "ls533_packetloss_10pct.wav",
+            "ls533",
+            "packet loss: 10 % of 20 ms frames lost, silent gaps (no concealment)",
+            imp.packet_loss(a, 0.10, "zero", rng(2), mean_burst=1.5)[0],
+            dict(subtype="PCM_16"),
+        ),
         ("ls1069_clean.wav", "ls1069", "clean (original recording, level set to -26 dBFS)", b, dict(subtype="PCM_16")),
-        ("ls1069_clipped_18dB.flac", "ls1069", "hard clipping, peak driven 18 dB over full scale (level restored)",
-         imp.clip(b, 18.0), {}),
-        ("ls1069_opus_8kbps.ogg", "ls1069", "Opus at about 8.5 kbit/s (Ogg)", b,
-         dict(format="OGG", subtype="OPUS", compression_level=0.99)),
+        (
+            "ls1069_clipped_18dB.flac",
+            "ls1069",
+            "hard clipping, peak driven 18 dB over full scale (level restored)",
+            imp.clip(b, 18.0),
+            {},
+        ),
+        (
+            "ls1069_opus_8kbps.ogg",
+            "ls1069",
+            "Opus at about 8.5 kbit/s (Ogg)",
+            b,
+            dict(format="OGG", subtype="OPUS", compression_level=0.99),
+        ),
         ("ls4340_clean.flac", "ls4340", "clean (original recording, level set to -26 dBFS)", c, {}),
-        ("ls4340_babble_0dB.flac", "ls4340", "babble of four LibriSpeech talkers at 0 dB SNR",
-         imp.mix_snr(c, imp.babble(babble_talkers, len(c), rng(3)), 0.0), {}),
-        ("ls4340_gsm_narrowband.wav", "ls4340", "GSM 06.10 full-rate codec, 8 kHz narrowband (WAV, GSM610)",
-         imp.band_limit(c, "narrowband"), dict(subtype="GSM610", samplerate=8000)),
-        ("ls4340_packetloss_concealed_15pct.flac", "ls4340",
-         "packet loss: 15 % of 20 ms frames lost, concealed by repeating the last frame",
-         imp.packet_loss(c, 0.15, "repeat", rng(4), mean_burst=1.5)[0], {}),
+        (
+            "ls4340_babble_0dB.flac",
+            "ls4340",
+            "babble of four LibriSpeech talkers at 0 dB SNR",
+            imp.mix_snr(c, imp.babble(babble_talkers, len(c), rng(3)), 0.0),
+            {},
+        ),
+        (
+            "ls4340_gsm_narrowband.wav",
+            "ls4340",
+            "GSM 06.10 full-rate codec, 8 kHz narrowband (WAV, GSM610)",
+            imp.band_limit(c, "narrowband"),
+            dict(subtype="GSM610", samplerate=8000),
+        ),
+        (
+            "ls4340_packetloss_concealed_15pct.flac",
+            "ls4340",
+            "packet loss: 15 % of 20 ms frames lost, concealed by repeating the last frame",
+            imp.packet_loss(c, 0.15, "repeat", rng(4), mean_burst=1.5)[0],
+            {},
+        ),
     ]
     written = []
     for fname, clip, what, x, kw in rows:
@@ -86,25 +131,38 @@ def build(data_root: Path, out: Path) -> list[dict]:
 
 def readme(written: list[dict]) -> str:
     lines = [
-        "# Example clips", "",
-        "Short speech clips for trying `jsqa score`:", "",
-        "```bash", "jsqa score examples/ -o scores.csv", "```", "",
-        "Generated by `python training/make_examples.py` (deterministic) from the shared data.", "",
-        "## Attribution and licence", "",
-        "The speech is from **LibriSpeech** (V. Panayotov, G. Chen, D. Povey, S. Khudanpur, \"LibriSpeech: an ASR "
-        "corpus based on public domain audio books\", ICASSP 2015; openslr.org/12), licensed **CC BY 4.0**. "
+        "# Example clips",
+        "",
+        "Short speech clips for trying `jsqa score`:",
+        "",
+        "```bash",
+        "jsqa score examples/ -o scores.csv",
+        "```",
+        "",
+        "Generated by `python training/make_examples.py` (deterministic) from the shared data.",
+        "",
+        "## Attribution and licence",
+        "",
+        'The speech is from **LibriSpeech** (V. Panayotov, G. Chen, D. Povey, S. Khudanpur, "LibriSpeech: an ASR '
+        'corpus based on public domain audio books", ICASSP 2015; openslr.org/12), licensed **CC BY 4.0**. '
         f"Each clip is a {SECONDS:.0f} s excerpt, level-normalised, and the degraded files are modified versions "
         "(changes listed below). The kitchen noise in one file is from the **Speech Commands** dataset "
-        "(P. Warden, 2018, background noise `doing_the_dishes`), CC BY 4.0.", "",
-        "| clip | LibriSpeech speaker | chapter | utterance file |", "|---|---|---|---|",
+        "(P. Warden, 2018, background noise `doing_the_dishes`), CC BY 4.0.",
+        "",
+        "| clip | LibriSpeech speaker | chapter | utterance file |",
+        "|---|---|---|---|",
     ]
     for n, rel, _ in CLIPS:
         spk, chap = rel.split("/")[1:3]
         lines.append(f"| {n} | {spk} | {chap} | `{rel.split('/')[-1]}` ({rel.split('/')[0]}) |")
     lines += ["", "## Files", "", "| file | clip | what was done |", "|---|---|---|"]
     lines += [f"| `{w['file']}` | {w['clip']} | {w['what']} |" for w in written]
-    lines += ["", "The three speakers are in the held-out test split of `training/prepare_sources.py`: the bundled "
-              "model did not train on them.", ""]
+    lines += [
+        "",
+        "The three speakers are in the held-out test split of `training/prepare_sources.py`: the bundled "
+        "model did not train on them.",
+        "",
+    ]
     return "\n".join(lines)
 
 

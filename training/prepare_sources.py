@@ -117,8 +117,17 @@ def real_speech(data_root: Path, seed: int) -> pd.DataFrame:
                 skipped.append(p.relative_to(data_root).as_posix())
                 continue
             dur, sr = _info(p)
-            rows.append(dict(path=str(p.resolve()), corpus=corpus, speaker=f"{corpus}:{speaker_of(corpus, p)}",
-                             kind="real", duration_s=round(dur, 3), sample_rate=sr, licence=licence))
+            rows.append(
+                dict(
+                    path=str(p.resolve()),
+                    corpus=corpus,
+                    speaker=f"{corpus}:{speaker_of(corpus, p)}",
+                    kind="real",
+                    duration_s=round(dur, 3),
+                    sample_rate=sr,
+                    licence=licence,
+                )
+            )
     if skipped:
         print(f"{len(skipped)} non-speech files left out (silences, beeps, tones), e.g. {skipped[0]}")
     df = pd.DataFrame(rows)
@@ -138,8 +147,16 @@ def noise_files(data_root: Path, seed: int) -> pd.DataFrame:
     for folder, licence in NOISE_FOLDERS.items():
         for p in sorted((data_root / "noise" / folder).glob("*.flac")):
             dur, sr = _info(p)
-            rows.append(dict(path=str(p.resolve()), folder=folder, name=p.stem, duration_s=round(dur, 3),
-                             sample_rate=sr, licence=licence))
+            rows.append(
+                dict(
+                    path=str(p.resolve()),
+                    folder=folder,
+                    name=p.stem,
+                    duration_s=round(dur, 3),
+                    sample_rate=sr,
+                    licence=licence,
+                )
+            )
     df = pd.DataFrame(rows)
     # Pink and white noise exist in two folders; they are one "noise" each, so they go to the same split
     # (train: generated pink/white noise is also used for every split by the simulator).
@@ -159,38 +176,155 @@ def rirs(data_root: Path) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------------------ synthetic voices
 
-ESPEAK_BASES = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc", "en-gb-x-gbclan",
-                "en-gb-x-gbcwmd"]
-ESPEAK_VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt2",
-                   "klatt3", "Annie", "Alicia", "Andrea", "steph", "linda", "belinda", "anika", "david", "michael",
-                   "paul", "rob", "john", "edward", "iven", "max", "quincy", "shelby", "travis", "victor", "grandma",
-                   "grandpa"]
+ESPEAK_BASES = [
+    "en-us",
+    "en-gb",
+    "en-gb-scotland",
+    "en-gb-x-rp",
+    "en-029",
+    "en-us-nyc",
+    "en-gb-x-gbclan",
+    "en-gb-x-gbcwmd",
+]
+ESPEAK_VARIANTS = [
+    "m1",
+    "m2",
+    "m3",
+    "m4",
+    "m5",
+    "m6",
+    "m7",
+    "f1",
+    "f2",
+    "f3",
+    "f4",
+    "f5",
+    "klatt",
+    "klatt2",
+    "klatt3",
+    "Annie",
+    "Alicia",
+    "Andrea",
+    "steph",
+    "linda",
+    "belinda",
+    "anika",
+    "david",
+    "michael",
+    "paul",
+    "rob",
+    "john",
+    "edward",
+    "iven",
+    "max",
+    "quincy",
+    "shelby",
+    "travis",
+    "victor",
+    "grandma",
+    "grandpa",
+]
 FLITE_VOICES = ["kal16", "awb", "rms", "slt"]  # 16 kHz voices (plain "kal" is 8 kHz, not used)
 
-_SUBJECTS = ["the old man", "my sister", "a young girl", "the driver", "our neighbour", "the teacher", "a tall soldier",
-             "the small dog", "everyone in the room", "the captain", "her brother", "the doctor", "a stranger",
-             "the children", "the farmer", "my best friend", "the new manager", "a quiet student", "the pilot",
-             "the baker"]
-_VERBS = ["carried", "painted", "found", "opened", "forgot", "noticed", "repaired", "bought", "described", "hid",
-          "sold", "cleaned", "watched", "measured", "borrowed", "dropped", "followed", "wrapped", "lifted", "ordered"]
-_OBJECTS = ["a wooden box", "the red umbrella", "seven silver coins", "an empty bottle", "the heavy door",
-            "a letter from the bank", "the broken clock", "two loaves of bread", "the blue bicycle", "a map of the city",
-            "the kitchen window", "a basket of apples", "the garden gate", "an old photograph", "the leather bag"]
-_PLACES = ["near the river", "before sunrise", "in the crowded market", "after the long storm", "on a cold morning",
-           "behind the station", "during the meeting", "at the end of the street", "under the bridge",
-           "without a word", "in the middle of the night", "next to the church", "on the third floor",
-           "while it was raining", "at half past four"]
+_SUBJECTS = [
+    "the old man",
+    "my sister",
+    "a young girl",
+    "the driver",
+    "our neighbour",
+    "the teacher",
+    "a tall soldier",
+    "the small dog",
+    "everyone in the room",
+    "the captain",
+    "her brother",
+    "the doctor",
+    "a stranger",
+    "the children",
+    "the farmer",
+    "my best friend",
+    "the new manager",
+    "a quiet student",
+    "the pilot",
+    "the baker",
+]
+_VERBS = [
+    "carried",
+    "painted",
+    "found",
+    "opened",
+    "forgot",
+    "noticed",
+    "repaired",
+    "bought",
+    "described",
+    "hid",
+    "sold",
+    "cleaned",
+    "watched",
+    "measured",
+    "borrowed",
+    "dropped",
+    "followed",
+    "wrapped",
+    "lifted",
+    "ordered",
+]
+_OBJECTS = [
+    "a wooden box",
+    "the red umbrella",
+    "seven silver coins",
+    "an empty bottle",
+    "the heavy door",
+    "a letter from the bank",
+    "the broken clock",
+    "two loaves of bread",
+    "the blue bicycle",
+    "a map of the city",
+    "the kitchen window",
+    "a basket of apples",
+    "the garden gate",
+    "an old photograph",
+    "the leather bag",
+]
+_PLACES = [
+    "near the river",
+    "before sunrise",
+    "in the crowded market",
+    "after the long storm",
+    "on a cold morning",
+    "behind the station",
+    "during the meeting",
+    "at the end of the street",
+    "under the bridge",
+    "without a word",
+    "in the middle of the night",
+    "next to the church",
+    "on the third floor",
+    "while it was raining",
+    "at half past four",
+]
 _EXTRA = [
-    "Please hold the line, your call is important to us.", "Could you spell your last name for me, please?",
-    "The meeting has been moved to Thursday at ten fifteen.", "Turn left at the second traffic light.",
-    "I can't believe it's already the end of September!", "Press one for sales, or two for technical support.",
-    "The temperature tomorrow will reach twenty three degrees.", "Is this the train to Manchester?",
-    "We need three eggs, a cup of flour and some milk.", "Thank you for waiting, an agent will be with you shortly.",
-    "The museum opens at nine and closes at half past five.", "Did anyone see where I left my glasses?",
-    "Your account number is four, eight, one, five, two, nine.", "The flight to Boston has been delayed by forty minutes.",
-    "Wow, that was the best concert I have ever been to.", "Remember to switch off the lights when you leave.",
-    "How many people are coming to dinner on Saturday?", "The package will arrive between noon and three o'clock.",
-    "Birds were singing in the tall trees behind the house.", "A gentle breeze moved the curtains of the open window.",
+    "Please hold the line, your call is important to us.",
+    "Could you spell your last name for me, please?",
+    "The meeting has been moved to Thursday at ten fifteen.",
+    "Turn left at the second traffic light.",
+    "I can't believe it's already the end of September!",
+    "Press one for sales, or two for technical support.",
+    "The temperature tomorrow will reach twenty three degrees.",
+    "Is this the train to Manchester?",
+    "We need three eggs, a cup of flour and some milk.",
+    "Thank you for waiting, an agent will be with you shortly.",
+    "The museum opens at nine and closes at half past five.",
+    "Did anyone see where I left my glasses?",
+    "Your account number is four, eight, one, five, two, nine.",
+    "The flight to Boston has been delayed by forty minutes.",
+    "Wow, that was the best concert I have ever been to.",
+    "Remember to switch off the lights when you leave.",
+    "How many people are coming to dinner on Saturday?",
+    "The package will arrive between noon and three o'clock.",
+    "Birds were singing in the tall trees behind the house.",
+    "A gentle breeze moved the curtains of the open window.",
 ]
 
 
@@ -201,8 +335,15 @@ def sentences(n: int, seed: int) -> list[str]:
     while len(out) < n:
         s, v, o, p = (rng.choice(w) for w in (_SUBJECTS, _VERBS, _OBJECTS, _PLACES))
         form = rng.integers(0, 4)
-        text = (f"{s} {v} {o} {p}." if form == 0 else f"{p.capitalize()}, {s} {v} {o}." if form == 1
-                else f"Why do you think {s} {v} {o} {p}?" if form == 2 else f"{s} {v} {o}, and then {rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)}.")
+        text = (
+            f"{s} {v} {o} {p}."
+            if form == 0
+            else f"{p.capitalize()}, {s} {v} {o}."
+            if form == 1
+            else f"Why do you think {s} {v} {o} {p}?"
+            if form == 2
+            else f"{s} {v} {o}, and then {rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)}."
+        )
         out.append(text[0].upper() + text[1:])
     rng.shuffle(out)
     return out[:n]
@@ -221,11 +362,32 @@ def _render(job: dict) -> dict | None:
         with tempfile.TemporaryDirectory() as tmp:
             wav = Path(tmp) / "v.wav"
             if job["engine"] == "espeak-ng":
-                cmd = ["espeak-ng", "-v", job["voice"], "-s", str(job["speed"]), "-p", str(job["pitch"]), "-w", str(wav),
-                       job["text"]]
+                cmd = [
+                    "espeak-ng",
+                    "-v",
+                    job["voice"],
+                    "-s",
+                    str(job["speed"]),
+                    "-p",
+                    str(job["pitch"]),
+                    "-w",
+                    str(wav),
+                    job["text"],
+                ]
             else:
-                cmd = ["flite", "-voice", job["voice"], "--setf", f"duration_stretch={job['stretch']:.2f}",
-                       "--setf", f"int_f0_target_mean={job['f0']:.0f}", "-t", job["text"], "-o", str(wav)]
+                cmd = [
+                    "flite",
+                    "-voice",
+                    job["voice"],
+                    "--setf",
+                    f"duration_stretch={job['stretch']:.2f}",
+                    "--setf",
+                    f"int_f0_target_mean={job['f0']:.0f}",
+                    "-t",
+                    job["text"],
+                    "-o",
+                    str(wav),
+                ]
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode != 0 or not wav.exists():
                 print(f"warning: {' '.join(cmd[:3])} failed: {r.stderr.strip()[:200]}", file=sys.stderr)
@@ -233,11 +395,22 @@ def _render(job: dict) -> dict | None:
             x, _ = load_audio(wav, SAMPLE_RATE)
         peak = float(np.max(np.abs(x))) + 1e-9
         out.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(str(out), (x * min(0.5 / peak, 10 ** (-26 / 20) / (np.sqrt(np.mean(x**2)) + 1e-9))).astype(np.float32),
-                 SAMPLE_RATE, subtype="PCM_16")
-    return dict(path=str(out.resolve()), corpus=f"synthetic_{job['engine']}", speaker=f"{job['engine']}:{job['voice']}",
-                kind="synthetic", duration_s=round(sf.info(str(out)).duration, 3), sample_rate=SAMPLE_RATE,
-                licence="generated (espeak-ng GPL-3 / flite BSD-style engines; output unrestricted)", text=job["text"])
+        sf.write(
+            str(out),
+            (x * min(0.5 / peak, 10 ** (-26 / 20) / (np.sqrt(np.mean(x**2)) + 1e-9))).astype(np.float32),
+            SAMPLE_RATE,
+            subtype="PCM_16",
+        )
+    return dict(
+        path=str(out.resolve()),
+        corpus=f"synthetic_{job['engine']}",
+        speaker=f"{job['engine']}:{job['voice']}",
+        kind="synthetic",
+        duration_s=round(sf.info(str(out)).duration, 3),
+        sample_rate=SAMPLE_RATE,
+        licence="generated (espeak-ng GPL-3 / flite BSD-style engines; output unrestricted)",
+        text=job["text"],
+    )
 
 
 def synthetic_speech(out_dir: Path, n_sentences: int, seed: int, workers: int) -> pd.DataFrame:
@@ -251,8 +424,11 @@ def synthetic_speech(out_dir: Path, n_sentences: int, seed: int, workers: int) -
     rng = np.random.default_rng(seed + 1)
     vs = [v for v in voices() if have[v["engine"]]]
     if not vs:
-        print("warning: neither espeak-ng nor flite found: no synthetic voices "
-              "(Debian: apt-get install -y espeak-ng flite)", file=sys.stderr)
+        print(
+            "warning: neither espeak-ng nor flite found: no synthetic voices "
+            "(Debian: apt-get install -y espeak-ng flite)",
+            file=sys.stderr,
+        )
         return pd.DataFrame()
     texts = sentences(n_sentences, seed)
     order = rng.permutation(len(vs))
@@ -260,9 +436,18 @@ def synthetic_speech(out_dir: Path, n_sentences: int, seed: int, workers: int) -
     for i, text in enumerate(texts):
         v = vs[order[i % len(vs)]]
         name = v["voice"].replace("+", "_")
-        jobs.append(dict(engine=v["engine"], voice=v["voice"], text=text, speed=int(rng.integers(125, 211)),
-                         pitch=int(rng.integers(20, 81)), stretch=float(rng.uniform(0.85, 1.2)),
-                         f0=float(rng.uniform(90, 220)), out=str(out_dir / name / f"{i:04d}.flac")))
+        jobs.append(
+            dict(
+                engine=v["engine"],
+                voice=v["voice"],
+                text=text,
+                speed=int(rng.integers(125, 211)),
+                pitch=int(rng.integers(20, 81)),
+                stretch=float(rng.uniform(0.85, 1.2)),
+                f0=float(rng.uniform(90, 220)),
+                out=str(out_dir / name / f"{i:04d}.flac"),
+            )
+        )
     with ThreadPoolExecutor(max(1, workers)) as pool:
         rows = [r for r in pool.map(_render, jobs) if r is not None]
     df = pd.DataFrame(rows)
@@ -300,11 +485,18 @@ def main(argv=None) -> dict:
         (out / f"speech_{split}.txt").write_text("".join(p + "\n" for p in s.path))
         (out / f"noise_{split}.txt").write_text("".join(p + "\n" for p in n.path))
         summary["splits"][split] = dict(
-            speech_files=len(s), speakers=int(s.speaker.nunique()), speech_minutes=round(s.duration_s.sum() / 60, 1),
-            speech_by_corpus={c: dict(files=len(g), speakers=int(g.speaker.nunique()),
-                                      minutes=round(g.duration_s.sum() / 60, 1)) for c, g in s.groupby("corpus")},
-            noise_files=len(n), noise_minutes=round(n.duration_s.sum() / 60, 1), noises=sorted(n.folder + "/" + n.name),
-            rirs=sorted(r.name))
+            speech_files=len(s),
+            speakers=int(s.speaker.nunique()),
+            speech_minutes=round(s.duration_s.sum() / 60, 1),
+            speech_by_corpus={
+                c: dict(files=len(g), speakers=int(g.speaker.nunique()), minutes=round(g.duration_s.sum() / 60, 1))
+                for c, g in s.groupby("corpus")
+            },
+            noise_files=len(n),
+            noise_minutes=round(n.duration_s.sum() / 60, 1),
+            noises=sorted(n.folder + "/" + n.name),
+            rirs=sorted(r.name),
+        )
     # disjointness is the point of this stage: check it
     for a in SPLITS:
         for b in SPLITS:
@@ -314,8 +506,10 @@ def main(argv=None) -> dict:
                 assert not (sa & sb) and not (na & nb), f"overlap between {a} and {b}"
     (out / "sources.json").write_text(json.dumps(summary, indent=1))
     for split, d in summary["splits"].items():
-        print(f"{split:5s}: {d['speech_files']} speech files, {d['speakers']} speakers, {d['speech_minutes']} min; "
-              f"{d['noise_files']} noise files, {d['noise_minutes']} min; RIRs {d['rirs']}")
+        print(
+            f"{split:5s}: {d['speech_files']} speech files, {d['speakers']} speakers, {d['speech_minutes']} min; "
+            f"{d['noise_files']} noise files, {d['noise_minutes']} min; RIRs {d['rirs']}"
+        )
     return summary
 
 

@@ -52,8 +52,7 @@ TRAINING = Path(__file__).resolve().parent
 REPO = TRAINING.parent
 sys.path.insert(0, str(TRAINING))
 
-STAGES = ("sources", "languages", "corpus", "pairs", "pretrain", "finetune", "evaluate", "checks", "bundle",
-          "ablation")
+STAGES = ("sources", "languages", "corpus", "pairs", "pretrain", "finetune", "evaluate", "checks", "bundle", "ablation")
 DONE = ".done.json"
 STARTED = ".started.json"
 
@@ -108,8 +107,9 @@ def call_script(main: Callable, argv: list[str], what: str):
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], check=False, capture_output=True,
-                             text=True, timeout=30)
+        out = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "HEAD"], check=False, capture_output=True, text=True, timeout=30
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -179,17 +179,35 @@ def plan(config: dict, out: Path, config_path: Path) -> list[Unit]:
     sources_cfg = table(config, "sources")  # data_root: relative to the repository root (hashed as written)
     data_root = (REPO / sources_cfg.get("data_root", "../shared/data")).resolve()
     src_dir = out / "sources"
-    sources = add("sources", "sources", src_dir, sources_cfg, [], lambda resume: call_script(
-        prepare_sources.main, as_argv({**sources_cfg, "data_root": str(data_root), "out": str(src_dir)}),
-        "prepare_sources.py"))
+    sources = add(
+        "sources",
+        "sources",
+        src_dir,
+        sources_cfg,
+        [],
+        lambda resume: call_script(
+            prepare_sources.main,
+            as_argv({**sources_cfg, "data_root": str(data_root), "out": str(src_dir)}),
+            "prepare_sources.py",
+        ),
+    )
 
     # languages -------------------------------------------------------------------------------------------
     lang_dir, languages = out / "languages", None
     if "languages" in config:
         lang_cfg = table(config, "languages")
-        languages = add("languages", "languages", lang_dir, lang_cfg, [sources], lambda resume: call_script(
-            multilingual_voices.main, as_argv({**lang_cfg, "sources": str(src_dir), "out": str(lang_dir)}),
-            "multilingual_voices.py"))
+        languages = add(
+            "languages",
+            "languages",
+            lang_dir,
+            lang_cfg,
+            [sources],
+            lambda resume: call_script(
+                multilingual_voices.main,
+                as_argv({**lang_cfg, "sources": str(src_dir), "out": str(lang_dir)}),
+                "multilingual_voices.py",
+            ),
+        )
 
     # corpus: one simulated-MOS draw per [corpus.NAME] table ----------------------------------------------
     draws: dict[str, Unit] = {}
@@ -199,9 +217,14 @@ def plan(config: dict, out: Path, config_path: Path) -> list[Unit]:
             raise ConfigError(f"[corpus.{name}] draws from `languages`, but the config has no [languages] table")
         folder = out / "corpus" / name
         argv = as_argv({**draw, "sources": str(lang_dir if from_languages else src_dir), "out": str(folder)})
-        draws[name] = add("corpus", f"corpus/{name}", folder, {"sources": from_languages, **draw},
-                          [languages if from_languages else sources],
-                          lambda resume, argv=argv: call_script(simulate_mos.main, argv, "simulate_mos.py"))
+        draws[name] = add(
+            "corpus",
+            f"corpus/{name}",
+            folder,
+            {"sources": from_languages, **draw},
+            [languages if from_languages else sources],
+            lambda resume, argv=argv: call_script(simulate_mos.main, argv, "simulate_mos.py"),
+        )
 
     def csvs(names: list[str], split: str, where: str) -> tuple[list[str], list[Unit]]:
         missing = [n for n in names if n not in draws]
@@ -214,8 +237,14 @@ def plan(config: dict, out: Path, config_path: Path) -> list[Unit]:
     speech, noise = [str(src_dir / "speech_train.txt")], [str(src_dir / "noise_train.txt")]
 
     def pairs_unit(name: str, folder: Path, cfg: dict) -> Unit:
-        return add("pairs" if name == "pairs" else "ablation", name, folder, cfg, [sources],
-                   lambda resume: make_pairs(speech, noise, folder, **cfg))
+        return add(
+            "pairs" if name == "pairs" else "ablation",
+            name,
+            folder,
+            cfg,
+            [sources],
+            lambda resume: make_pairs(speech, noise, folder, **cfg),
+        )
 
     pairs = pairs_unit("pairs", out / "pairs", pairs_cfg) if "pairs" in config else None
 
@@ -229,8 +258,15 @@ def plan(config: dict, out: Path, config_path: Path) -> list[Unit]:
                 cfg["config_file"] = str(folder / "model-config.json")
             pretrain(pairs=str(pairs_in.folder), output=str(folder), resume=resume, **cfg)
 
-        return add("pretrain" if name == "pretrain" else "ablation", name, folder, {**cfg, "model": model},
-                   [pairs_in], run, checkpoint="checkpoint.pt")
+        return add(
+            "pretrain" if name == "pretrain" else "ablation",
+            name,
+            folder,
+            {**cfg, "model": model},
+            [pairs_in],
+            run,
+            checkpoint="checkpoint.pt",
+        )
 
     encoder = None
     if "pretrain" in config:
@@ -239,8 +275,9 @@ def plan(config: dict, out: Path, config_path: Path) -> list[Unit]:
         encoder = pretrain_unit("pretrain", out / "pretrain", table(config, "pretrain"), pairs)
 
     # finetune: phases, each starting from the one before -------------------------------------------------
-    def finetune_unit(stage: str, name: str, folder: Path, cfg: dict, start: Unit | None, init: Path | None,
-                      where: str) -> Unit:
+    def finetune_unit(
+        stage: str, name: str, folder: Path, cfg: dict, start: Unit | None, init: Path | None, where: str
+    ) -> Unit:
         """A fine-tuning run from ``init`` (a pretrained encoder or the previous phase's model, made by
         ``start``); with ``from_scratch`` only init's architecture is used."""
         train, train_in = csvs(cfg.pop("train", []), "train", where)
@@ -250,9 +287,15 @@ def plan(config: dict, out: Path, config_path: Path) -> list[Unit]:
         section = {**cfg, "train": [u.name for u in train_in], "val": [u.name for u in val_in]}
         if init is not None:
             cfg["init"] = str(init)
-        return add(stage, name, folder, section, [start, *train_in, *val_in],
-                   lambda resume: finetune(output=str(folder), train_csv=train, val_csv=val, resume=resume, **cfg),
-                   checkpoint=f"{TRAINING_DIR}/checkpoint.pt")
+        return add(
+            stage,
+            name,
+            folder,
+            section,
+            [start, *train_in, *val_in],
+            lambda resume: finetune(output=str(folder), train_csv=train, val_csv=val, resume=resume, **cfg),
+            checkpoint=f"{TRAINING_DIR}/checkpoint.pt",
+        )
 
     final = None
     if "finetune" in config:
@@ -263,8 +306,15 @@ def plan(config: dict, out: Path, config_path: Path) -> list[Unit]:
         start, init = encoder, None if encoder is None else encoder.folder / "encoder"
         for k, phase in enumerate(phases):
             name = phase.pop("name", f"phase{k + 1}")
-            start = finetune_unit("finetune", f"finetune/{name}", out / "finetune" / name, {**ft, **phase}, start,
-                                  init, f"[finetune] phase {name!r}")
+            start = finetune_unit(
+                "finetune",
+                f"finetune/{name}",
+                out / "finetune" / name,
+                {**ft, **phase},
+                start,
+                init,
+                f"[finetune] phase {name!r}",
+            )
             init = start.folder
         final = start
 
@@ -281,8 +331,9 @@ def plan(config: dict, out: Path, config_path: Path) -> list[Unit]:
             data, conditions, info = load_eval_data(csv=test)
             evaluate([str(model)], data, eval_dir, condition_mos=conditions, data_info=info, **ev)
 
-        evaluation = add("evaluate", "evaluate", eval_dir, {**ev, "test": [u.name for u in test_in]},
-                         [final, *test_in], run_evaluate)
+        evaluation = add(
+            "evaluate", "evaluate", eval_dir, {**ev, "test": [u.name for u in test_in]}, [final, *test_in], run_evaluate
+        )
 
     # checks ----------------------------------------------------------------------------------------------
     checks_dir = out / "checks"
@@ -294,20 +345,30 @@ def plan(config: dict, out: Path, config_path: Path) -> list[Unit]:
             raise ConfigError("[checks] needs a [finetune] table")
 
         def run_checks(resume, ck=ck, advisory=advisory, model=final.folder):
-            argv = as_argv({"sources": str(src_dir), "multilingual": str(lang_dir),
-                            "noizeus": str(data_root / "eval" / "noizeus_noisy"),
-                            "out": str(checks_dir / "quality-checks.md"),
-                            "json": str(checks_dir / "quality-checks.json"), **ck}, positional=(model,))
+            argv = as_argv(
+                {
+                    "sources": str(src_dir),
+                    "multilingual": str(lang_dir),
+                    "noizeus": str(data_root / "eval" / "noizeus_noisy"),
+                    "out": str(checks_dir / "quality-checks.md"),
+                    "json": str(checks_dir / "quality-checks.json"),
+                    **ck,
+                },
+                positional=(model,),
+            )
             with open(checks_dir / "log.txt", "w") as log, contextlib.redirect_stdout(log):
                 report = call_script(quality_checks.main, argv, "quality_checks.py")
             required = [c for c in failed_checks(report) if not is_advisory(c, advisory)]
             if required:
-                raise RecipeError(f"quality check failed: {required[0]}"
-                                  + (f" (and {len(required) - 1} more)" if len(required) > 1 else "")
-                                  + f"; see {checks_dir / 'quality-checks.md'}")
+                raise RecipeError(
+                    f"quality check failed: {required[0]}"
+                    + (f" (and {len(required) - 1} more)" if len(required) > 1 else "")
+                    + f"; see {checks_dir / 'quality-checks.md'}"
+                )
 
-        checks = add("checks", "checks", checks_dir, {**ck, "advisory": advisory}, [final, sources, languages],
-                     run_checks)
+        checks = add(
+            "checks", "checks", checks_dir, {**ck, "advisory": advisory}, [final, sources, languages], run_checks
+        )
 
     # bundle ----------------------------------------------------------------------------------------------
     model_dir = out / "model"
@@ -315,16 +376,25 @@ def plan(config: dict, out: Path, config_path: Path) -> list[Unit]:
         bd = table(config, "bundle")
         if final is None:
             raise ConfigError("[bundle] needs a [finetune] table")
-        recipe = {"config": config_path.stem, "config_sha256": sha256_hex(config_path.read_bytes()),
-                  "git_commit": git_commit()}
+        recipe = {
+            "config": config_path.stem,
+            "config_sha256": sha256_hex(config_path.read_bytes()),
+            "git_commit": git_commit(),
+        }
 
         def run_bundle(resume, bd=bd, model=final.folder):
             metrics = eval_dir / "metrics.json" if evaluation is not None else None
             bundle_model.write_model_folder(model, model_dir, eval_metrics=metrics, recipe=recipe, **bd)
 
         # the hash leaves the commit out: a new commit alone does not redo a model (it keeps the one it was made at)
-        add("bundle", "bundle", model_dir, {**bd, "config": recipe["config"], "config_sha256": recipe["config_sha256"]},
-            [final, evaluation, checks], run_bundle)
+        add(
+            "bundle",
+            "bundle",
+            model_dir,
+            {**bd, "config": recipe["config"], "config_sha256": recipe["config_sha256"]},
+            [final, evaluation, checks],
+            run_bundle,
+        )
 
     # ablation --------------------------------------------------------------------------------------------
     if "ablation" in config:
@@ -340,32 +410,70 @@ def plan(config: dict, out: Path, config_path: Path) -> list[Unit]:
             pairs_in = pairs
             if pairing != pairs_cfg.get("pairing", "cross-source"):
                 key = f"ablation/pairs-{pairing}"
-                pairs_in = by_name.get(key) or pairs_unit(key, ab_dir / f"pairs-{pairing}",
-                                                          {**pairs_cfg, "pairing": pairing})
-            pretrained[name] = pretrain_unit(f"ablation/pt-{name}", ab_dir / f"pt-{name}", {**pt_common, **mode},
-                                             pairs_in)
+                pairs_in = by_name.get(key) or pairs_unit(
+                    key, ab_dir / f"pairs-{pairing}", {**pairs_cfg, "pairing": pairing}
+                )
+            pretrained[name] = pretrain_unit(
+                f"ablation/pt-{name}", ab_dir / f"pt-{name}", {**pt_common, **mode}, pairs_in
+            )
         first = next(iter(pretrained.values()))
         for seed in seeds:
             # scratch: the first mode's network (the same architecture), random weights
-            runs = [finetune_unit("ablation", f"ablation/ft-scratch-s{seed}", ab_dir / f"ft-scratch-s{seed}",
-                                  {**ft_common, "seed": seed, "from_scratch": True}, first,
-                                  first.folder / "encoder", "[ablation.finetune]")]
-            runs += [finetune_unit("ablation", f"ablation/ft-{name}-s{seed}", ab_dir / f"ft-{name}-s{seed}",
-                                   {**ft_common, "seed": seed}, pt, pt.folder / "encoder", "[ablation.finetune]")
-                     for name, pt in pretrained.items()]
+            runs = [
+                finetune_unit(
+                    "ablation",
+                    f"ablation/ft-scratch-s{seed}",
+                    ab_dir / f"ft-scratch-s{seed}",
+                    {**ft_common, "seed": seed, "from_scratch": True},
+                    first,
+                    first.folder / "encoder",
+                    "[ablation.finetune]",
+                )
+            ]
+            runs += [
+                finetune_unit(
+                    "ablation",
+                    f"ablation/ft-{name}-s{seed}",
+                    ab_dir / f"ft-{name}-s{seed}",
+                    {**ft_common, "seed": seed},
+                    pt,
+                    pt.folder / "encoder",
+                    "[ablation.finetune]",
+                )
+                for name, pt in pretrained.items()
+            ]
             test, test_in = csvs(ab.get("test", []), "test", "[ablation]")
 
             def run_eval(resume, runs=runs, test=test, seed=seed):
                 data, conditions, info = load_eval_data(csv=test)
-                evaluate([str(r.folder) for r in runs], data, ab_dir / f"eval-s{seed}", condition_mos=conditions,
-                         data_info=info, plot=False)
+                evaluate(
+                    [str(r.folder) for r in runs],
+                    data,
+                    ab_dir / f"eval-s{seed}",
+                    condition_mos=conditions,
+                    data_info=info,
+                    plot=False,
+                )
 
-            add("ablation", f"ablation/eval-s{seed}", ab_dir / f"eval-s{seed}", {"test": ab.get("test", [])},
-                [*runs, *test_in], run_eval)
+            add(
+                "ablation",
+                f"ablation/eval-s{seed}",
+                ab_dir / f"eval-s{seed}",
+                {"test": ab.get("test", [])},
+                [*runs, *test_in],
+                run_eval,
+            )
         report_dir = ab_dir / "report"
-        add("ablation", "ablation/report", report_dir, {}, [u for u in units if u.name.startswith("ablation/eval")],
-            lambda resume: call_script(ablation_report.main, [str(ab_dir), "-o", str(report_dir / "ablation.md")],
-                                "ablation_report.py"))
+        add(
+            "ablation",
+            "ablation/report",
+            report_dir,
+            {},
+            [u for u in units if u.name.startswith("ablation/eval")],
+            lambda resume: call_script(
+                ablation_report.main, [str(ab_dir), "-o", str(report_dir / "ablation.md")], "ablation_report.py"
+            ),
+        )
     return units
 
 
@@ -426,12 +534,12 @@ def run(config_path: Path, out: Path, stages: list[str] | None = None) -> list[t
         except RecipeError:
             raise
         except (ValueError, TypeError, FileNotFoundError, OSError, RuntimeError) as e:
-            raise RecipeError(f"{unit.name} failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
-                from e
+            raise RecipeError(f"{unit.name} failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
         seconds = time.perf_counter() - t0
         finished = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        (unit.folder / DONE).write_text(json.dumps({"hash": unit.hash, "seconds": round(seconds, 1),
-                                                    "finished": finished}, indent=1) + "\n")
+        (unit.folder / DONE).write_text(
+            json.dumps({"hash": unit.hash, "seconds": round(seconds, 1), "finished": finished}, indent=1) + "\n"
+        )
         with open(out / "timings.tsv", "a") as f:
             f.write(f"{config_path.stem}\t{unit.name}\t{finished}\t{seconds:.1f}\n")
         print(f"[recipe] {unit.name}: done in {seconds:.1f} s", flush=True)
@@ -450,16 +558,21 @@ def main(argv=None) -> int:
         stages = [s.strip() for s in args.stages.split(",") if s.strip()]
         bad = [s for s in stages if s not in STAGES]
         if bad or not stages:
-            print(f"recipe: --stages: unknown stage(s) {', '.join(bad) or '(none given)'}; choose from "
-                  f"{', '.join(STAGES)}", file=sys.stderr)
+            print(
+                f"recipe: --stages: unknown stage(s) {', '.join(bad) or '(none given)'}; choose from "
+                f"{', '.join(STAGES)}",
+                file=sys.stderr,
+            )
             return 2
     try:
         run(args.config, args.out, stages)
     except RecipeError as e:
         print(f"recipe: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
-    print(f"[recipe] finished: {args.out / 'model'}" if (args.out / "model" / DONE).is_file()
-          else "[recipe] finished", flush=True)
+    print(
+        f"[recipe] finished: {args.out / 'model'}" if (args.out / "model" / DONE).is_file() else "[recipe] finished",
+        flush=True,
+    )
     return 0
 
 

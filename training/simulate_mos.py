@@ -33,6 +33,7 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import impairments as imp  # noqa: E402
+
 from jsqa_cli.audio import SAMPLE_RATE, load_audio  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,8 +89,9 @@ def echo_impairment(gain_db: float, delay_ms: float) -> float:
     return (ro - rle) / 2 + math.sqrt((ro - rle) ** 2 / 4 + 169)
 
 
-def label(pesq_final: float | None, pesq_mid: float, noisy: bool, loss: tuple | None, echo: tuple | None,
-          level_db: float) -> float:
+def label(
+    pesq_final: float | None, pesq_mid: float, noisy: bool, loss: tuple | None, echo: tuple | None, level_db: float
+) -> float:
     """The corpus MOS. ``pesq_mid``: PESQ without the packet loss and echo steps; ``pesq_final``: PESQ of
     the delivered clip (None when frames were removed, where PESQ's time alignment is not meaningful).
 
@@ -137,8 +139,15 @@ def strength_word(u: float) -> str:
 class Sources:
     """The split's speech (grouped by speaker, corpus-weighted), noise files and RIRs, loaded lazily."""
 
-    CORPUS_WEIGHT = {"librispeech": 0.55, "an4": 0.08, "ljspeech": 0.06, "ivr_allison_en": 0.08,
-                     "ivr_carlo_it": 0.08, "synthetic_espeak-ng": 0.06, "synthetic_flite": 0.03}
+    CORPUS_WEIGHT = {
+        "librispeech": 0.55,
+        "an4": 0.08,
+        "ljspeech": 0.06,
+        "ivr_allison_en": 0.08,
+        "ivr_carlo_it": 0.08,
+        "synthetic_espeak-ng": 0.06,
+        "synthetic_flite": 0.03,
+    }
 
     def __init__(self, sources_dir: Path, split: str, synthetic_share: float):
         speech = pd.read_csv(sources_dir / f"speech_{split}.csv")
@@ -146,8 +155,9 @@ class Sources:
             speech = speech[speech.kind != "synthetic"]
         self.speakers = {s: g.path.tolist() for s, g in speech.groupby("speaker")}
         corpus_of = speech.groupby("speaker").corpus.first()
-        w = np.array([self.CORPUS_WEIGHT.get(corpus_of[s], 0.05) / (corpus_of == corpus_of[s]).sum()
-                      for s in self.speakers])
+        w = np.array(
+            [self.CORPUS_WEIGHT.get(corpus_of[s], 0.05) / (corpus_of == corpus_of[s]).sum() for s in self.speakers]
+        )
         synth = np.array([corpus_of[s].startswith("synthetic") for s in self.speakers])
         if synth.any() and (~synth).any():  # synthetic voices get exactly synthetic_share of the draws
             w[synth] *= synthetic_share / w[synth].sum()
@@ -259,7 +269,9 @@ def degrade(x: np.ndarray, rng: np.random.Generator, src: Sources, families: lis
                 word = "nb"
             detail = f"band:{kind}" + (f"@{cutoff:.0f}Hz" if cutoff else "")
         elif fam == "codec":
-            name = str(rng.choice(["mp3", "opus", "vorbis", "gsm", "ulaw", "alaw"], p=[0.3, 0.3, 0.12, 0.14, 0.07, 0.07]))
+            name = str(
+                rng.choice(["mp3", "opus", "vorbis", "gsm", "ulaw", "alaw"], p=[0.3, 0.3, 0.12, 0.14, 0.07, 0.07])
+            )
             level = {"mp3": 0.8 + 0.17 * u, "opus": 0.85 + 0.14 * u, "vorbis": 0.6 + 0.4 * u}.get(name)
             y, mid = imp.codec(y, name, level), imp.codec(mid, name, level)
             word = name if level is None else f"{name}-{word}"
@@ -317,6 +329,7 @@ def make_candidate(job: tuple[str, int]) -> list[dict] | None:
     ref = np.clip(imp.set_level(ref, imp.NOMINAL_LEVEL_DB + float(np.clip(rng.normal(0, 2), -3, 3))), -1, 1)
     versions = int(_CFG.get("versions", 1))
     weights = np.asarray(_CFG.get("family_weights", FAMILY_WEIGHTS), dtype=float)
+
     def draw_families() -> list[str]:
         k = min(int(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15])), int(np.count_nonzero(weights)))
         return list(rng.choice(FAMILIES, size=k, replace=False, p=weights / weights.sum()))
@@ -338,16 +351,25 @@ def _labelled_clip(ref: np.ndarray, d: dict) -> dict | None:
     if p_mid is None:
         return None
     removed = d["loss"] is not None and d["loss"][1] == "remove"
-    p_final = p_mid if d["deg"] is d["mid"] or (d["loss"] is None and d["echo"] is None) else \
-        (None if removed else _pesq(ref, d["deg"]))
+    p_final = (
+        p_mid
+        if d["deg"] is d["mid"] or (d["loss"] is None and d["echo"] is None)
+        else (None if removed else _pesq(ref, d["deg"]))
+    )
     mos = label(p_final, p_mid, d["noisy"], d["loss"], d["echo"], d["level_db"])
     peak = float(np.max(np.abs(d["deg"])))
     deg = d["deg"] / peak * 0.999 if peak > 1 else d["deg"]
     buf = io.BytesIO()
     sf.write(buf, deg, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-    return dict(flac=buf.getvalue(), mos=round(mos, 3), condition="+".join(d["parts"]) or "clean",
-                pesq_raw=round(p_final if p_final is not None else p_mid, 3), pesq_mid=round(p_mid, 3),
-                detail=" ".join(d["detail"]), duration_s=round(len(deg) / SAMPLE_RATE, 3))
+    return dict(
+        flac=buf.getvalue(),
+        mos=round(mos, 3),
+        condition="+".join(d["parts"]) or "clean",
+        pesq_raw=round(p_final if p_final is not None else p_mid, 3),
+        pesq_mid=round(p_mid, 3),
+        detail=" ".join(d["detail"]),
+        duration_s=round(len(deg) / SAMPLE_RATE, 3),
+    )
 
 
 def _short(path: str) -> str:
@@ -373,8 +395,11 @@ def build_split(pool, split: str, n: int, out: Path, max_factor: float, chunksiz
     (out / split).mkdir(parents=True, exist_ok=True)
     limit = int(max_factor * n)
     batch = max(8, 8 * getattr(pool, "_processes", 1))
-    results = (c for start in range(0, 10**9, batch)  # bounded batches: nothing is queued past the end
-               for c in pool.map(make_candidate, [(split, i) for i in range(start, start + batch)], chunksize))
+    results = (
+        c
+        for start in range(0, 10**9, batch)  # bounded batches: nothing is queued past the end
+        for c in pool.map(make_candidate, [(split, i) for i in range(start, start + batch)], chunksize)
+    )
     for i, clips in enumerate(results):
         drawn = i + 1
         if clips is not None and len(clips) > 1:  # a group of versions of one reference
@@ -408,26 +433,51 @@ def main(argv=None) -> dict:
     ap.add_argument("--num-files", type=int, nargs=3, default=[6000, 600, 600], metavar=("TRAIN", "VAL", "TEST"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--synthetic-share", type=float, default=0.08,
-                    help="share of clips whose clean reference is a synthetic voice (0: none)")
+    ap.add_argument(
+        "--synthetic-share",
+        type=float,
+        default=0.08,
+        help="share of clips whose clean reference is a synthetic voice (0: none)",
+    )
     ap.add_argument("--clean-share", type=float, default=0.06, help="share of candidates left unimpaired")
-    ap.add_argument("--timbre-share", type=float, default=0.0,
-                    help="share of clean references given another voice (speed perturbation x0.85-1.15, which "
-                    "also stretches the clip to 3.5-9.4 s) and spectral tilt (-2.5..+2 dB/octave) before "
-                    "degradation; labels stay relative to them")
-    ap.add_argument("--tight-share", type=float, default=0.0,
-                    help="share of clean references that are one utterance cut at its speech, with no pause "
-                    "before or after (as voice-service prompts are cut; 1.5-8 s) instead of utterances joined by "
-                    "pauses")
+    ap.add_argument(
+        "--timbre-share",
+        type=float,
+        default=0.0,
+        help="share of clean references given another voice (speed perturbation x0.85-1.15, which "
+        "also stretches the clip to 3.5-9.4 s) and spectral tilt (-2.5..+2 dB/octave) before "
+        "degradation; labels stay relative to them",
+    )
+    ap.add_argument(
+        "--tight-share",
+        type=float,
+        default=0.0,
+        help="share of clean references that are one utterance cut at its speech, with no pause "
+        "before or after (as voice-service prompts are cut; 1.5-8 s) instead of utterances joined by "
+        "pauses",
+    )
     defaults = ", ".join(f"{f}={w:g}" for f, w in zip(FAMILIES, FAMILY_WEIGHTS))
-    ap.add_argument("--family-weights", type=parse_family_weights, default=FAMILY_WEIGHTS.tolist(),
-                    metavar="NAME=W,...", help="override impairment family weights, e.g. codec=0.22,band=0.13 "
-                    f"(defaults {defaults}; renormalised)")
-    ap.add_argument("--versions", type=int, default=1, help="clips per clean reference: with 2 or more, the "
-                    "reference itself and independently degraded copies, sharing a `group` column (for `jsqa "
-                    "finetune --rank-weight`); groups are kept whole and not label-balanced")
-    ap.add_argument("--max-factor", type=float, default=4.0, help="candidates drawn per kept clip before giving up "
-                    "on the label balance")
+    ap.add_argument(
+        "--family-weights",
+        type=parse_family_weights,
+        default=FAMILY_WEIGHTS.tolist(),
+        metavar="NAME=W,...",
+        help=f"override impairment family weights, e.g. codec=0.22,band=0.13 (defaults {defaults}; renormalised)",
+    )
+    ap.add_argument(
+        "--versions",
+        type=int,
+        default=1,
+        help="clips per clean reference: with 2 or more, the "
+        "reference itself and independently degraded copies, sharing a `group` column (for `jsqa "
+        "finetune --rank-weight`); groups are kept whole and not label-balanced",
+    )
+    ap.add_argument(
+        "--max-factor",
+        type=float,
+        default=4.0,
+        help="candidates drawn per kept clip before giving up on the label balance",
+    )
     args = ap.parse_args(argv)
     if args.versions < 1:
         ap.error(f"--versions must be at least 1 (got {args.versions})")
@@ -440,10 +490,17 @@ def main(argv=None) -> dict:
         ap.error("the `pesq` package is needed: pip install 'jsqa[recipe]' (or pip install pesq)")
     out.mkdir(parents=True, exist_ok=True)
     meta = json.loads((sources / "sources.json").read_text()) if (sources / "sources.json").exists() else {}
-    cfg = dict(sources=str(sources), seed=args.seed, synthetic_share=args.synthetic_share,
-               clean_share=args.clean_share, timbre_share=args.timbre_share,
-               tight_share=args.tight_share, versions=args.versions,
-               family_weights=args.family_weights, data_root=meta.get("data_root", ""))
+    cfg = dict(
+        sources=str(sources),
+        seed=args.seed,
+        synthetic_share=args.synthetic_share,
+        clean_share=args.clean_share,
+        timbre_share=args.timbre_share,
+        tight_share=args.tight_share,
+        versions=args.versions,
+        family_weights=args.family_weights,
+        data_root=meta.get("data_root", ""),
+    )
     summary = dict(settings=vars(args), splits={})
     t0 = time.perf_counter()
     ctx = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
@@ -455,14 +512,23 @@ def main(argv=None) -> dict:
             df, drawn = build_split(pool, split, n, out, args.max_factor, chunksize=2)
             wall = time.perf_counter() - t
             hist = np.histogram(df.mos, BIN_EDGES)[0].tolist()
-            summary["splits"][split] = dict(files=len(df), drawn=drawn, seconds=round(wall, 1),
-                                            files_per_s=round(len(df) / wall, 2), mos_mean=round(df.mos.mean(), 3),
-                                            mos_std=round(df.mos.std(), 3), mos_hist=hist,
-                                            below_1_5=round(float((df.mos < 1.5).mean()), 3),
-                                            pesq_raw_below_1_5=round(float((df.pesq_raw < 1.5).mean()), 3),
-                                            hours=round(df.duration_s.sum() / 3600, 2))
-            print(f"{split}: {len(df)} clips ({drawn} drawn) in {wall:.0f} s = {len(df) / wall:.2f} files/s; "
-                  f"MOS mean {df.mos.mean():.2f}, bins {hist}", flush=True)
+            summary["splits"][split] = dict(
+                files=len(df),
+                drawn=drawn,
+                seconds=round(wall, 1),
+                files_per_s=round(len(df) / wall, 2),
+                mos_mean=round(df.mos.mean(), 3),
+                mos_std=round(df.mos.std(), 3),
+                mos_hist=hist,
+                below_1_5=round(float((df.mos < 1.5).mean()), 3),
+                pesq_raw_below_1_5=round(float((df.pesq_raw < 1.5).mean()), 3),
+                hours=round(df.duration_s.sum() / 3600, 2),
+            )
+            print(
+                f"{split}: {len(df)} clips ({drawn} drawn) in {wall:.0f} s = {len(df) / wall:.2f} files/s; "
+                f"MOS mean {df.mos.mean():.2f}, bins {hist}",
+                flush=True,
+            )
         pool.terminate()
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     (out / "corpus.json").write_text(json.dumps(summary, indent=1))

@@ -61,8 +61,12 @@ class DNSMOS:
 
     def __call__(self, wav: np.ndarray) -> dict:
         r = self.model(np.clip(wav, -1.0, 1.0), SAMPLE_RATE, False)
-        return {"dnsmos_sig": float(r["sig_mos"]), "dnsmos_bak": float(r["bak_mos"]),
-                "dnsmos_ovrl": float(r["ovrl_mos"]), "dnsmos_p808": float(r["p808_mos"])}
+        return {
+            "dnsmos_sig": float(r["sig_mos"]),
+            "dnsmos_bak": float(r["bak_mos"]),
+            "dnsmos_ovrl": float(r["ovrl_mos"]),
+            "dnsmos_p808": float(r["p808_mos"]),
+        }
 
 
 def load_teachers(names: Sequence[str]) -> dict:
@@ -95,8 +99,9 @@ def _paths(inputs: Sequence[str | os.PathLike]) -> list[str]:
     return out
 
 
-def label_files(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
-                teachers: Sequence[str] = TEACHERS) -> int:
+def label_files(
+    inputs: Sequence[str | os.PathLike], output: str | os.PathLike, teachers: Sequence[str] = TEACHERS
+) -> int:
     """Score every audio file of ``inputs`` with each teacher into the CSV ``output`` (path + one column per
     teacher score, ``error`` for a file that cannot be read); files already in ``output`` are skipped. Returns the
     number of rows written by this call."""

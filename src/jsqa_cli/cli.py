@@ -17,7 +17,7 @@ ORDER = ["score", "pairs", "pretrain", "finetune", "evaluate", "hub", "models"]
 app = typer.Typer(
     name="jsqa",
     help="Speech quality (MOS 1-5) scoring, and training of JSQA scorers.\n\n"
-         "Example: jsqa score recordings/ -o scores.csv",
+    "Example: jsqa score recordings/ -o scores.csv",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -33,8 +33,11 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")) -> None:
+def _root(
+    version: bool = typer.Option(
+        False, "--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     """jsqa: speech quality (MOS) estimates for folders of recordings."""
 
 

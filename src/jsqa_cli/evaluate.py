@@ -33,8 +33,10 @@ METRICS_NAME = "metrics.json"
 SCATTER_NAME = "scatter.png"
 ALL = "all"  # the dataset name for all files together when several datasets are evaluated at once
 MAX_COLOUR_GROUPS = 12  # the scatter plot colours by condition up to this many conditions, else by dataset
-SIGN_CONVENTION = ("change_pct = improvement over the first model in percent (positive = better): "
-                   "RMSE/MAE (ref - model) / ref * 100; PCC/SRCC (model - ref) / |ref| * 100")
+SIGN_CONVENTION = (
+    "change_pct = improvement over the first model in percent (positive = better): "
+    "RMSE/MAE (ref - model) / ref * 100; PCC/SRCC (model - ref) / |ref| * 100"
+)
 
 
 # ------------------------------------------------------------------------------------------------- metrics
@@ -88,8 +90,11 @@ def condition_means(df: pd.DataFrame, condition_mos: pd.DataFrame | None = None)
     """
     keys = [c for c in ("db", "condition") if c in df.columns]
     d = df.dropna(subset=["condition", "mos_pred"])
-    g = d.groupby(keys, sort=True).agg(n_files=("mos_pred", "size"), mos=("mos", "mean"),
-                                       mos_pred=("mos_pred", "mean")).reset_index()
+    g = (
+        d.groupby(keys, sort=True)
+        .agg(n_files=("mos_pred", "size"), mos=("mos", "mean"), mos_pred=("mos_pred", "mean"))
+        .reset_index()
+    )
     if condition_mos is not None and len(condition_mos):
         on = [k for k in keys if k in condition_mos.columns]
         cm = condition_mos[on + ["mos"]].drop_duplicates(on).rename(columns={"mos": "_mos_con"})
@@ -128,13 +133,16 @@ def metrics_table(predictions: pd.DataFrame, condition_mos: pd.DataFrame | None 
                 mp = part[part["model"] == model]
                 if level == "condition":
                     mp = condition_means(mp if "db" in mp.columns else mp.assign(db=mp["dataset"]), condition_mos)
-                rows.append({"dataset": name, "level": level, "model": model,
-                             **compute_metrics(mp["mos_pred"], mp["mos"])})
+                rows.append(
+                    {"dataset": name, "level": level, "model": model, **compute_metrics(mp["mos_pred"], mp["mos"])}
+                )
     table = pd.DataFrame(rows, columns=["dataset", "level", "model", "n", *METRICS])
     for m in METRICS:
         ref = table.groupby(["dataset", "level"], sort=False)[m].transform("first")
-        table[f"{m}_change_pct"] = [math.nan if model == models[0] else relative_change(v, r, m)
-                                    for model, v, r in zip(table["model"], table[m], ref)]
+        table[f"{m}_change_pct"] = [
+            math.nan if model == models[0] else relative_change(v, r, m)
+            for model, v, r in zip(table["model"], table[m], ref)
+        ]
     return table
 
 
@@ -162,10 +170,19 @@ def _label(model, taken: set[str]) -> str:
     return label
 
 
-def evaluate(models: Sequence, data: pd.DataFrame, out_dir: str | os.PathLike | None = None, *,
-             condition_mos: pd.DataFrame | None = None, batch_size: int = 16, workers: int = 0,
-             device: str = "auto", plot: bool = True, progress: bool = False,
-             data_info: dict | None = None) -> EvalResult:
+def evaluate(
+    models: Sequence,
+    data: pd.DataFrame,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    condition_mos: pd.DataFrame | None = None,
+    batch_size: int = 16,
+    workers: int = 0,
+    device: str = "auto",
+    plot: bool = True,
+    progress: bool = False,
+    data_info: dict | None = None,
+) -> EvalResult:
     """Score ``data``'s files with each model through :func:`jsqa_cli.scoring.score_files` and measure them.
 
     ``models``: names, folders, Hub ids or loaded JSQA models; the first is the reference for relative changes.
@@ -174,9 +191,9 @@ def evaluate(models: Sequence, data: pd.DataFrame, out_dir: str | os.PathLike | 
     of the metrics; the other files are measured. With ``out_dir`` writes predictions.csv, metrics.json and
     (with matplotlib installed and ``plot``) scatter.png.
     """
+    from jsqa_cli.distributed import resolve_device
     from jsqa_cli.model import load_model
     from jsqa_cli.scoring import score_files
-    from jsqa_cli.distributed import resolve_device
 
     if not len(models):
         raise ValueError("give at least one model to evaluate")
@@ -193,30 +210,52 @@ def evaluate(models: Sequence, data: pd.DataFrame, out_dir: str | os.PathLike | 
         label = _label(model if not isinstance(m, (str, os.PathLike)) else m, taken)
         rows = score_files(paths, model, batch_size=batch_size, workers=workers, device=dev, progress=progress)
         meta = getattr(model, "metadata", {}) or {}
-        infos.append({"label": label, "name": str(getattr(model, "name", m)), "preset": model.config.preset,
-                      "parameters": model.num_parameters, "stage": meta.get("stage"),
-                      "init": (meta.get("init") or {}).get("kind") if isinstance(meta.get("init"), dict) else None})
-        frame = data.assign(model=label, mos_pred=pd.to_numeric(rows["mos"], errors="coerce").to_numpy(),
-                            segments=rows["segments"].to_numpy(),
-                            duration_s=rows["duration_s"].to_numpy(),
-                            error=rows["error"].fillna("").astype(str).to_numpy())
+        infos.append(
+            {
+                "label": label,
+                "name": str(getattr(model, "name", m)),
+                "preset": model.config.preset,
+                "parameters": model.num_parameters,
+                "stage": meta.get("stage"),
+                "init": (meta.get("init") or {}).get("kind") if isinstance(meta.get("init"), dict) else None,
+            }
+        )
+        frame = data.assign(
+            model=label,
+            mos_pred=pd.to_numeric(rows["mos"], errors="coerce").to_numpy(),
+            segments=rows["segments"].to_numpy(),
+            duration_s=rows["duration_s"].to_numpy(),
+            error=rows["error"].fillna("").astype(str).to_numpy(),
+        )
         frames.append(frame)
-    cols = ["model", "dataset", *[c for c in ("db", "condition") if c in data.columns], "path", "mos", "mos_pred",
-            "segments", "duration_s", "error"]
+    cols = [
+        "model",
+        "dataset",
+        *[c for c in ("db", "condition") if c in data.columns],
+        "path",
+        "mos",
+        "mos_pred",
+        "segments",
+        "duration_s",
+        "error",
+    ]
     predictions = pd.concat(frames, ignore_index=True)[cols]
     failed = int((predictions["error"] != "").sum())
     table = metrics_table(predictions, condition_mos)
     result = EvalResult(predictions, table, infos, failed)
     if failed:
-        result.notes.append(f"{failed} file score(s) failed and are left out of the metrics "
-                            f"(see the error column of {PREDICTIONS_NAME})")
+        result.notes.append(
+            f"{failed} file score(s) failed and are left out of the metrics "
+            f"(see the error column of {PREDICTIONS_NAME})"
+        )
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         predictions.to_csv(out / PREDICTIONS_NAME, index=False)
         result.files["predictions"] = out / PREDICTIONS_NAME
-        (out / METRICS_NAME).write_text(json.dumps(metrics_document(result, data_info), indent=2,
-                                                   allow_nan=False, default=str) + "\n")
+        (out / METRICS_NAME).write_text(
+            json.dumps(metrics_document(result, data_info), indent=2, allow_nan=False, default=str) + "\n"
+        )
         result.files["metrics"] = out / METRICS_NAME
         if plot:
             png, note = scatter_plot(predictions, out / SCATTER_NAME)
@@ -238,17 +277,26 @@ def _finite_or_none(x):
 def metrics_document(result: EvalResult, data_info: dict | None = None) -> dict:
     """The content of metrics.json (NaN written as null)."""
     records = [{k: _finite_or_none(v) for k, v in r.items()} for r in result.metrics.to_dict(orient="records")]
-    return {"jsqa_version": __version__, "models": result.models, "reference_model": result.models[0]["label"],
-            "sign_convention": SIGN_CONVENTION, "data": data_info or {}, "failed": result.failed,
-            "metrics": records}
+    return {
+        "jsqa_version": __version__,
+        "models": result.models,
+        "reference_model": result.models[0]["label"],
+        "sign_convention": SIGN_CONVENTION,
+        "data": data_info or {},
+        "failed": result.failed,
+        "metrics": records,
+    }
 
 
 # --------------------------------------------------------------------------------------------------- data
 
 
-def load_eval_data(*, nisqa_root: str | os.PathLike | None = None, dbs: Sequence[str] = (),
-                   csv: str | os.PathLike | Sequence[str | os.PathLike] | None = None
-                   ) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
+def load_eval_data(
+    *,
+    nisqa_root: str | os.PathLike | None = None,
+    dbs: Sequence[str] = (),
+    csv: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
     """Labelled files from a NISQA corpus (``dbs``, default the three test sets) or from one or more CSVs.
 
     Each CSV is its own dataset, named by its file stem (``<folder>/<stem>`` where two stems are the same), so
@@ -263,14 +311,18 @@ def load_eval_data(*, nisqa_root: str | os.PathLike | None = None, dbs: Sequence
         paths = [Path(c) for c in csvs]
         if len(set(map(str, paths))) < len(paths):
             raise ValueError(f"{next(str(c) for c in paths if paths.count(c) > 1)}: given twice as --csv")
-        data = pd.concat([read_labelled_csv(c).assign(dataset=n) for c, n in zip(paths, csv_names(paths))],
-                         ignore_index=True)
+        data = pd.concat(
+            [read_labelled_csv(c).assign(dataset=n) for c, n in zip(paths, csv_names(paths))], ignore_index=True
+        )
         info = {"csv": [str(c) for c in paths] if len(paths) > 1 else str(paths[0]), "files": len(data)}
         return data, None, info
     dbs = list(dbs) or list(NISQA_TEST_DBS)
     data = read_nisqa(nisqa_root, dbs)
-    return (data.assign(dataset=data["db"]), read_nisqa_conditions(nisqa_root, dbs),
-            {"nisqa_root": str(nisqa_root), "db": dbs, "files": len(data)})
+    return (
+        data.assign(dataset=data["db"]),
+        read_nisqa_conditions(nisqa_root, dbs),
+        {"nisqa_root": str(nisqa_root), "db": dbs, "files": len(data)},
+    )
 
 
 # -------------------------------------------------------------------------------------------------- output
@@ -292,8 +344,9 @@ def rich_table(metrics: pd.DataFrame, title: str | None = None):
     from rich.table import Table
 
     several = metrics["model"].nunique() > 1
-    table = Table(title=title, caption=("Δ%: improvement over the first model (positive = better)"
-                                        if several else None))
+    table = Table(
+        title=title, caption=("Δ%: improvement over the first model (positive = better)" if several else None)
+    )
     for col in ("dataset", "level", "model"):
         table.add_column(col)
     table.add_column("n", justify="right")
@@ -342,8 +395,13 @@ def scatter_plot(predictions: pd.DataFrame, path: str | os.PathLike) -> tuple[Pa
             ax.scatter(gd["mos"], gd["mos_pred"], s=10, alpha=0.7, color=cmap(k % cmap.N), label=g)
         ax.plot([1, 5], [1, 5], color="black", linewidth=0.8, linestyle="--")
         m = compute_metrics(md["mos_pred"], md["mos"])
-        ax.set(xlim=(1, 5), ylim=(1, 5), xlabel="true MOS", aspect="equal",
-               title=f"{model}\nPCC {_fmt(m['pcc'])}  RMSE {_fmt(m['rmse'])}")
+        ax.set(
+            xlim=(1, 5),
+            ylim=(1, 5),
+            xlabel="true MOS",
+            aspect="equal",
+            title=f"{model}\nPCC {_fmt(m['pcc'])}  RMSE {_fmt(m['rmse'])}",
+        )
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("predicted MOS")

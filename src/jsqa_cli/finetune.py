@@ -38,15 +38,36 @@ from torch.utils.data import DataLoader, Dataset
 from jsqa_cli.audio import HOP_S, SAMPLE_RATE, WINDOW_S, AudioError, load_audio, pad_batch
 from jsqa_cli.distributed import default_workers, distributed, unwrap
 from jsqa_cli.evaluate import compute_metrics, condition_means
-from jsqa_cli.labels import (NISQA_TEST_DBS, NISQA_TRAIN_DBS, NISQA_VAL_DBS, csv_list, csv_names,  # noqa: F401
-                             read_labelled_csv, read_nisqa, read_nisqa_conditions)
-from jsqa_cli.model import (CONFIG_NAME, JSQA, WEIGHTS_NAME, config_from_preset, load_model, read_config,
-                            resolve_model, save_model)
+from jsqa_cli.labels import (
+    NISQA_TRAIN_DBS,
+    NISQA_VAL_DBS,
+    csv_list,
+    csv_names,
+    read_labelled_csv,
+    read_nisqa,
+)
+from jsqa_cli.model import (
+    CONFIG_NAME,
+    JSQA,
+    WEIGHTS_NAME,
+    config_from_preset,
+    load_model,
+    read_config,
+    resolve_model,
+    save_model,
+)
 from jsqa_cli.pairs import PairSampler
 from jsqa_cli.scoring import score_waveforms
-from jsqa_cli.train import (CHECKPOINT_NAME, Task, check_options, param_groups, prepare_run_folder,
-                            seed_everything, train, write_options)
-
+from jsqa_cli.train import (
+    CHECKPOINT_NAME,
+    Task,
+    check_options,
+    param_groups,
+    prepare_run_folder,
+    seed_everything,
+    train,
+    write_options,
+)
 
 # ---------------------------------------------------------------------------------------------------- data
 
@@ -59,8 +80,11 @@ def check_files(df: pd.DataFrame, what: str) -> float:
         try:
             seconds += sf.info(path).duration
         except Exception as e:  # noqa: BLE001 - soundfile raises several types for bad files
-            problem = "no such file" if not os.path.exists(path) else \
-                f"not a readable audio file ({str(e).split(':')[-1].strip() or type(e).__name__})"
+            problem = (
+                "no such file"
+                if not os.path.exists(path)
+                else f"not a readable audio file ({str(e).split(':')[-1].strip() or type(e).__name__})"
+            )
             raise AudioError(path, f"{problem} ({what} set, {len(df)} files; fix or remove it)") from None
     return seconds
 
@@ -80,9 +104,11 @@ def cache_memory_warning(seconds: float, files: int, processes: int = 1) -> str 
     if free is None or need <= 0.8 * free:
         return None
     who = f" ({processes} processes)" if processes > 1 else ""
-    return (f"--cache-audio: the {files} training files need about {need / 2**30:.1f} GiB of RAM{who}, and "
-            f"{free / 2**30:.1f} GiB is available; the run may swap or stall (leave out --cache-audio to decode "
-            "on the fly)")
+    return (
+        f"--cache-audio: the {files} training files need about {need / 2**30:.1f} GiB of RAM{who}, and "
+        f"{free / 2**30:.1f} GiB is available; the run may swap or stall (leave out --cache-audio to decode "
+        "on the fly)"
+    )
 
 
 class DecodedAudio:
@@ -106,7 +132,7 @@ class DecodedAudio:
                 if fill:
                     self.blocks.append(buf[:fill])
                 buf, fill = np.empty(max(block, len(w)), self.dtype), 0  # pages are committed as they are filled
-            buf[fill:fill + len(w)] = w if self.dtype == np.float32 else np.clip(np.rint(w * 32768.0), -32768, 32767)
+            buf[fill : fill + len(w)] = w if self.dtype == np.float32 else np.clip(np.rint(w * 32768.0), -32768, 32767)
             where.append((len(self.blocks), fill, fill + len(w)))
             fill += len(w)
         if fill:
@@ -157,8 +183,15 @@ class MOSCrops(Dataset):
     from worker RNG state, so the data is the same for any number of workers and a resumed run sees exactly what
     an uninterrupted one would. Files are decoded on the fly, or cut from ``cache`` (:class:`DecodedAudio`)."""
 
-    def __init__(self, paths: Sequence[str], mos: Sequence[float], crop_s: tuple[float, float] = (4.0, 6.0),
-                 cache: DecodedAudio | None = None, seed: int = 0, groups: Sequence | None = None):
+    def __init__(
+        self,
+        paths: Sequence[str],
+        mos: Sequence[float],
+        crop_s: tuple[float, float] = (4.0, 6.0),
+        cache: DecodedAudio | None = None,
+        seed: int = 0,
+        groups: Sequence | None = None,
+    ):
         self.paths, self.mos, self.crop_s = list(paths), [float(m) for m in mos], tuple(crop_s)
         self.cache, self.seed = cache, seed
         self.others: list[list[int]] = [[] for _ in self.paths]  # the other members of each file's group
@@ -185,8 +218,8 @@ class MOSCrops(Dataset):
             j = self.others[i][int(rng.integers(len(self.others[i])))]
             other = self._wave(j)
             s = min(start, max(len(other) - n, 0))  # versions are as long as their reference, unless audio was removed
-            partner = torch.from_numpy(np.array(other[s:s + n], dtype=np.float32)), self.mos[j]
-        return torch.from_numpy(np.array(wav[start:start + n], dtype=np.float32)), self.mos[i], partner
+            partner = torch.from_numpy(np.array(other[s : s + n], dtype=np.float32)), self.mos[j]
+        return torch.from_numpy(np.array(wav[start : start + n], dtype=np.float32)), self.mos[i], partner
 
 
 def collate_crops(items: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -202,8 +235,9 @@ def collate_crops(items: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch
 # ---------------------------------------------------------------------------------------------- the model
 
 
-def build_finetune_model(init: str | None, from_scratch: bool, preset: str = "small",
-                         projection_head: bool = False, seed: int = 0):
+def build_finetune_model(
+    init: str | None, from_scratch: bool, preset: str = "small", projection_head: bool = False, seed: int = 0
+):
     """The network to fine-tune and a description of where it came from.
 
     ``init`` (a model name/folder/Hub id, normally a pretrained encoder) gives encoder weights; with
@@ -223,21 +257,29 @@ def build_finetune_model(init: str | None, from_scratch: bool, preset: str = "sm
         cfg, meta = config_from_preset(preset), {}
     keep = bool(projection_head)
     if keep and not cfg.projection_head:
-        raise ValueError(f"{init}: --projection-head needs a projection head, and this encoder has none "
-                         "(pretrained with --no-projection-head); leave out --projection-head")
+        raise ValueError(
+            f"{init}: --projection-head needs a projection head, and this encoder has none "
+            "(pretrained with --no-projection-head); leave out --projection-head"
+        )
     cfg = dataclasses.replace(cfg, projection_head=keep, mos_input="projection" if keep else "embedding")
     torch.manual_seed(seed)
     model = JSQA(cfg)
     if source is not None:
         target = model.state_dict()  # every tensor whose name and shape fit (a kept head's MOS head does not)
         state = {k: v for k, v in source.state_dict().items() if k in target and v.shape == target[k].shape}
-        missing = [k for k in target if k not in state and k.startswith("encoder.")
-                   and not k.startswith("encoder.frontend.")]
+        missing = [
+            k for k in target if k not in state and k.startswith("encoder.") and not k.startswith("encoder.frontend.")
+        ]
         if missing:
             raise ValueError(f"{init}: encoder weights do not fit the network (missing {missing[:3]})")
         model.load_state_dict(state, strict=False)
-    provenance = {"kind": "scratch" if source is None else "pretrained", "model": None if init is None else str(init),
-                  "model_stage": meta.get("stage"), "preset": cfg.preset, "projection_head": keep}
+    provenance = {
+        "kind": "scratch" if source is None else "pretrained",
+        "model": None if init is None else str(init),
+        "model_stage": meta.get("stage"),
+        "preset": cfg.preset,
+        "projection_head": keep,
+    }
     return model, provenance
 
 
@@ -340,18 +382,27 @@ def load_finetune_data(opts: FinetuneOptions) -> tuple[pd.DataFrame, pd.DataFram
     """(train, val, a description for the model's metadata) from a NISQA corpus or labelled CSVs."""
     if opts.nisqa_root is not None:
         train, val = read_nisqa(opts.nisqa_root, opts.train_db), read_nisqa(opts.nisqa_root, opts.val_db)
-        info = {"source": "nisqa", "nisqa_root": str(opts.nisqa_root), "train_db": list(opts.train_db),
-                "val_db": list(opts.val_db)}
+        info = {
+            "source": "nisqa",
+            "nisqa_root": str(opts.nisqa_root),
+            "train_db": list(opts.train_db),
+            "val_db": list(opts.val_db),
+        }
     else:
         csvs, vcsvs = csv_list(opts.train_csv), csv_list(opts.val_csv)
         train = pd.concat([read_labelled_csv(c) for c in csvs], ignore_index=True)
         vals = [read_labelled_csv(c) for c in vcsvs]
         if len(vals) > 1:  # conditions are named per corpus: qualify them so that two CSVs' conditions never merge
-            vals = [v.assign(condition=[pd.NA if pd.isna(c) else f"{name}:{c}" for c in v["condition"]])
-                    for v, name in zip(vals, csv_names(vcsvs))]
+            vals = [
+                v.assign(condition=[pd.NA if pd.isna(c) else f"{name}:{c}" for c in v["condition"]])
+                for v, name in zip(vals, csv_names(vcsvs))
+            ]
         val = pd.concat(vals, ignore_index=True)
-        info = {"source": "csv", "train_csv": str(csvs[0]) if len(csvs) == 1 else [str(c) for c in csvs],
-                "val_csv": str(vcsvs[0]) if len(vcsvs) == 1 else [str(c) for c in vcsvs]}
+        info = {
+            "source": "csv",
+            "train_csv": str(csvs[0]) if len(csvs) == 1 else [str(c) for c in csvs],
+            "val_csv": str(vcsvs[0]) if len(vcsvs) == 1 else [str(c) for c in vcsvs],
+        }
     for name, df in (("train", train), ("val", val)):
         if not len(df):
             raise ValueError(f"the {name} set is empty")
@@ -359,8 +410,17 @@ def load_finetune_data(opts: FinetuneOptions) -> tuple[pd.DataFrame, pd.DataFram
     return train, val, info
 
 
-def validate(model, waves: Sequence[np.ndarray], mos: np.ndarray, conditions: pd.Series | None, d=None, *,
-             batch_size: int = 32, window_s: float = WINDOW_S, hop_s: float = HOP_S) -> tuple[dict, np.ndarray]:
+def validate(
+    model,
+    waves: Sequence[np.ndarray],
+    mos: np.ndarray,
+    conditions: pd.Series | None,
+    d=None,
+    *,
+    batch_size: int = 32,
+    window_s: float = WINDOW_S,
+    hop_s: float = HOP_S,
+) -> tuple[dict, np.ndarray]:
     """Score this rank's share of the validation files (``waves`` = files rank::world) through the scoring path
     (:func:`jsqa_cli.scoring.score_waveforms`), gather the shares, and measure them against ``mos``.
 
@@ -374,11 +434,12 @@ def validate(model, waves: Sequence[np.ndarray], mos: np.ndarray, conditions: pd
         dist.all_gather_object(shares, pred)
         pred = np.full(len(mos), np.nan)
         for r, share in enumerate(shares):
-            pred[r::d.world_size] = share
+            pred[r :: d.world_size] = share
     metrics = compute_metrics(pred, mos)
     if conditions is not None and conditions.notna().any():
-        cm = condition_means(pd.DataFrame({"condition": np.asarray(conditions, dtype=object), "mos": mos,
-                                           "mos_pred": pred}))
+        cm = condition_means(
+            pd.DataFrame({"condition": np.asarray(conditions, dtype=object), "mos": mos, "mos_pred": pred})
+        )
         metrics["condition"] = compute_metrics(cm["mos_pred"], cm["mos"])
     return metrics, pred
 
@@ -389,8 +450,18 @@ class FinetuneTask(Task):
 
     name, items = "finetune", "files"
 
-    def __init__(self, opts: FinetuneOptions, d, model: JSQA, dataset: MOSCrops, val_waves, val_df: pd.DataFrame,
-                 workers: int, out: Path, provenance: dict):
+    def __init__(
+        self,
+        opts: FinetuneOptions,
+        d,
+        model: JSQA,
+        dataset: MOSCrops,
+        val_waves,
+        val_df: pd.DataFrame,
+        workers: int,
+        out: Path,
+        provenance: dict,
+    ):
         self.opts, self.d, self.model, self.dataset, self.workers = opts, d, model, dataset, workers
         self.val_waves, self.val_df, self.out, self.provenance = val_waves, val_df, out, provenance
         self.metric, self.higher_is_better = f"val_{opts.early_stop}", opts.early_stop == "pcc"
@@ -409,16 +480,24 @@ class FinetuneTask(Task):
                 return "encoder"
             return "flatness" if o.lr_flatness is not None and name.startswith(FLATNESS_INPUT) else "head"
 
-        return param_groups(self.model, {"encoder": o.lr, "head": o.lr_head, "flatness": o.lr_flatness}, group,
-                            o.weight_decay)
+        return param_groups(
+            self.model, {"encoder": o.lr, "head": o.lr_head, "flatness": o.lr_flatness}, group, o.weight_decay
+        )
 
     def batches(self, step: int):
         o, d = self.opts, self.d
         sampler = PairSampler(len(self.dataset), o.seed, d.rank, d.world_size, start=step * o.batch_size)
-        yield from DataLoader(self.dataset, batch_size=o.batch_size, sampler=sampler, num_workers=self.workers,
-                              collate_fn=collate_crops, pin_memory=d.device.type == "cuda",
-                              persistent_workers=self.workers > 0, prefetch_factor=4 if self.workers > 0 else None,
-                              generator=torch.Generator().manual_seed(o.seed))  # never the global RNG: exact resume
+        yield from DataLoader(
+            self.dataset,
+            batch_size=o.batch_size,
+            sampler=sampler,
+            num_workers=self.workers,
+            collate_fn=collate_crops,
+            pin_memory=d.device.type == "cuda",
+            persistent_workers=self.workers > 0,
+            prefetch_factor=4 if self.workers > 0 else None,
+            generator=torch.Generator().manual_seed(o.seed),
+        )  # never the global RNG: exact resume
 
     def forward(self, batch, step: int) -> torch.Tensor:
         frozen = step < self.opts.freeze_encoder_steps
@@ -429,7 +508,8 @@ class FinetuneTask(Task):
             self.net, self.frozen = self.model, frozen
             if self.d.enabled:
                 self.net = torch.nn.parallel.DistributedDataParallel(
-                    self.model, device_ids=[self.d.device.index] if self.d.device.type == "cuda" else None)
+                    self.model, device_ids=[self.d.device.index] if self.d.device.type == "cuda" else None
+                )
         self.model.train()
         wav, lengths = batch[0].to(self.d.device, non_blocking=True), batch[1].to(self.d.device, non_blocking=True)
         return self.net(wav, lengths)
@@ -445,11 +525,21 @@ class FinetuneTask(Task):
 
     def evaluate(self, step: int) -> dict:
         o = self.opts
-        metrics, _ = validate(self.model, self.val_waves, self.val_df["mos"].to_numpy(float), self.val_df["condition"],
-                              self.d, batch_size=o.val_batch_size, window_s=o.window_s, hop_s=o.hop_s)
+        metrics, _ = validate(
+            self.model,
+            self.val_waves,
+            self.val_df["mos"].to_numpy(float),
+            self.val_df["condition"],
+            self.d,
+            batch_size=o.val_batch_size,
+            window_s=o.window_s,
+            hop_s=o.hop_s,
+        )
         self.last_metrics = metrics
-        return {**{f"val_{k}": v for k, v in metrics.items() if k != "condition"},
-                **{f"val_condition_{k}": v for k, v in metrics.get("condition", {}).items()}}
+        return {
+            **{f"val_{k}": v for k, v in metrics.items() if k != "condition"},
+            **{f"val_condition_{k}": v for k, v in metrics.get("condition", {}).items()},
+        }
 
     def save_best(self, step: int, record: dict) -> None:
         self.best_metrics = self.last_metrics
@@ -476,16 +566,25 @@ def finetune(options: FinetuneOptions | None = None, **overrides) -> Path:
 
 
 def _finetune(opts: FinetuneOptions, d) -> Path:
-    out = prepare_run_folder(opts.output, RUN_ARTEFACTS, f"{TRAINING_DIR}/{CHECKPOINT_NAME}", resume=opts.resume,
-                             overwrite=opts.overwrite, what="model or a fine-tuning run", d=d)
+    out = prepare_run_folder(
+        opts.output,
+        RUN_ARTEFACTS,
+        f"{TRAINING_DIR}/{CHECKPOINT_NAME}",
+        resume=opts.resume,
+        overwrite=opts.overwrite,
+        what="model or a fine-tuning run",
+        d=d,
+    )
     run_dir = out / TRAINING_DIR
     say = (lambda *a: None) if (opts.quiet or not d.is_main) else print
     workers = default_workers() if opts.workers is None else opts.workers
     # before minutes of checking and decoding: the network to start from exists and has what the options train
     start = read_config(resolve_model(opts.init))[0] if opts.init is not None else config_from_preset(opts.preset)
     if opts.lr_flatness is not None and not start.flatness_bands:
-        raise ValueError(f"--lr-flatness: {opts.init or '--preset ' + opts.preset} has no flatness input "
-                         "(flatness_bands is 0; see docs/finetuning.md)")
+        raise ValueError(
+            f"--lr-flatness: {opts.init or '--preset ' + opts.preset} has no flatness input "
+            "(flatness_bands is 0; see docs/finetuning.md)"
+        )
 
     # ---- data: every file checked up front, validation audio decoded once (this rank's share)
     train_df, val_df, data_info = load_finetune_data(opts)
@@ -493,7 +592,7 @@ def _finetune(opts: FinetuneOptions, d) -> Path:
         raise ValueError(f"{len(train_df)} training files for {d.world_size} ranks")
     train_seconds = check_files(train_df, "train")
     check_files(val_df, "val")
-    val_waves = list(decode_all(list(val_df["path"].iloc[d.rank::d.world_size]), workers))
+    val_waves = list(decode_all(list(val_df["path"].iloc[d.rank :: d.world_size]), workers))
     cache = None
     if opts.cache_audio:
         local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if d.enabled else 1
@@ -504,39 +603,75 @@ def _finetune(opts: FinetuneOptions, d) -> Path:
     groups = train_df["group"] if opts.rank_weight > 0 and "group" in train_df.columns else None
     dataset = MOSCrops(train_df["path"], train_df["mos"], opts.crop_s, cache, opts.seed, groups)
     if opts.rank_weight > 0 and not any(dataset.others):
-        raise ValueError("--rank-weight needs training files that share a `group` (versions of one clean reference, "
-                         "as training/simulate_mos.py --versions writes them); no two training rows do")
+        raise ValueError(
+            "--rank-weight needs training files that share a `group` (versions of one clean reference, "
+            "as training/simulate_mos.py --versions writes them); no two training rows do"
+        )
 
     # ---- model, then the shared loop
     seed_everything(opts.seed)
-    model, init_info = build_finetune_model(opts.init, opts.from_scratch, opts.preset, opts.projection_head,
-                                            opts.seed)
+    model, init_info = build_finetune_model(opts.init, opts.from_scratch, opts.preset, opts.projection_head, opts.seed)
     model.to(d.device)
-    provenance = {"stage": "finetuned", "task": "mos", "init": init_info, "data": data_info,
-                  "training": {"preset": model.config.preset, "parameters": model.num_parameters,
-                               "world_size": d.world_size, "global_batch_size": opts.batch_size * d.world_size,
-                               **{k: getattr(opts, k) for k in (
-                                   "steps", "lr", "lr_head", "lr_flatness", "weight_decay", "warmup_steps",
-                                   "freeze_encoder_steps", "loss", "rank_weight", "grad_clip", "crop_s", "eval_every",
-                                   "early_stop", "patience", "seed") if getattr(opts, k) is not None}},
-                  "scoring": {"window_s": opts.window_s, "hop_s": opts.hop_s}}
+    provenance = {
+        "stage": "finetuned",
+        "task": "mos",
+        "init": init_info,
+        "data": data_info,
+        "training": {
+            "preset": model.config.preset,
+            "parameters": model.num_parameters,
+            "world_size": d.world_size,
+            "global_batch_size": opts.batch_size * d.world_size,
+            **{
+                k: getattr(opts, k)
+                for k in (
+                    "steps",
+                    "lr",
+                    "lr_head",
+                    "lr_flatness",
+                    "weight_decay",
+                    "warmup_steps",
+                    "freeze_encoder_steps",
+                    "loss",
+                    "rank_weight",
+                    "grad_clip",
+                    "crop_s",
+                    "eval_every",
+                    "early_stop",
+                    "patience",
+                    "seed",
+                )
+                if getattr(opts, k) is not None
+            },
+        },
+        "scoring": {"window_s": opts.window_s, "hop_s": opts.hop_s},
+    }
     task = FinetuneTask(opts, d, model, dataset, val_waves, val_df, workers, out, provenance)
     write_options(run_dir, {**asdict(opts), "world_size": d.world_size, "workers": workers}, d)
-    say(f"Fine-tuning {model.config.preset} ({model.num_parameters / 1e6:.2f} M parameters, {init_info['kind']}"
+    say(
+        f"Fine-tuning {model.config.preset} ({model.num_parameters / 1e6:.2f} M parameters, {init_info['kind']}"
         f"{' from ' + str(opts.init) if init_info['kind'] == 'pretrained' else ''}) on {len(train_df)} files, "
         f"validating on {len(val_df)}; batch {opts.batch_size}×{d.world_size}, {opts.steps} steps, "
-        f"device {d.device}, {workers} loader workers.")
+        f"device {d.device}, {workers} loader workers."
+    )
     result = train(task, opts, d, run_dir, opts.steps, opts.warmup_steps)
 
     if d.is_main and result.finished:  # final provenance: how far the run went and why it ended
         config = json.loads((out / CONFIG_NAME).read_text())
-        config["metadata"].update(provenance, best_step=result.best_step, validation=task.best_metrics,
-                                  steps_run=result.step, early_stopped=result.early_stopped)
+        config["metadata"].update(
+            provenance,
+            best_step=result.best_step,
+            validation=task.best_metrics,
+            steps_run=result.step,
+            early_stopped=result.early_stopped,
+        )
         (out / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str) + "\n")
         m = task.best_metrics
-        say(f"Model saved to {out}: best step {result.best_step} of {result.step}"
+        say(
+            f"Model saved to {out}: best step {result.best_step} of {result.step}"
             f"{' (stopped early)' if result.early_stopped else ''}, validation PCC {m.get('pcc', math.nan):.3f}, "
-            f"RMSE {m.get('rmse', math.nan):.3f}.")
+            f"RMSE {m.get('rmse', math.nan):.3f}."
+        )
     elif d.is_main:
         say(f"Stopped at step {result.step} of {opts.steps}; continue with --resume.")
     if d.enabled:

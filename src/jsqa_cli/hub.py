@@ -20,17 +20,51 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from huggingface_hub import (CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, constants, get_token,
-                             scan_cache_dir)
+from huggingface_hub import (
+    CommitOperationAdd,
+    EvalResult,
+    HfApi,
+    ModelCard,
+    ModelCardData,
+    constants,
+    get_token,
+    scan_cache_dir,
+)
 from huggingface_hub.errors import CacheNotFound, HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
 
 from jsqa_cli import __version__
 from jsqa_cli.audio import HOP_S, SAMPLE_RATE, WINDOW_S
 from jsqa_cli.model import load_model, read_config
-from jsqa_cli.resolve import (CARD_NAME, CONFIG_NAME, METRICS_NAME, MODEL_FILES, MODEL_TYPE, WEIGHTS_NAME,  # noqa: F401
-                              HubError, ModelError, NotAJSQAModelError, NotLoggedInError, OfflineNotCachedError,
-                              RepoNotFoundError, RevisionMissingError, bundled_models, default_model_name, fetch,
-                              hub_endpoint, parse_hub_id, resolve)
+from jsqa_cli.resolve import (
+    CARD_NAME,
+    CONFIG_NAME,
+    METRICS_NAME,
+    MODEL_FILES,
+    MODEL_TYPE,
+    WEIGHTS_NAME,
+    HubError,
+    ModelError,
+    NotAJSQAModelError,
+    NotLoggedInError,
+    OfflineNotCachedError,
+    RepoNotFoundError,
+    RevisionMissingError,
+    bundled_models,
+    default_model_name,
+    fetch,
+    hub_endpoint,
+    parse_hub_id,
+    resolve,
+)
+
+# The Hub's errors live in resolve (below model and hub); re-exported here with the functions that raise them.
+__all__ = [
+    "pull", "push", "model_card", "model_info", "list_models", "cached_models", "model_metrics", "metrics_summary",
+    "normalize_metrics", "evaluation_markdown", "recipe_provenance", "parameter_count", "resolve_hub_model",
+    "PullResult", "PushResult", "ModelEntry", "HubError", "NotAJSQAModelError", "NotLoggedInError",
+    "OfflineNotCachedError", "RepoNotFoundError", "RevisionMissingError", "parse_hub_id", "default_model_name",
+    "METRICS_NAME", "MODEL_FILES", "CARD_NAME", "CONFIG_NAME", "MODEL_TYPE", "WEIGHTS_NAME",
+]  # fmt: skip
 
 CARD_TAGS = ["jsqa", "speech-quality-assessment", "mos-prediction", "audio"]
 DEFAULT_LICENSE = "mit"
@@ -53,8 +87,9 @@ class PullResult:
         return f"{self.repo_id}@{self.revision}"
 
 
-def pull(name: str, dest: str | Path | None = None, *, cache_dir: str | Path | None = None,
-         verify: bool = True) -> PullResult:
+def pull(
+    name: str, dest: str | Path | None = None, *, cache_dir: str | Path | None = None, verify: bool = True
+) -> PullResult:
     """Download a model's files (config.json, model.safetensors, metrics.json if any) into the Hugging Face cache
     and return where they are. With ``dest`` the files are then copied there as plain files. ``verify`` loads the
     model once to prove it works. A full commit sha that is already cached is used without any network access."""
@@ -101,8 +136,14 @@ def normalize_metrics(obj, model_label: str | None = None) -> list[dict]:
             if isinstance(r, dict):
                 values = {k: r[k] for k in METRIC_NAMES if _is_number(r.get(k))}
                 if values:
-                    rows.append({"dataset": str(r.get("dataset", "-")), "level": str(r.get("level", "file")),
-                                 "n": r.get("n"), **values})
+                    rows.append(
+                        {
+                            "dataset": str(r.get("dataset", "-")),
+                            "level": str(r.get("level", "file")),
+                            "n": r.get("n"),
+                            **values,
+                        }
+                    )
         return rows
     return _from_mapping(obj) if isinstance(obj, dict) else []
 
@@ -124,8 +165,9 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def model_metrics(folder: str | Path, metadata: dict | None = None,
-                  metrics_path: str | Path | None = None) -> list[dict]:
+def model_metrics(
+    folder: str | Path, metadata: dict | None = None, metrics_path: str | Path | None = None
+) -> list[dict]:
     """A model's evaluation rows: ``metrics_path``, else ``metrics.json`` next to the model, else
     ``metadata["metrics"]`` from config.json. Unreadable files are a HubError naming the file."""
     folder = Path(folder)
@@ -151,9 +193,15 @@ def _validation_rows(metadata: dict) -> list[dict]:
         return []
     data = metadata.get("data") if isinstance(metadata.get("data"), dict) else {}
     csvs = data.get("val_csv")
-    name = ("+".join(data["val_db"]) if data.get("val_db") else
-            Path(csvs).name if isinstance(csvs, str) else
-            "+".join(f"{Path(c).parent.name}/{Path(c).name}" for c in csvs) if csvs else "validation set")
+    name = (
+        "+".join(data["val_db"])
+        if data.get("val_db")
+        else Path(csvs).name
+        if isinstance(csvs, str)
+        else "+".join(f"{Path(c).parent.name}/{Path(c).name}" for c in csvs)
+        if csvs
+        else "validation set"
+    )
     levels = {"file": {k: v for k, v in val.items() if k != "condition"}}
     if isinstance(val.get("condition"), dict):
         levels["condition"] = val["condition"]
@@ -164,8 +212,9 @@ def metrics_summary(rows: list[dict], limit: int = 2) -> str:
     """A short one-line summary for listings, e.g. 'NISQA_TEST_FOR/file PCC 0.91 RMSE 0.52'."""
     parts = []
     for r in rows[:limit]:
-        vals = " ".join(f"{METRIC_NAMES[m]} {r[m]:.3f}" for m in ("pcc", "rmse") if m in r) or \
-            " ".join(f"{k} {v:.3g}" for k, v in r.items() if k not in ("dataset", "level", "n") and _is_number(v))
+        vals = " ".join(f"{METRIC_NAMES[m]} {r[m]:.3f}" for m in ("pcc", "rmse") if m in r) or " ".join(
+            f"{k} {v:.3g}" for k, v in r.items() if k not in ("dataset", "level", "n") and _is_number(v)
+        )
         label = "/".join(x for x in (r["dataset"], r["level"]) if x != "-")
         parts.append(f"{label} {vals}".strip())
     more = f" (+{len(rows) - limit} more)" if len(rows) > limit else ""
@@ -195,21 +244,35 @@ def evaluation_markdown(rows: list[dict]) -> str:
     lines = []
     if known:
         lines += ["| data | level | n | PCC | SRCC | RMSE | MAE |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['dataset']} | {r['level']} | {r['n'] if r.get('n') is not None else '-'} | "
-                  + " | ".join(f"{r[m]:.3f}" if m in r else "-" for m in METRIC_NAMES) + " |" for r in known]
-        lines += ["", "PCC/SRCC: Pearson/Spearman correlation with the data's MOS labels (higher is better); "
-                      "RMSE/MAE in MOS points (lower is better)."]
-    other = [(r, k, v) for r in rows for k, v in r.items()
-             if k not in ("dataset", "level", "n", *METRIC_NAMES) and _is_number(v)]
+        lines += [
+            f"| {r['dataset']} | {r['level']} | {r['n'] if r.get('n') is not None else '-'} | "
+            + " | ".join(f"{r[m]:.3f}" if m in r else "-" for m in METRIC_NAMES)
+            + " |"
+            for r in known
+        ]
+        lines += [
+            "",
+            "PCC/SRCC: Pearson/Spearman correlation with the data's MOS labels (higher is better); "
+            "RMSE/MAE in MOS points (lower is better).",
+        ]
+    other = [
+        (r, k, v)
+        for r in rows
+        for k, v in r.items()
+        if k not in ("dataset", "level", "n", *METRIC_NAMES) and _is_number(v)
+    ]
     if other:
         lines += ["", "Other recorded values:", ""]
-        lines += [f"- {'/'.join(x for x in (r['dataset'], r['level']) if x != '-') or 'all'} {k}: {_fmt(v)}"
-                  for r, k, v in other]
+        lines += [
+            f"- {'/'.join(x for x in (r['dataset'], r['level']) if x != '-') or 'all'} {k}: {_fmt(v)}"
+            for r, k, v in other
+        ]
     return "\n".join(lines).strip()
 
 
-def model_card(folder: str | Path, repo_id: str, *, license: str | None = None,
-               metrics: list[dict] | None = None) -> ModelCard:
+def model_card(
+    folder: str | Path, repo_id: str, *, license: str | None = None, metrics: list[dict] | None = None
+) -> ModelCard:
     """The README.md for a pushed model folder: YAML metadata (library, tags, licence, model-index with the
     evaluation) and sections: what it predicts, training data & provenance, evaluation, usage."""
     folder = Path(folder)
@@ -217,23 +280,36 @@ def model_card(folder: str | Path, repo_id: str, *, license: str | None = None,
     metrics = model_metrics(folder, meta) if metrics is None else metrics
     num_params = parameter_count(folder)
     flatness = f" + spectral flatness ({cfg.flatness_bands} bands)" if cfg.flatness_bands else ""
-    architecture = (f"log-mel ({cfg.n_mels} bands){flatness} → conv stem → {cfg.n_layers}-layer Transformer "
-                    f"(d={cfg.d_model}) → attention pooling → MOS head")
+    architecture = (
+        f"log-mel ({cfg.n_mels} bands){flatness} → conv stem → {cfg.n_layers}-layer Transformer "
+        f"(d={cfg.d_model}) → attention pooling → MOS head"
+    )
     name = repo_id.split("/")[-1]
     eval_results = [
-        EvalResult(task_type="speech-quality-assessment", task_name="Speech quality assessment (MOS prediction)",
-                   dataset_type=r["dataset"], dataset_name=r["dataset"],
-                   dataset_split=None if r["level"] == "-" else r["level"],
-                   metric_type=HUB_METRIC_TYPES[m],
-                   metric_name=METRIC_NAMES[m] + ("" if r["level"] == "-" else f" ({r['level']})"),
-                   metric_value=round(float(r[m]), 4))
-        for r in metrics for m in METRIC_NAMES if m in r and r["dataset"] != "-"]
+        EvalResult(
+            task_type="speech-quality-assessment",
+            task_name="Speech quality assessment (MOS prediction)",
+            dataset_type=r["dataset"],
+            dataset_name=r["dataset"],
+            dataset_split=None if r["level"] == "-" else r["level"],
+            metric_type=HUB_METRIC_TYPES[m],
+            metric_name=METRIC_NAMES[m] + ("" if r["level"] == "-" else f" ({r['level']})"),
+            metric_value=round(float(r[m]), 4),
+        )
+        for r in metrics
+        for m in METRIC_NAMES
+        if m in r and r["dataset"] != "-"
+    ]
     datasets = meta.get("datasets") or meta.get("data")
     data = ModelCardData(
-        library_name="jsqa", license=license or meta.get("license") or DEFAULT_LICENSE, tags=list(CARD_TAGS),
-        model_name=name, eval_results=eval_results or None,
+        library_name="jsqa",
+        license=license or meta.get("license") or DEFAULT_LICENSE,
+        tags=list(CARD_TAGS),
+        model_name=name,
+        eval_results=eval_results or None,
         metrics=[HUB_METRIC_TYPES[m] for m in METRIC_NAMES if any(m in r for r in metrics)] or None,
-        datasets=[str(d) for d in datasets] if isinstance(datasets, list) else None)
+        datasets=[str(d) for d in datasets] if isinstance(datasets, list) else None,
+    )
 
     provenance = {k: v for k, v in meta.items() if k not in ("metrics", "validation")}
     prov_rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in provenance.items()) or "| - | not recorded |"
@@ -306,25 +382,40 @@ class PushResult:
 def _token(token: str | None) -> str:
     token = token or get_token()
     if not token:
-        raise NotLoggedInError("not logged in to the Hugging Face Hub: set HF_TOKEN or run `hf auth login` "
-                               "(the token needs write access)")
+        raise NotLoggedInError(
+            "not logged in to the Hugging Face Hub: set HF_TOKEN or run `hf auth login` (the token needs write access)"
+        )
     return token
 
 
 def _push_http_error(repo_id: str, e: HfHubHTTPError) -> HubError:
     status = e.response.status_code if e.response is not None else None
     if status == 401:
-        return NotLoggedInError(f"{repo_id}: the Hub rejected the token (HTTP 401); check HF_TOKEN or run "
-                                "`hf auth login` with a token that has write access")
+        return NotLoggedInError(
+            f"{repo_id}: the Hub rejected the token (HTTP 401); check HF_TOKEN or run "
+            "`hf auth login` with a token that has write access"
+        )
     if status == 403:
-        return HubError(f"{repo_id}: the token may not write to this repo (HTTP 403); use a write token or a "
-                        "namespace you belong to")
+        return HubError(
+            f"{repo_id}: the token may not write to this repo (HTTP 403); use a write token or a "
+            "namespace you belong to"
+        )
     return HubError(f"{repo_id}: the Hub answered HTTP {status} ({str(e).splitlines()[0]})")
 
 
-def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
-         tag: str | None = None, message: str | None = None, card: str = "keep", license: str | None = None,
-         metrics_path: str | Path | None = None, token: str | None = None) -> PushResult:
+def push(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    tag: str | None = None,
+    message: str | None = None,
+    card: str = "keep",
+    license: str | None = None,
+    metrics_path: str | Path | None = None,
+    token: str | None = None,
+) -> PushResult:
     """Upload a model folder to ``repo_id`` in one commit: config.json, model.safetensors, README.md (the model
     card: kept if the folder has one and ``card="keep"``, generated otherwise) and metrics.json when present.
     Creates the repo (and branch ``revision``) if needed; ``tag`` tags the new commit."""
@@ -349,9 +440,11 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: s
         metrics = model_metrics(folder, metrics_path=metrics_path)
         card_bytes = str(model_card(folder, repo_id, license=license, metrics=metrics)).encode()
         card_state = "generated"
-    ops = [CommitOperationAdd(CONFIG_NAME, str(folder / CONFIG_NAME)),
-           CommitOperationAdd(WEIGHTS_NAME, str(folder / WEIGHTS_NAME)),
-           CommitOperationAdd(CARD_NAME, card_bytes)]
+    ops = [
+        CommitOperationAdd(CONFIG_NAME, str(folder / CONFIG_NAME)),
+        CommitOperationAdd(WEIGHTS_NAME, str(folder / WEIGHTS_NAME)),
+        CommitOperationAdd(CARD_NAME, card_bytes),
+    ]
     if metrics_file.is_file():
         ops.append(CommitOperationAdd(METRICS_NAME, str(metrics_file)))
 
@@ -360,15 +453,18 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: s
         api.create_repo(repo_id, private=private, exist_ok=True)
         if branch != constants.DEFAULT_REVISION:
             api.create_branch(repo_id, branch=branch, exist_ok=True)
-        info = api.create_commit(repo_id, operations=ops, revision=branch,
-                                 commit_message=message or f"Upload jsqa model ({folder.name})")
+        info = api.create_commit(
+            repo_id, operations=ops, revision=branch, commit_message=message or f"Upload jsqa model ({folder.name})"
+        )
         if tag:
             api.create_tag(repo_id, tag=tag, revision=info.oid)
     except OfflineModeIsEnabled:
         raise HubError(f"{repo_id}: cannot push with HF_HUB_OFFLINE=1; unset it") from None
     except RepositoryNotFoundError:
-        raise RepoNotFoundError(f"{repo_id}: repository not found and could not be created on {hub_endpoint()}; "
-                                "check the namespace and that the token may write to it") from None
+        raise RepoNotFoundError(
+            f"{repo_id}: repository not found and could not be created on {hub_endpoint()}; "
+            "check the namespace and that the token may write to it"
+        ) from None
     except HfHubHTTPError as e:
         if tag and e.response is not None and e.response.status_code == 409:
             raise HubError(f"{repo_id}: tag {tag!r} already exists; choose another --tag") from None
@@ -411,8 +507,17 @@ def _entry(name: str, source: str, path: Path, **kw) -> ModelEntry:
         params = None
     from dataclasses import asdict
 
-    return ModelEntry(name, source, path, parameters=params, preset=cfg.preset, metrics=model_metrics(path, meta),
-                      config=asdict(cfg), metadata=meta, **kw)
+    return ModelEntry(
+        name,
+        source,
+        path,
+        parameters=params,
+        preset=cfg.preset,
+        metrics=model_metrics(path, meta),
+        config=asdict(cfg),
+        metadata=meta,
+        **kw,
+    )
 
 
 def cached_models(cache_dir: str | Path | None = None) -> list[ModelEntry]:

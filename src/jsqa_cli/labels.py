@@ -73,23 +73,37 @@ def read_nisqa(root: str | os.PathLike, dbs: Sequence[str]) -> pd.DataFrame:
         per_db = [root / db / f"{db}_file.csv" for db in dbs]
         if not all(p.is_file() for p in per_db):
             missing = next(p for p in per_db if not p.is_file())
-            raise FileNotFoundError(f"{root}: not a NISQA corpus (no {NISQA_CORPUS_CSV}, "
-                                    f"no {missing.relative_to(root)})")
-        df, source = pd.concat([_read_csv(p).assign(db=p.parent.name) if "db" not in _read_csv(p).columns
-                                else _read_csv(p) for p in per_db], ignore_index=True), per_db[0]
+            raise FileNotFoundError(
+                f"{root}: not a NISQA corpus (no {NISQA_CORPUS_CSV}, no {missing.relative_to(root)})"
+            )
+        df, source = (
+            pd.concat(
+                [
+                    _read_csv(p).assign(db=p.parent.name) if "db" not in _read_csv(p).columns else _read_csv(p)
+                    for p in per_db
+                ],
+                ignore_index=True,
+            ),
+            per_db[0],
+        )
     missing_cols = [c for c in ("db", "filepath_deg", "mos") if c not in df.columns]
     if missing_cols:
-        raise ValueError(f"{source}: missing column(s) {', '.join(missing_cols)} "
-                         f"(has {', '.join(map(str, df.columns))})")
+        raise ValueError(
+            f"{source}: missing column(s) {', '.join(missing_cols)} (has {', '.join(map(str, df.columns))})"
+        )
     known = list(dict.fromkeys(df["db"].astype(str)))
     unknown = [db for db in dbs if db not in known]
     if unknown:
         raise ValueError(f"{source}: no database {unknown[0]} (has {', '.join(known)})")
     df = df[df["db"].astype(str).isin(dbs)].reset_index(drop=True)
-    return pd.DataFrame({"path": [str(root / p) for p in df["filepath_deg"].astype(str)],
-                         "mos": _mos_column(df, source),
-                         "condition": _conditions(df, "con" if "con" in df.columns else None),
-                         "db": df["db"].astype(str)})
+    return pd.DataFrame(
+        {
+            "path": [str(root / p) for p in df["filepath_deg"].astype(str)],
+            "mos": _mos_column(df, source),
+            "condition": _conditions(df, "con" if "con" in df.columns else None),
+            "db": df["db"].astype(str),
+        }
+    )
 
 
 def read_nisqa_conditions(root: str | os.PathLike, dbs: Sequence[str]) -> pd.DataFrame | None:
@@ -115,8 +129,7 @@ def csv_list(csv: str | os.PathLike | Sequence[str | os.PathLike] | None) -> lis
 def csv_names(csvs: Sequence[str | os.PathLike]) -> list[str]:
     """A short name for each CSV: its stem, or ``<folder>/<stem>`` where two CSVs share a stem."""
     stems = [Path(c).stem for c in csvs]
-    return [Path(c).stem if stems.count(Path(c).stem) == 1 else f"{Path(c).parent.name}/{Path(c).stem}"
-            for c in csvs]
+    return [Path(c).stem if stems.count(Path(c).stem) == 1 else f"{Path(c).parent.name}/{Path(c).stem}" for c in csvs]
 
 
 def read_labelled_csv(csv: str | os.PathLike) -> pd.DataFrame:
@@ -138,8 +151,13 @@ def read_labelled_csv(csv: str | os.PathLike) -> pd.DataFrame:
         i = int(np.flatnonzero(df[path_col].isna().to_numpy())[0])
         raise ValueError(f"{csv}: row {i + 2}: empty {path_col}")
     paths = [p if p.is_absolute() else csv.parent / p for p in map(Path, df[path_col].astype(str))]
-    out = pd.DataFrame({"path": [str(p) for p in paths], "mos": _mos_column(df, csv, mos_col),
-                        "condition": _conditions(df, next((c for c in CONDITION_COLUMNS if c in df.columns), None))})
+    out = pd.DataFrame(
+        {
+            "path": [str(p) for p in paths],
+            "mos": _mos_column(df, csv, mos_col),
+            "condition": _conditions(df, next((c for c in CONDITION_COLUMNS if c in df.columns), None)),
+        }
+    )
     if "db" in df.columns:
         out["db"] = df["db"].astype(str)
     if "group" in df.columns:  # qualified by the CSV, so that groups of two corpora never merge

@@ -28,10 +28,28 @@ from safetensors.torch import load_file, save_file
 
 from jsqa_cli import __version__
 from jsqa_cli.audio import SAMPLE_RATE
+
 # Names → folders live in resolve (bundled names, folders, Hub ids); re-exported here, where users look for them.
-from jsqa_cli.resolve import (CARD_NAME, CONFIG_NAME, DEFAULT_MODEL, MODEL_TYPE, WEIGHTS_DIR,  # noqa: F401
-                              WEIGHTS_NAME, ModelError, bundled_models, default_model_name, read_config_dict,
-                              resolve, resolve_model)
+from jsqa_cli.resolve import (
+    CARD_NAME,
+    CONFIG_NAME,
+    DEFAULT_MODEL,
+    MODEL_TYPE,
+    WEIGHTS_DIR,
+    WEIGHTS_NAME,
+    ModelError,
+    bundled_models,
+    default_model_name,
+    read_config_dict,
+    resolve,
+    resolve_model,
+)
+
+__all__ = [
+    "JSQA", "JSQAConfig", "PRESETS", "build_model", "config_from_preset", "add_flatness_bands", "save_model",
+    "read_config", "load_model", "ModelError", "CARD_NAME", "CONFIG_NAME", "DEFAULT_MODEL", "MODEL_TYPE",
+    "WEIGHTS_DIR", "WEIGHTS_NAME", "bundled_models", "default_model_name", "resolve_model",
+]  # fmt: skip
 
 # Fixed affine map of natural-log mel power to roughly zero mean / unit variance on speech at typical levels.
 LOGMEL_OFFSET = 5.0
@@ -103,8 +121,14 @@ class LogMel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=cfg.sample_rate, n_fft=cfg.n_fft, win_length=cfg.win_length, hop_length=cfg.hop_length,
-            n_mels=cfg.n_mels, center=False, power=2.0)
+            sample_rate=cfg.sample_rate,
+            n_fft=cfg.n_fft,
+            win_length=cfg.win_length,
+            hop_length=cfg.hop_length,
+            n_mels=cfg.n_mels,
+            center=False,
+            power=2.0,
+        )
         bins = cfg.n_fft // 2  # the Nyquist bin is left out, so that the bands split evenly
         if cfg.flatness_bands and bins % cfg.flatness_bands:
             raise ValueError(f"flatness_bands={cfg.flatness_bands} must divide the {bins} STFT bins below Nyquist")
@@ -134,8 +158,11 @@ class ConvStem(nn.Module):
         super().__init__()
         self.n_mels = cfg.n_mels
         self.conv1 = nn.Conv1d(cfg.n_mels, cfg.d_model, kernel_size=3, stride=2, padding=1)
-        self.conv1_flatness = (nn.Conv1d(cfg.flatness_bands, cfg.d_model, kernel_size=3, stride=2, padding=1,
-                                         bias=False) if cfg.flatness_bands else None)
+        self.conv1_flatness = (
+            nn.Conv1d(cfg.flatness_bands, cfg.d_model, kernel_size=3, stride=2, padding=1, bias=False)
+            if cfg.flatness_bands
+            else None
+        )
         self.conv2 = nn.Conv1d(cfg.d_model, cfg.d_model, kernel_size=3, stride=2, padding=1)
 
     @staticmethod
@@ -184,8 +211,9 @@ class Encoder(nn.Module):
         self.frontend = LogMel(cfg)
         self.stem = ConvStem(cfg)
         self.register_buffer("positions", sinusoidal_positions(cfg.max_positions, cfg.d_model), persistent=False)
-        layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.n_heads, cfg.ff_dim, cfg.dropout, activation="gelu",
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            cfg.d_model, cfg.n_heads, cfg.ff_dim, cfg.dropout, activation="gelu", batch_first=True, norm_first=True
+        )
         self.transformer = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(cfg.d_model)
         self.pool = AttentionPool(cfg.d_model)
@@ -197,8 +225,10 @@ class Encoder(nn.Module):
         feats, n = self.frontend(wav, lengths)
         x, n = self.stem(feats, n)
         if x.shape[1] > self.cfg.max_positions:
-            raise ValueError(f"input of {x.shape[1]} tokens exceeds max_positions={self.cfg.max_positions}; "
-                             "score long audio in windows (jsqa_cli.audio.window_bounds)")
+            raise ValueError(
+                f"input of {x.shape[1]} tokens exceeds max_positions={self.cfg.max_positions}; "
+                "score long audio in windows (jsqa_cli.audio.window_bounds)"
+            )
         x = x + self.positions[: x.shape[1]].to(x.dtype)
         mask = lengths_to_mask(n, x.shape[1])
         # Inference on a batch without padding (e.g. full scoring windows) skips the mask: same result, and
@@ -217,8 +247,9 @@ class JSQA(nn.Module):
         self.config = cfg
         d = cfg.d_model
         self.encoder = Encoder(cfg)
-        self.projection = (nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, cfg.proj_dim))
-                           if cfg.projection_head else None)
+        self.projection = (
+            nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, cfg.proj_dim)) if cfg.projection_head else None
+        )
         if cfg.mos_input not in ("embedding", "projection"):
             raise ValueError(f"mos_input must be 'embedding' or 'projection', not {cfg.mos_input!r}")
         if cfg.mos_input == "projection" and not cfg.projection_head:
@@ -275,8 +306,13 @@ def save_model(model: JSQA, folder: str | Path, metadata: dict | None = None) ->
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     meta = {**model.metadata, **(metadata or {})}
-    config = {"model_type": MODEL_TYPE, "architectures": ["JSQA"], "jsqa_version": __version__,
-              **asdict(model.config), "metadata": meta}
+    config = {
+        "model_type": MODEL_TYPE,
+        "architectures": ["JSQA"],
+        "jsqa_version": __version__,
+        **asdict(model.config),
+        "metadata": meta,
+    }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "model_type": MODEL_TYPE})
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
@@ -314,8 +350,9 @@ def load_model(name_or_path: str | os.PathLike | None = None, device: str | torc
         raise ModelError(f"{weights}: weights do not match config.json ({_first_mismatch(str(e))})") from None
     missing = [k for k in missing if not k.startswith("encoder.frontend.")]  # fixed buffers, rebuilt from config
     if missing or unexpected:
-        raise ModelError(f"{weights}: weights do not match config.json "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise ModelError(
+            f"{weights}: weights do not match config.json (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     model.metadata = meta
     model.name = resolved.name
     return model.to(device).eval()

@@ -48,10 +48,25 @@ WHOLE_FILE_S = 60.0  # files up to this long are decoded whole (and cached); lon
 MAX_TRIES = 20  # redraws of a silent speech or noise crop before giving up on a pair
 
 MANIFEST_COLUMNS = [
-    "pair_id", "split", "pairing", "seconds", "snr_a", "snr_b", "speech_level_db", "seed",
-    "speech_a", "speech_offset_a", "speech_b", "speech_offset_b",
-    "noise_a", "noise_offset_a", "noise_b", "noise_offset_b", "noise_channel",
-    "audio_a", "audio_b",
+    "pair_id",
+    "split",
+    "pairing",
+    "seconds",
+    "snr_a",
+    "snr_b",
+    "speech_level_db",
+    "seed",
+    "speech_a",
+    "speech_offset_a",
+    "speech_b",
+    "speech_offset_b",
+    "noise_a",
+    "noise_offset_a",
+    "noise_b",
+    "noise_offset_b",
+    "noise_channel",
+    "audio_a",
+    "audio_b",
 ]
 
 
@@ -69,8 +84,9 @@ class PairDataError(ValueError):
 # ------------------------------------------------------------------------------------------------ mixing
 
 
-def mix_at_snr(speech, noise, snr_db, speech_level_db: float | None = None, max_peak: float = MAX_PEAK,
-               return_parts: bool = False):
+def mix_at_snr(
+    speech, noise, snr_db, speech_level_db: float | None = None, max_peak: float = MAX_PEAK, return_parts: bool = False
+):
     """Mix speech and noise at ``snr_db``: the one mixing function of jsqa (pairs, loader, recipes).
 
     ``speech``/``noise``: (T,) or (M, T) arrays, broadcast against ``snr_db`` (scalar or (M,)) to M members.
@@ -220,7 +236,7 @@ class SourceReader:
             wav = self._whole(path, channel)
             start = int(round(offset_s * self.sample_rate))
             if len(wav) >= start + n:
-                return wav[start:start + n]
+                return wav[start : start + n]
             return np.resize(np.roll(wav, -(start % len(wav))), n)  # loop a short file
         wav, _ = load_audio(path, self.sample_rate, channel=channel, start_s=offset_s, duration_s=seconds)
         return wav[:n] if len(wav) >= n else np.resize(wav, n)
@@ -320,11 +336,27 @@ def _draw_pair(task: tuple[str, int, int]) -> tuple[dict | None, dict]:
             except AudioError:
                 counts["unreadable"] += 1
                 continue
-        row = dict(pair_id=index, split=split, pairing=ctx.pairing, seconds=ctx.seconds,
-                   snr_a=round(snr_a, 4), snr_b=round(snr_b, 4), speech_level_db=level, seed=seed,
-                   speech_a=sa.path, speech_offset_a=off_sa, speech_b=sb.path, speech_offset_b=off_sb,
-                   noise_a=nz.path, noise_offset_a=off_na, noise_b=nz.path, noise_offset_b=off_nb,
-                   noise_channel=-1 if channel is None else channel, audio_a="", audio_b="")
+        row = dict(
+            pair_id=index,
+            split=split,
+            pairing=ctx.pairing,
+            seconds=ctx.seconds,
+            snr_a=round(snr_a, 4),
+            snr_b=round(snr_b, 4),
+            speech_level_db=level,
+            seed=seed,
+            speech_a=sa.path,
+            speech_offset_a=off_sa,
+            speech_b=sb.path,
+            speech_offset_b=off_sb,
+            noise_a=nz.path,
+            noise_offset_a=off_na,
+            noise_b=nz.path,
+            noise_offset_b=off_nb,
+            noise_channel=-1 if channel is None else channel,
+            audio_a="",
+            audio_b="",
+        )
         return row, counts
     return None, counts
 
@@ -368,10 +400,25 @@ def _split_speech(sources: list[Source], val_fraction: float, seed: int) -> tupl
     return ([s for i, s in enumerate(sources) if i not in val], [s for i, s in enumerate(sources) if i in val])
 
 
-def make_pairs(speech_dirs, noise_dirs, out_dir, *, num_pairs: int, jnd_db: float = 3.0, snr_min: float = -5.0,
-               snr_max: float = 20.0, seconds: float = 4.0, sample_rate: int = SAMPLE_RATE, seed: int = 0,
-               val_fraction: float = 0.05, pairing: str = DEFAULT_PAIRING, write_audio: bool = False,
-               workers: int = 0, level_db: tuple[float, float] = LEVEL_RANGE_DB, progress=None) -> dict:
+def make_pairs(
+    speech_dirs,
+    noise_dirs,
+    out_dir,
+    *,
+    num_pairs: int,
+    jnd_db: float = 3.0,
+    snr_min: float = -5.0,
+    snr_max: float = 20.0,
+    seconds: float = 4.0,
+    sample_rate: int = SAMPLE_RATE,
+    seed: int = 0,
+    val_fraction: float = 0.05,
+    pairing: str = DEFAULT_PAIRING,
+    write_audio: bool = False,
+    workers: int = 0,
+    level_db: tuple[float, float] = LEVEL_RANGE_DB,
+    progress=None,
+) -> dict:
     """Draw ``num_pairs`` JND pairs and write ``pairs.csv`` + ``pairs.json`` (and FLACs with ``write_audio``).
 
     Deterministic for a given seed, whatever ``workers``. Speech shorter than the crop is skipped (reported);
@@ -395,16 +442,29 @@ def make_pairs(speech_dirs, noise_dirs, out_dir, *, num_pairs: int, jnd_db: floa
     speech_ok = [s for s in speech_all if s.duration_s >= seconds]
     noise = probe_sources(discover_audio(noise_dirs), skipped)
     if not speech_ok:
-        raise ValueError(f"no usable speech in {', '.join(map(str, speech_dirs))} "
-                         f"({len(speech_all)} audio files, {len(too_short)} shorter than {seconds:g} s)")
+        raise ValueError(
+            f"no usable speech in {', '.join(map(str, speech_dirs))} "
+            f"({len(speech_all)} audio files, {len(too_short)} shorter than {seconds:g} s)"
+        )
     if not noise:
         raise ValueError(f"no usable noise audio in {', '.join(map(str, noise_dirs))}")
     train, val = _split_speech(speech_ok, val_fraction, seed)
     n_val = int(round(num_pairs * val_fraction)) if val else 0
-    tasks = [("train", 0, i) for i in range(num_pairs - n_val)] + [("val", 1, i) for i in range(num_pairs - n_val,
-                                                                                                 num_pairs)]
-    ctx = _DrawContext({"train": train, "val": val}, noise, seconds, sample_rate, jnd_db, snr_min, snr_max,
-                       tuple(level_db), seed, pairing)
+    tasks = [("train", 0, i) for i in range(num_pairs - n_val)] + [
+        ("val", 1, i) for i in range(num_pairs - n_val, num_pairs)
+    ]
+    ctx = _DrawContext(
+        {"train": train, "val": val},
+        noise,
+        seconds,
+        sample_rate,
+        jnd_db,
+        snr_min,
+        snr_max,
+        tuple(level_db),
+        seed,
+        pairing,
+    )
     rows, counts = [], {"silent_speech_crops": 0, "silent_noise_crops": 0, "unreadable": 0}
 
     def consume(results):
@@ -432,16 +492,36 @@ def make_pairs(speech_dirs, noise_dirs, out_dir, *, num_pairs: int, jnd_db: floa
     df.to_csv(manifest, index=False)
     pair_s = 2 * seconds * len(df)
     summary = {
-        "pairs": len(df), "train_pairs": int((df.split == "train").sum()), "val_pairs": int((df.split == "val").sum()),
-        "dropped_pairs": num_pairs - len(df), "hours": round(pair_s / 3600, 3),
+        "pairs": len(df),
+        "train_pairs": int((df.split == "train").sum()),
+        "val_pairs": int((df.split == "val").sum()),
+        "dropped_pairs": num_pairs - len(df),
+        "hours": round(pair_s / 3600, 3),
         "size_gb_as_16bit": round(pair_s * sample_rate * 2 / 1e9, 3),
-        "manifest": str(manifest), "manifest_bytes": manifest.stat().st_size,
-        "settings": {"pairing": pairing, "jnd_db": jnd_db, "snr_min": snr_min, "snr_max": snr_max,
-                     "seconds": seconds, "sample_rate": sample_rate, "seed": seed, "val_fraction": val_fraction,
-                     "speech_level_db": list(level_db), "write_audio": write_audio, "num_pairs": num_pairs},
-        "sources": {"speech_dirs": [str(d) for d in speech_dirs], "noise_dirs": [str(d) for d in noise_dirs],
-                    "speech_files": len(speech_all), "speech_used": len(speech_ok),
-                    "speech_train_files": len(train), "speech_val_files": len(val), "noise_files": len(noise)},
+        "manifest": str(manifest),
+        "manifest_bytes": manifest.stat().st_size,
+        "settings": {
+            "pairing": pairing,
+            "jnd_db": jnd_db,
+            "snr_min": snr_min,
+            "snr_max": snr_max,
+            "seconds": seconds,
+            "sample_rate": sample_rate,
+            "seed": seed,
+            "val_fraction": val_fraction,
+            "speech_level_db": list(level_db),
+            "write_audio": write_audio,
+            "num_pairs": num_pairs,
+        },
+        "sources": {
+            "speech_dirs": [str(d) for d in speech_dirs],
+            "noise_dirs": [str(d) for d in noise_dirs],
+            "speech_files": len(speech_all),
+            "speech_used": len(speech_ok),
+            "speech_train_files": len(train),
+            "speech_val_files": len(val),
+            "noise_files": len(noise),
+        },
         "skipped": {**counts, "speech_too_short": len(too_short), "files": skipped[:200]},
         "seconds_taken": round(time.time() - t0, 2),
     }
@@ -462,8 +542,10 @@ def _write_audio(df: pd.DataFrame, out_dir: Path, sample_rate: int, workers: int
     df["audio_a"], df["audio_b"] = stem + "_a.flac", stem + "_b.flac"
     for split in df.split.unique():
         (out_dir / AUDIO_DIR / split).mkdir(parents=True, exist_ok=True)
-    jobs = [(row, str(out_dir / row["audio_a"]), str(out_dir / row["audio_b"]), sample_rate)
-            for row in df.to_dict("records")]
+    jobs = [
+        (row, str(out_dir / row["audio_a"]), str(out_dir / row["audio_b"]), sample_rate)
+        for row in df.to_dict("records")
+    ]
     ctx = _DrawContext({}, [], 0.0, sample_rate, 0.0, 0.0, 0.0, (0.0, 0.0), 0, "")
     if workers > 0:
         with mp.get_context("fork").Pool(workers, _init_worker, (ctx,)) as pool:
@@ -503,8 +585,9 @@ class PairSampler(torch.utils.data.Sampler):
     does not divide evenly is dropped (as DistributedSampler with drop_last). ``start`` is the number of samples
     this rank has already consumed, so a resumed run sees exactly the data an uninterrupted run would."""
 
-    def __init__(self, num_items: int, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True,
-                 start: int = 0):
+    def __init__(
+        self, num_items: int, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True, start: int = 0
+    ):
         if num_items < world_size:
             raise ValueError(f"only {num_items} training pairs for {world_size} ranks")
         self.num_items, self.seed, self.rank, self.world_size = num_items, seed, rank, world_size
@@ -514,9 +597,12 @@ class PairSampler(torch.utils.data.Sampler):
     def __iter__(self):
         epoch, skip = divmod(self.start, self.per_rank)
         while True:
-            order = (np.random.default_rng([self.seed, epoch]).permutation(self.num_items) if self.shuffle
-                     else np.arange(self.num_items))
-            mine = order[self.rank: self.per_rank * self.world_size: self.world_size]
+            order = (
+                np.random.default_rng([self.seed, epoch]).permutation(self.num_items)
+                if self.shuffle
+                else np.arange(self.num_items)
+            )
+            mine = order[self.rank : self.per_rank * self.world_size : self.world_size]
             for i in mine[skip:]:
                 yield epoch, int(i)
             epoch, skip = epoch + 1, 0
@@ -533,9 +619,19 @@ class PairDataset(torch.utils.data.Dataset):
     ``audio_b`` from ``--write-audio``) is read instead of mixing when present and nothing is redrawn.
     """
 
-    def __init__(self, manifest: pd.DataFrame, root: str | Path | None = None, *, seed: int = 0,
-                 hard_negatives: bool = False, jnd_db: float = 3.0, snr_range: tuple[float, float] = (-5.0, 20.0),
-                 redraw_snr: bool = False, sample_rate: int = SAMPLE_RATE, cache_mb: float = 512.0):
+    def __init__(
+        self,
+        manifest: pd.DataFrame,
+        root: str | Path | None = None,
+        *,
+        seed: int = 0,
+        hard_negatives: bool = False,
+        jnd_db: float = 3.0,
+        snr_range: tuple[float, float] = (-5.0, 20.0),
+        redraw_snr: bool = False,
+        sample_rate: int = SAMPLE_RATE,
+        cache_mb: float = 512.0,
+    ):
         self.rows = manifest.reset_index(drop=True).to_dict("records")
         self.root = Path(root) if root is not None else None
         self.seed, self.hard_negatives, self.jnd_db = seed, hard_negatives, jnd_db

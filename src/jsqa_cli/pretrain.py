@@ -32,8 +32,18 @@ import torch.nn.functional as F
 from jsqa_cli.distributed import autocast, default_workers, distributed
 from jsqa_cli.model import JSQA, JSQAConfig, config_from_preset, save_model
 from jsqa_cli.pairs import PairDataError, PairDataset, PairSampler, read_manifest, worker_init
-from jsqa_cli.train import (CHECKPOINT_NAME, METRICS_NAME, OPTIONS_NAME, Task, check_options,
-                            param_groups, prepare_run_folder, seed_everything, train, write_options)
+from jsqa_cli.train import (
+    CHECKPOINT_NAME,
+    METRICS_NAME,
+    OPTIONS_NAME,
+    Task,
+    check_options,
+    param_groups,
+    prepare_run_folder,
+    seed_everything,
+    train,
+    write_options,
+)
 
 NEGATIVES = ("batch", "jnd-aware")
 ENCODER_DIR = "encoder"
@@ -97,8 +107,9 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(out)
 
 
-def nt_xent(z: torch.Tensor, snr: torch.Tensor, num_pairs: int, temperature: float = 0.1,
-            jnd_db: float | None = None) -> torch.Tensor:
+def nt_xent(
+    z: torch.Tensor, snr: torch.Tensor, num_pairs: int, temperature: float = 0.1, jnd_db: float | None = None
+) -> torch.Tensor:
     """NT-Xent over this rank's views ``z`` = [a_0..a_{N-1}, b_0..b_{N-1}, (hard negatives...)] against the views
     of all ranks. ``jnd_db`` (jnd-aware negatives) masks candidates whose SNR is within the JND of the anchor.
     Returns the mean loss over this rank's 2N anchors; averaging gradients over ranks (DDP) then gives the
@@ -201,10 +212,17 @@ def validate(model: JSQA, loader, device: torch.device, use_autocast: bool = Tru
     e = F.normalize(emb, dim=-1)
     jnd_cos = float((e[:, 0] * e[:, 1]).sum(-1).mean())
     gap_cos = float((e[:, 0] * e[:, 2]).sum(-1).mean()) if emb.shape[1] > 2 else float("nan")
-    return {"val_top1": retrieval_top1(proj[:, 0], proj[:, 1]),
-            "val_top1_encoder": retrieval_top1(emb[:, 0], emb[:, 1]),
-            "val_align": align, "val_uniform": uniform, "jnd_cos": jnd_cos, "gap_cos": gap_cos,
-            "jnd_margin": jnd_cos - gap_cos, "snr_rank": snr_order(emb, snr), "val_pairs": len(emb)}
+    return {
+        "val_top1": retrieval_top1(proj[:, 0], proj[:, 1]),
+        "val_top1_encoder": retrieval_top1(emb[:, 0], emb[:, 1]),
+        "val_align": align,
+        "val_uniform": uniform,
+        "jnd_cos": jnd_cos,
+        "gap_cos": gap_cos,
+        "jnd_margin": jnd_cos - gap_cos,
+        "snr_rank": snr_order(emb, snr),
+        "val_pairs": len(emb),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ the task
@@ -252,10 +270,17 @@ def _model_config(opts: PretrainOptions) -> JSQAConfig:
 
 def _loader(dataset, sampler, batch_size: int, workers: int, device: torch.device, seed: int, drop_last: bool):
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
-        pin_memory=device.type == "cuda", persistent_workers=workers > 0, worker_init_fn=worker_init,
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=drop_last,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        worker_init_fn=worker_init,
         prefetch_factor=4 if workers > 0 else None,
-        generator=torch.Generator().manual_seed(seed))  # never draws from the global RNG (exact resume)
+        generator=torch.Generator().manual_seed(seed),
+    )  # never draws from the global RNG (exact resume)
 
 
 class PretrainTask(Task):
@@ -263,17 +288,30 @@ class PretrainTask(Task):
 
     name, items, eval_at_start = "pretrain", "pairs", True
 
-    def __init__(self, opts: PretrainOptions, d, model: JSQA, train_set, val_set, workers: int, jnd_db: float,
-                 steps: int):
+    def __init__(
+        self, opts: PretrainOptions, d, model: JSQA, train_set, val_set, workers: int, jnd_db: float, steps: int
+    ):
         self.opts, self.d, self.jsqa, self.workers, self.steps = opts, d, model, workers, steps
         self.model = ContrastiveNet(model)  # what trains and is checkpointed: encoder + projection head
         self.net = self.model
         if d.enabled:
             self.net = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+                self.model, device_ids=[d.device.index] if d.device.type == "cuda" else None
+            )
         self.train_set = train_set
-        self.val_loader = _loader(val_set, [(0, i) for i in range(len(val_set))], opts.batch_size, min(workers, 4),
-                                  d.device, opts.seed, drop_last=False) if len(val_set) >= 2 else None
+        self.val_loader = (
+            _loader(
+                val_set,
+                [(0, i) for i in range(len(val_set))],
+                opts.batch_size,
+                min(workers, 4),
+                d.device,
+                opts.seed,
+                drop_last=False,
+            )
+            if len(val_set) >= 2
+            else None
+        )
         self.jnd_mask = jnd_db if opts.negatives == "jnd-aware" else None
         self.per_rank = len(train_set) // d.world_size
         self.first_val = None
@@ -282,10 +320,20 @@ class PretrainTask(Task):
         return param_groups(self.model, {"encoder": self.opts.lr}, weight_decay=self.opts.weight_decay)
 
     def batches(self, step: int):
-        sampler = PairSampler(len(self.train_set), self.opts.seed, self.d.rank, self.d.world_size,
-                              start=step * self.opts.batch_size)
-        loader = iter(_loader(self.train_set, sampler, self.opts.batch_size, self.workers, self.d.device,
-                              self.opts.seed, drop_last=True))
+        sampler = PairSampler(
+            len(self.train_set), self.opts.seed, self.d.rank, self.d.world_size, start=step * self.opts.batch_size
+        )
+        loader = iter(
+            _loader(
+                self.train_set,
+                sampler,
+                self.opts.batch_size,
+                self.workers,
+                self.d.device,
+                self.opts.seed,
+                drop_last=True,
+            )
+        )
         while True:
             try:
                 yield next(loader)
@@ -310,11 +358,14 @@ class PretrainTask(Task):
             if self.first_val is None:
                 self.first_val = m["val_top1"]
                 if (m["val_top1"] >= TRIVIAL_TOP1 and step <= (self.opts.eval_every or self.steps)) or (
-                        step == 0 and m["val_top1"] >= UNTRAINED_TOP1):
-                    msg = (f"validation retrieval top-1 is {100 * m['val_top1']:.1f}% at step {step}"
-                           f"{' (untrained encoder)' if step == 0 else ''}: the pretext task is solved "
-                           "trivially, most likely by matching content (same speech/noise crop), not quality. "
-                           "Prefer `--pairing cross-source` pairs and/or `--negatives jnd-aware`.")
+                    step == 0 and m["val_top1"] >= UNTRAINED_TOP1
+                ):
+                    msg = (
+                        f"validation retrieval top-1 is {100 * m['val_top1']:.1f}% at step {step}"
+                        f"{' (untrained encoder)' if step == 0 else ''}: the pretext task is solved "
+                        "trivially, most likely by matching content (same speech/noise crop), not quality. "
+                        "Prefer `--pairing cross-source` pairs and/or `--negatives jnd-aware`."
+                    )
                     warnings.warn(msg, stacklevel=2)
                     m = {**m, "warning": msg}
         if self.d.enabled:
@@ -346,8 +397,15 @@ def pretrain(options: PretrainOptions | None = None, **overrides) -> Path:
 
 def _pretrain(opts: PretrainOptions, d) -> Path:
     pairs_dir = Path(opts.pairs)
-    run_dir = prepare_run_folder(opts.output, RUN_ARTEFACTS, CHECKPOINT_NAME, resume=opts.resume,
-                                 overwrite=opts.overwrite, what="pretraining run", d=d)
+    run_dir = prepare_run_folder(
+        opts.output,
+        RUN_ARTEFACTS,
+        CHECKPOINT_NAME,
+        resume=opts.resume,
+        overwrite=opts.overwrite,
+        what="pretraining run",
+        d=d,
+    )
     say = (lambda *a: None) if (opts.quiet or not d.is_main) else print
     # ---- data
     manifest, settings = read_manifest(pairs_dir)
@@ -356,41 +414,64 @@ def _pretrain(opts: PretrainOptions, d) -> Path:
     snr_range = (float(s.get("snr_min", -5.0)), float(s.get("snr_max", 20.0)))
     train_rows, val_rows = manifest[manifest.split == "train"], manifest[manifest.split == "val"]
     if len(train_rows) < opts.batch_size * d.world_size:
-        raise ValueError(f"{pairs_dir}: {len(train_rows)} training pairs, fewer than one batch "
-                         f"({opts.batch_size} × {d.world_size} rank(s))")
+        raise ValueError(
+            f"{pairs_dir}: {len(train_rows)} training pairs, fewer than one batch "
+            f"({opts.batch_size} × {d.world_size} rank(s))"
+        )
     steps_per_epoch = len(train_rows) // (opts.batch_size * d.world_size)
     steps = opts.steps or (max(1, math.ceil(opts.epochs * steps_per_epoch)) if opts.epochs else DEFAULT_STEPS)
     warmup = opts.warmup_steps if opts.warmup_steps is not None else min(1000, steps // 20)
     workers = default_workers() if opts.workers is None else opts.workers
     common = dict(seed=opts.seed, jnd_db=jnd_db, snr_range=snr_range, sample_rate=int(s.get("sample_rate", 16000)))
-    train_set = PairDataset(train_rows, pairs_dir, hard_negatives=opts.hard_negatives, redraw_snr=opts.redraw_snr,
-                            **common)
+    train_set = PairDataset(
+        train_rows, pairs_dir, hard_negatives=opts.hard_negatives, redraw_snr=opts.redraw_snr, **common
+    )
     val_set = PairDataset(val_rows.iloc[: opts.val_max_pairs], pairs_dir, hard_negatives=True, **common)
 
     # ---- model, then the shared loop
     seed_everything(opts.seed)
     model = JSQA(_model_config(opts)).to(d.device)
     task = PretrainTask(opts, d, model, train_set, val_set, workers, jnd_db, steps)
-    write_options(run_dir, {**asdict(opts), "steps": steps, "warmup_steps": warmup, "workers": workers,
-                            "world_size": d.world_size}, d)
-    say(f"Pretraining {model.config.preset} ({model.num_parameters / 1e6:.2f} M parameters) on "
+    write_options(
+        run_dir,
+        {**asdict(opts), "steps": steps, "warmup_steps": warmup, "workers": workers, "world_size": d.world_size},
+        d,
+    )
+    say(
+        f"Pretraining {model.config.preset} ({model.num_parameters / 1e6:.2f} M parameters) on "
         f"{len(train_set)} pairs ({s.get('pairing', '?')}), {opts.negatives} negatives"
         f"{' + hard negatives' if opts.hard_negatives else ''}, batch {opts.batch_size}×{d.world_size} rank(s), "
-        f"{steps} steps, device {d.device}, {workers} loader workers.")
+        f"{steps} steps, device {d.device}, {workers} loader workers."
+    )
     result = train(task, opts, d, run_dir, steps, warmup)
 
     # ---- export
     encoder_dir = run_dir / ENCODER_DIR
     if d.is_main and result.finished:
         final = {k: round(v, 4) for k, v in result.last_eval.items() if isinstance(v, float)}
-        save_model(model, encoder_dir, metadata={
-            "stage": "pretrained", "steps": result.step, "pairs": str(pairs_dir.resolve()),
-            "pairing": s.get("pairing"), "train_pairs": len(train_set), "negatives": opts.negatives,
-            "hard_negatives": opts.hard_negatives, "temperature": opts.temperature,
-            "batch_size": opts.batch_size * d.world_size, "lr": opts.lr, "seed": opts.seed, "jnd_db": jnd_db,
-            "validation": final})
-        say(f"Encoder saved to {encoder_dir} (val retrieval top-1 {final.get('val_top1', float('nan')):.3f}, "
-            f"JND margin {final.get('jnd_margin', float('nan')):.3f}).")
+        save_model(
+            model,
+            encoder_dir,
+            metadata={
+                "stage": "pretrained",
+                "steps": result.step,
+                "pairs": str(pairs_dir.resolve()),
+                "pairing": s.get("pairing"),
+                "train_pairs": len(train_set),
+                "negatives": opts.negatives,
+                "hard_negatives": opts.hard_negatives,
+                "temperature": opts.temperature,
+                "batch_size": opts.batch_size * d.world_size,
+                "lr": opts.lr,
+                "seed": opts.seed,
+                "jnd_db": jnd_db,
+                "validation": final,
+            },
+        )
+        say(
+            f"Encoder saved to {encoder_dir} (val retrieval top-1 {final.get('val_top1', float('nan')):.3f}, "
+            f"JND margin {final.get('jnd_margin', float('nan')):.3f})."
+        )
     elif d.is_main:
         say(f"Stopped at step {result.step} of {steps}; continue with --resume.")
     if d.enabled:

@@ -132,8 +132,12 @@ def resolve_model(name_or_path: str | os.PathLike | None = None) -> Path:
 def looks_like_hub_id(name: str) -> bool:
     repo = name.split("@", 1)[0]
     parts = repo.split("/")
-    return (len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
-            and not any(p in (".", "..") for p in parts))
+    return (
+        len(parts) == 2
+        and all(parts)
+        and not name.startswith((".", "/", "~"))
+        and not any(p in (".", "..") for p in parts)
+    )
 
 
 def parse_hub_id(name: str) -> tuple[str, str | None]:
@@ -179,17 +183,33 @@ def fetch(name: str, cache_dir: str | Path | None = None) -> ResolvedModel:
 
 def _download(name: str, repo_id: str, revision: str, cache_dir: str | Path | None) -> Path:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     from jsqa_cli import __version__
 
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=MODEL_FILES, cache_dir=cache_dir,
-                                      library_name="jsqa", library_version=__version__))
+        return Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                allow_patterns=MODEL_FILES,
+                cache_dir=cache_dir,
+                library_name="jsqa",
+                library_version=__version__,
+            )
+        )
     except GatedRepoError:
-        raise HubError(f"{name}: {repo_id} is gated; accept its conditions on {hub_endpoint()}/{repo_id} and log "
-                       "in (`hf auth login` or HF_TOKEN)") from None
+        raise HubError(
+            f"{name}: {repo_id} is gated; accept its conditions on {hub_endpoint()}/{repo_id} and log "
+            "in (`hf auth login` or HF_TOKEN)"
+        ) from None
     except (RevisionNotFoundError, RepositoryNotFoundError):  # olah and private repos answer a missing revision so
         raise _repo_or_revision_error(name, repo_id, revision) from None
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):
@@ -205,10 +225,12 @@ def _cache_error(name: str) -> HubError:
     if constants.HF_HUB_OFFLINE:
         return OfflineNotCachedError(
             f"{name}: not in the local cache and HF_HUB_OFFLINE=1; unset HF_HUB_OFFLINE and run "
-            f"`jsqa pull {name}` once (cache: {constants.HF_HUB_CACHE})")
+            f"`jsqa pull {name}` once (cache: {constants.HF_HUB_CACHE})"
+        )
     return OfflineNotCachedError(
         f"{name}: cannot reach {hub_endpoint()} and the model is not in the local cache ({constants.HF_HUB_CACHE}); "
-        "check the network or HF_ENDPOINT")
+        "check the network or HF_ENDPOINT"
+    )
 
 
 def _refs_summary(repo_id: str) -> str | None:
@@ -230,4 +252,5 @@ def _repo_or_revision_error(name: str, repo_id: str, revision: str) -> HubError:
         return RevisionMissingError(f"{name}: revision {revision!r} not found in {repo_id} ({refs})")
     return RepoNotFoundError(
         f"{name}: repository {repo_id} not found on {hub_endpoint()} (if it is private, log in with "
-        "`hf auth login` or set HF_TOKEN)")
+        "`hf auth login` or set HF_TOKEN)"
+    )

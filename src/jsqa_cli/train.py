@@ -65,8 +65,9 @@ def check_options(o) -> None:
 # ------------------------------------------------------------------------------------------ run folder
 
 
-def prepare_run_folder(folder: str | Path, artefacts: Iterable[str], checkpoint: str, *, resume: bool,
-                       overwrite: bool, what: str, d: Dist) -> Path:
+def prepare_run_folder(
+    folder: str | Path, artefacts: Iterable[str], checkpoint: str, *, resume: bool, overwrite: bool, what: str, d: Dist
+) -> Path:
     """One rule for an existing run folder, in both commands: ``resume`` continues it (``checkpoint``, a path
     inside ``folder``, must exist), ``overwrite`` removes the old run's ``artefacts`` (file or folder names inside
     ``folder``), otherwise a folder that holds any of them is refused in one line."""
@@ -103,8 +104,11 @@ def seed_everything(seed: int) -> None:
 
 def rng_state() -> dict:
     np_state = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -122,19 +126,26 @@ def set_rng_state(state: dict) -> None:
 # ------------------------------------------------------------------------------------------ optimisation
 
 
-def param_groups(model: torch.nn.Module, rates: dict[str, float], group_of: Callable[[str], str] = lambda n: "encoder",
-                 weight_decay: float = 0.0) -> list[dict]:
+def param_groups(
+    model: torch.nn.Module,
+    rates: dict[str, float],
+    group_of: Callable[[str], str] = lambda n: "encoder",
+    weight_decay: float = 0.0,
+) -> list[dict]:
     """AdamW parameter groups: each named rate group (``group_of(parameter name)`` → a key of ``rates``) split in
     two, weight decay on weight matrices and kernels, none on biases, norms and other vectors/scalars."""
     groups: dict[tuple[str, bool], list] = {}
     for name, p in model.named_parameters():
         groups.setdefault((group_of(name), p.ndim >= 2), []).append(p)
-    return [{"name": g, "params": ps, "lr": rates[g], "weight_decay": weight_decay if decay else 0.0}
-            for (g, decay), ps in groups.items()]
+    return [
+        {"name": g, "params": ps, "lr": rates[g], "weight_decay": weight_decay if decay else 0.0}
+        for (g, decay), ps in groups.items()
+    ]
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
-                  min_ratio: float = 0.05) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_ratio: float = 0.05
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up to the base learning rate, then cosine decay to ``min_ratio`` of it at ``total_steps``."""
 
     def factor(step: int) -> float:
@@ -149,21 +160,42 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
 # ------------------------------------------------------------------------------------------ checkpoints
 
 
-def save_checkpoint(run_dir: str | Path, model: torch.nn.Module, optimizer, scheduler, step: int,
-                    extra: dict | None = None, name: str = CHECKPOINT_NAME) -> Path:
+def save_checkpoint(
+    run_dir: str | Path,
+    model: torch.nn.Module,
+    optimizer,
+    scheduler,
+    step: int,
+    extra: dict | None = None,
+    name: str = CHECKPOINT_NAME,
+) -> Path:
     """Everything needed to continue exactly: weights, optimiser, scheduler, step, RNG states, extra state.
     Written to a temporary file and renamed, so an interrupted save never leaves a broken checkpoint."""
     path = Path(run_dir) / name
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "step": step, "rng": rng_state(), "extra": extra or {}}, tmp)
+    torch.save(
+        {
+            "model": unwrap(model).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "step": step,
+            "rng": rng_state(),
+            "extra": extra or {},
+        },
+        tmp,
+    )
     os.replace(tmp, path)
     return path
 
 
-def load_checkpoint(run_dir: str | Path, model: torch.nn.Module, optimizer=None, scheduler=None,
-                    name: str = CHECKPOINT_NAME, restore_rng: bool = True) -> dict:
+def load_checkpoint(
+    run_dir: str | Path,
+    model: torch.nn.Module,
+    optimizer=None,
+    scheduler=None,
+    name: str = CHECKPOINT_NAME,
+    restore_rng: bool = True,
+) -> dict:
     """Restore a checkpoint written by :func:`save_checkpoint` (read with ``weights_only=True``); returns it."""
     path = Path(run_dir) / name
     if not path.is_file():
@@ -172,8 +204,10 @@ def load_checkpoint(run_dir: str | Path, model: torch.nn.Module, optimizer=None,
     try:
         unwrap(model).load_state_dict(ckpt["model"])
     except RuntimeError:
-        raise ValueError(f"{path}: the checkpoint does not fit this network (a different run or an older "
-                         "version of jsqa); --overwrite starts again") from None
+        raise ValueError(
+            f"{path}: the checkpoint does not fit this network (a different run or an older "
+            "version of jsqa); --overwrite starts again"
+        ) from None
     if optimizer is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
     if scheduler is not None and ckpt.get("scheduler") is not None:
@@ -324,14 +358,20 @@ def train(task: Task, opts, d: Dist, run_dir: Path, steps: int, warmup_steps: in
         else:
             state["bad_evals"] += 1
             state["stopped"] = 0 < getattr(opts, "patience", 0) <= state["bad_evals"]
-        log.log(step=at_step, **record, best_step=state["best_step"], bad_evals=state["bad_evals"],
-                early_stopped=state["stopped"])
+        log.log(
+            step=at_step,
+            **record,
+            best_step=state["best_step"],
+            bad_evals=state["bad_evals"],
+            early_stopped=state["stopped"],
+        )
         return f"{task.metric} {value:.3f} (best {state['best']:.3f} @ {state['best_step']})"
 
     def checkpoint() -> None:
         if d.is_main:
-            save_checkpoint(run_dir, model, optimizer, scheduler, step,
-                            extra={"state": state, "task": task.state_dict()})
+            save_checkpoint(
+                run_dir, model, optimizer, scheduler, step, extra={"state": state, "task": task.state_dict()}
+            )
 
     if step == 0 and task.eval_at_start:
         validate(0)
@@ -359,10 +399,15 @@ def train(task: Task, opts, d: Dist, run_dir: Path, steps: int, warmup_steps: in
                 mean_loss = all_reduce_mean(run_loss / run_n, d)
                 now = time.time()
                 names = {g["name"]: g["lr"] for g in optimizer.param_groups}
-                log.log(step=step, loss=mean_loss, lr=optimizer.param_groups[0]["lr"],
-                        **({f"lr_{k}": v for k, v in names.items()} if len(names) > 1 else {}),
-                        grad_norm=float(grad_norm), **{f"{task.items}_per_s": round(items / max(now - t_log, 1e-9), 2)},
-                        **task.log_extra(step))
+                log.log(
+                    step=step,
+                    loss=mean_loss,
+                    lr=optimizer.param_groups[0]["lr"],
+                    **({f"lr_{k}": v for k, v in names.items()} if len(names) > 1 else {}),
+                    grad_norm=float(grad_norm),
+                    **{f"{task.items}_per_s": round(items / max(now - t_log, 1e-9), 2)},
+                    **task.log_extra(step),
+                )
                 t_log, items, run_loss, run_n = now, 0, 0.0, 0
                 bar.update(progress, status=f"loss {mean_loss:.4f}")
             if (opts.eval_every and step % opts.eval_every == 0) or step == steps:
@@ -374,5 +419,11 @@ def train(task: Task, opts, d: Dist, run_dir: Path, steps: int, warmup_steps: in
             bar.update(progress, completed=step)
     if d.enabled:
         dist.barrier()
-    return Result(step=step, finished=step >= steps or state["stopped"], early_stopped=state["stopped"],
-                  best=state["best"], best_step=state["best_step"], last_eval=state["last_eval"])
+    return Result(
+        step=step,
+        finished=step >= steps or state["stopped"],
+        early_stopped=state["stopped"],
+        best=state["best"],
+        best_step=state["best_step"],
+        last_eval=state["last_eval"],
+    )

@@ -20,8 +20,10 @@ console = Console()
 err_console = Console(stderr=True)
 
 DEVICE_HELP = "auto, cpu, cuda or cuda:N (auto: the GPU when there is one; torchrun sets the GPU of each rank)."
-WORKERS_HELP = ("Worker processes that read and prepare audio beside the main process (0: all in the main process). "
-                "Default: one per CPU core beyond the first, at most 8 (per process under torchrun).")
+WORKERS_HELP = (
+    "Worker processes that read and prepare audio beside the main process (0: all in the main process). "
+    "Default: one per CPU core beyond the first, at most 8 (per process under torchrun)."
+)
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 

@@ -6,11 +6,19 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-
 from rich.markup import escape
 
-from jsqa_cli.commands._common import (DEVICE_HELP, EXIT_PARTIAL, WORKERS_HELP, check_device, console, err_console,
-                                      fail, one_line_errors, resolve_workers)
+from jsqa_cli.commands._common import (
+    DEVICE_HELP,
+    EXIT_PARTIAL,
+    WORKERS_HELP,
+    check_device,
+    console,
+    err_console,
+    fail,
+    one_line_errors,
+    resolve_workers,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -19,17 +27,31 @@ def register(app: typer.Typer) -> None:
 
 @one_line_errors
 def evaluate_command(
-    model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="Model to evaluate: bundled name, folder or "
-                                              "Hub id. Repeat to compare; relative changes are against the first. "
-                                              "Default: $JSQA_MODEL or the bundled jsqa-small, as for score."),
+    model: Optional[List[str]] = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Model to evaluate: bundled name, folder or "
+        "Hub id. Repeat to compare; relative changes are against the first. "
+        "Default: $JSQA_MODEL or the bundled jsqa-small, as for score.",
+    ),
     nisqa_root: Optional[Path] = typer.Option(None, "--nisqa-root", help="NISQA_Corpus folder."),
-    db: Optional[List[str]] = typer.Option(None, "--db", help="NISQA database(s) to evaluate on (repeat). Default: "
-                                           "NISQA_TEST_FOR, NISQA_TEST_P501, NISQA_TEST_LIVETALK."),
-    csv: Optional[List[Path]] = typer.Option(None, "--csv", help="Labelled CSV instead of NISQA: columns path (or "
-                                             "file) and mos, optional condition; relative paths from the CSV's "
-                                             "folder. Repeat for several test sets: metrics per CSV and for all."),
-    output: Path = typer.Option(Path("eval"), "--output", "-o", help="Folder for predictions.csv, metrics.json "
-                                "and scatter.png."),
+    db: Optional[List[str]] = typer.Option(
+        None,
+        "--db",
+        help="NISQA database(s) to evaluate on (repeat). Default: "
+        "NISQA_TEST_FOR, NISQA_TEST_P501, NISQA_TEST_LIVETALK.",
+    ),
+    csv: Optional[List[Path]] = typer.Option(
+        None,
+        "--csv",
+        help="Labelled CSV instead of NISQA: columns path (or "
+        "file) and mos, optional condition; relative paths from the CSV's "
+        "folder. Repeat for several test sets: metrics per CSV and for all.",
+    ),
+    output: Path = typer.Option(
+        Path("eval"), "--output", "-o", help="Folder for predictions.csv, metrics.json and scatter.png."
+    ),
     batch_size: int = typer.Option(16, "--batch-size", "-b", help="Windows per batch."),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", help=WORKERS_HELP),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
@@ -51,8 +73,18 @@ def evaluate_command(
 
     data, condition_mos, info = load_eval_data(nisqa_root=nisqa_root, dbs=db or (), csv=csv)
     models = model or [default_model_name()]
-    result = evaluate(models, data, output, condition_mos=condition_mos, batch_size=batch_size, workers=workers,
-                      device=device, plot=plot, progress=not quiet, data_info=info)
+    result = evaluate(
+        models,
+        data,
+        output,
+        condition_mos=condition_mos,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        plot=plot,
+        progress=not quiet,
+        data_info=info,
+    )
     if not quiet:
         console.print(rich_table(result.metrics, title=f"{len(data)} labelled files"))
         for name, path in result.files.items():

@@ -31,39 +31,58 @@ def register(app: typer.Typer) -> None:
     @app.command("push", help=PUSH_HELP, no_args_is_help=True)
     @one_line_errors
     def push(
-        model_dir: Path = typer.Argument(..., help="Model folder (config.json + model.safetensors).",
-                                         show_default=False),
+        model_dir: Path = typer.Argument(
+            ..., help="Model folder (config.json + model.safetensors).", show_default=False
+        ),
         repo_id: str = typer.Argument(..., help="Hub repo, ORG/NAME.", show_default=False),
         private: bool = typer.Option(False, "--private", help="Create the repo as private (if it is new)."),
-        revision: Optional[str] = typer.Option(None, "--revision", help="Branch to commit to (created if new; "
-                                                                        "default main)."),
+        revision: Optional[str] = typer.Option(
+            None, "--revision", help="Branch to commit to (created if new; default main)."
+        ),
         tag: Optional[str] = typer.Option(None, "--tag", help="Tag the new commit, e.g. v1.0."),
-        message: Optional[str] = typer.Option(None, "--commit-message", help="Commit message (default: "
-                                                                             "Upload jsqa model (FOLDER))."),
-        card: str = typer.Option("keep", "--card", help="keep: use MODEL_DIR/README.md if it exists; "
-                                                        "regenerate: always write a new card."),
-        license: Optional[str] = typer.Option(None, "--license", help="Licence id for the card (default: the "
-                                                                      "model's metadata, else mit)."),
-        metrics: Optional[Path] = typer.Option(None, "--metrics", help="metrics.json from `jsqa evaluate` "
-                                                                       "(default: MODEL_DIR/metrics.json)."),
+        message: Optional[str] = typer.Option(
+            None, "--commit-message", help="Commit message (default: Upload jsqa model (FOLDER))."
+        ),
+        card: str = typer.Option(
+            "keep", "--card", help="keep: use MODEL_DIR/README.md if it exists; regenerate: always write a new card."
+        ),
+        license: Optional[str] = typer.Option(
+            None, "--license", help="Licence id for the card (default: the model's metadata, else mit)."
+        ),
+        metrics: Optional[Path] = typer.Option(
+            None, "--metrics", help="metrics.json from `jsqa evaluate` (default: MODEL_DIR/metrics.json)."
+        ),
     ) -> None:
         from jsqa_cli import hub
 
         if card not in ("keep", "regenerate"):
             fail(f"--card {card!r}: choose keep or regenerate")
-        result = hub.push(model_dir, repo_id, private=private, revision=revision, tag=tag, message=message,
-                          card=card, license=license, metrics_path=metrics)
-        err_console.print(f"Pushed {', '.join(result.files)} to {result.repo_id} ({result.revision}"
-                          f"{', tag ' + result.tag if result.tag else ''}; model card {result.card})",
-                          highlight=False, soft_wrap=True)
+        result = hub.push(
+            model_dir,
+            repo_id,
+            private=private,
+            revision=revision,
+            tag=tag,
+            message=message,
+            card=card,
+            license=license,
+            metrics_path=metrics,
+        )
+        err_console.print(
+            f"Pushed {', '.join(result.files)} to {result.repo_id} ({result.revision}"
+            f"{', tag ' + result.tag if result.tag else ''}; model card {result.card})",
+            highlight=False,
+            soft_wrap=True,
+        )
         console.print(result.commit_url, highlight=False, soft_wrap=True)
 
     @app.command("pull", help=PULL_HELP, no_args_is_help=True)
     @one_line_errors
     def pull(
         model: str = typer.Argument(..., help="ORG/NAME\\[@REVISION] (a branch, tag or commit).", show_default=False),
-        dest: Optional[Path] = typer.Option(None, "--dest", "-d", help="Also copy the files into this folder "
-                                                                       "(plain files)."),
+        dest: Optional[Path] = typer.Option(
+            None, "--dest", "-d", help="Also copy the files into this folder (plain files)."
+        ),
     ) -> None:
         from jsqa_cli import hub
 

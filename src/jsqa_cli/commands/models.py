@@ -29,9 +29,19 @@ INFO_HELP = (
 
 
 def _as_json(entry) -> dict:
-    return {"name": entry.name, "source": entry.source, "path": str(entry.path), "revision": entry.revision,
-            "commit": entry.commit, "refs": entry.refs, "parameters": entry.parameters, "preset": entry.preset,
-            "metrics": entry.metrics, "config": entry.config, "metadata": entry.metadata}
+    return {
+        "name": entry.name,
+        "source": entry.source,
+        "path": str(entry.path),
+        "revision": entry.revision,
+        "commit": entry.commit,
+        "refs": entry.refs,
+        "parameters": entry.parameters,
+        "preset": entry.preset,
+        "metrics": entry.metrics,
+        "config": entry.config,
+        "metadata": entry.metadata,
+    }
 
 
 def register(app: typer.Typer) -> None:
@@ -50,21 +60,32 @@ def register(app: typer.Typer) -> None:
         for col in ("name", "source", "revision", "parameters", "metrics"):
             table.add_column(col, overflow="fold")
         for e in entries:
-            table.add_row(e.name, e.source, e.revision if e.source == "cache" else "-",
-                          f"{e.parameters:,}" if e.parameters is not None else "?", hub.metrics_summary(e.metrics))
+            table.add_row(
+                e.name,
+                e.source,
+                e.revision if e.source == "cache" else "-",
+                f"{e.parameters:,}" if e.parameters is not None else "?",
+                hub.metrics_summary(e.metrics),
+            )
         console.print(table)
         if not any(e.source == "cache" for e in entries):
-            console.print("No jsqa models in the Hugging Face cache yet (get one with `jsqa pull ORG/NAME`).",
-                          highlight=False)
+            console.print(
+                "No jsqa models in the Hugging Face cache yet (get one with `jsqa pull ORG/NAME`).", highlight=False
+            )
         default = hub.default_model_name()
-        console.print(f"Without --model: {default}" + (" ($JSQA_MODEL)" if os.environ.get("JSQA_MODEL") else ""),
-                      highlight=False, soft_wrap=True, markup=False)
+        console.print(
+            f"Without --model: {default}" + (" ($JSQA_MODEL)" if os.environ.get("JSQA_MODEL") else ""),
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
 
     @app.command("info", help=INFO_HELP)
     @one_line_errors
     def info(
-        model: Optional[str] = typer.Argument(None, help="Model (default: $JSQA_MODEL or the bundled default).",
-                                              show_default=False),
+        model: Optional[str] = typer.Argument(
+            None, help="Model (default: $JSQA_MODEL or the bundled default).", show_default=False
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     ) -> None:
         from rich.table import Table
@@ -96,8 +117,12 @@ def register(app: typer.Typer) -> None:
             for col in ("data", "level", "n", "PCC", "SRCC", "RMSE", "MAE"):
                 table.add_column(col)
             for r in e.metrics:
-                table.add_row(r["dataset"], r["level"], str(r["n"]) if r.get("n") is not None else "-",
-                              *[f"{r[m]:.3f}" if m in r else "-" for m in hub.METRIC_NAMES])
+                table.add_row(
+                    r["dataset"],
+                    r["level"],
+                    str(r["n"]) if r.get("n") is not None else "-",
+                    *[f"{r[m]:.3f}" if m in r else "-" for m in hub.METRIC_NAMES],
+                )
             console.print(table)
         else:
             console.print("metrics: none recorded (run `jsqa evaluate`)", highlight=False)
