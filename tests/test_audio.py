@@ -91,7 +91,7 @@ def test_bad_inputs_raise_one_line_errors_naming_the_file(tmp_path, case, proble
 
 
 @pytest.mark.parametrize("case,warning", [
-    ("short", "short (0.20 s < 0.5 s)"),
+    ("short", "short (0.20 s < 1 s)"),
     ("silent", "silent"),
     ("near_silent", "near-silent"),
     ("clipped", "clipped"),

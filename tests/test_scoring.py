@@ -26,9 +26,9 @@ def corpus(make_audio, tmp_path):
     files = [
         make_audio("corpus/a.wav", seconds=1.0, seed=1),
         make_audio("corpus/b.flac", seconds=2.5, sr=48_000, channels=2, seed=2),
-        make_audio("corpus/sub/c.ogg", seconds=0.7, sr=44_100, subtype="VORBIS", seed=3),
+        make_audio("corpus/sub/c.ogg", seconds=1.2, sr=44_100, subtype="VORBIS", seed=3),
         make_audio("corpus/sub/d.wav", seconds=9.5, sr=8_000, seed=4),  # two windows
-        make_audio("corpus/sub/deeper/e.WAV", seconds=0.3, seed=5),  # short: a warning
+        make_audio("corpus/sub/deeper/e.WAV", seconds=0.3, seed=5),  # under MIN_DURATION_S: an error row
     ]
     (tmp_path / "corpus" / "sub" / "broken.wav").write_bytes(b"RIFF" + b"\x01" * 100)
     (tmp_path / "corpus" / "notes.txt").write_text("not audio")
@@ -58,17 +58,18 @@ def test_score_files_rows_in_input_order_with_errors(corpus, tiny, tmp_path):
     assert bad[str(tmp_path / "missing.wav")] == "no such file"
     assert "not a readable audio file" in bad[str(root / "notes.txt")]
     ok = df[df["error"] == ""]
-    assert len(ok) == 5 and ok["mos"].between(1, 5).all() and df[df["error"] != ""]["mos"].isna().all()
+    assert len(ok) == 4 and ok["mos"].between(1, 5).all() and df[df["error"] != ""]["mos"].isna().all()
     row = df.set_index("path").loc[str(root / "b.flac")]
     assert (row.sample_rate, row.channels, row.segments, row.model) == (48_000, 2, 1, tiny.name)
     assert row.duration_s == pytest.approx(2.5)
     assert df.set_index("path").loc[str(root / "sub" / "d.wav"), "segments"] == 2
-    assert "short" in df.set_index("path").loc[str(root / "sub" / "deeper" / "e.WAV"), "warnings"]
+    short = df.set_index("path").loc[str(root / "sub" / "deeper" / "e.WAV")]
+    assert short.error == "too short to score (0.30 s < 1 s)" and np.isnan(short.mos) and short.duration_s == 0.3
 
 
 def test_score_waveforms_gives_the_numbers_score_files_writes(corpus, tiny):
     root, _ = corpus
-    paths = [p for p in scoring.find_audio([root]) if p.name != "broken.wav"]
+    paths = [p for p in scoring.find_audio([root]) if p.name not in ("broken.wav", "e.WAV")]
     df = scoring.score_files(paths, tiny)
     waves = [load_audio(p)[0] for p in paths]
     np.testing.assert_array_equal(scoring.score_waveforms(tiny, waves), df["mos"].to_numpy())
@@ -139,12 +140,12 @@ def test_csv_and_jsonl_outputs_round_trip(corpus, tiny, tmp_path):
     ref = scoring.score_files(paths, tiny)
     for name in ("s.csv", "s.jsonl"):
         run = scoring.score_to_file(paths, tmp_path / name, tiny, segments_path=tmp_path / f"seg-{name}")
-        assert (run.scored, run.failed, run.skipped) == (6, 1, 0)
+        assert (run.scored, run.failed, run.skipped) == (6, 2, 0)
         got = scoring.read_scores(tmp_path / name).set_index("path").loc[[str(p) for p in paths]]
         np.testing.assert_array_equal(got["mos"].to_numpy(), ref["mos"].to_numpy())
-        assert got["error"].fillna("").astype(bool).sum() == 1
+        assert got["error"].fillna("").astype(bool).sum() == 2
         seg = scoring.read_scores(tmp_path / f"seg-{name}")
-        assert list(seg.columns) == scoring.SEGMENT_COLUMNS and len(seg) == 6
+        assert list(seg.columns) == scoring.SEGMENT_COLUMNS and len(seg) == 5
     first = json.loads((tmp_path / "s.jsonl").read_text().splitlines()[0])
     assert list(first) == scoring.COLUMNS
     with pytest.raises(ValueError, match="already exists; pass --resume"):
@@ -221,7 +222,7 @@ def test_two_shards_merge_into_the_single_run(corpus, tiny, tmp_path):
     single = scoring.score_files(paths, tiny).set_index("path")
     got = pd.read_csv(out).set_index("path").loc[single.index]
     np.testing.assert_allclose(got["mos"], single["mos"], atol=2e-4)
-    assert len(scoring.merge_parts(tmp_path / "seg.csv")) == 6
+    assert len(scoring.merge_parts(tmp_path / "seg.csv")) == 5
 
 
 def test_shard_parsing_and_names(monkeypatch):
