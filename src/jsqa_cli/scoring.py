@@ -21,9 +21,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -39,6 +39,9 @@ from jsqa_cli.audio import (
     pad_batch,
 )
 from jsqa_cli.writers import open_writer, read_done_paths
+
+if TYPE_CHECKING:  # pandas is imported where a table is made: not needed before the first row
+    import pandas as pd
 
 COLUMNS = ["path", "mos", "duration_s", "sample_rate", "channels", "segments", "model", "warnings", "error"]
 SEGMENT_COLUMNS = ["path", "start_s", "end_s", "mos"]
@@ -97,6 +100,8 @@ def find_parts(output: str | Path) -> tuple[list[Path], int]:
 def merge_parts(output: str | Path, sort_by_path: bool = True) -> pd.DataFrame:
     """Merge ``output``'s part files (all N of them) into ``output`` (CSV or JSONL, by extension), rows sorted by
     path. The parts are kept. Returns the merged table."""
+    import pandas as pd
+
     output = Path(output)
     parts, _ = find_parts(output)
     jsonl = output.suffix.lower() == ".jsonl"
@@ -412,6 +417,8 @@ def iter_scores(paths: Sequence[str | os.PathLike], model=None, *, batch_size: i
 
 
 def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+    import pandas as pd
+
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -507,10 +514,10 @@ class ScoreRun:
 
     def summary(self) -> dict:
         """The same keys as :func:`summarize`, for the files scored in this run."""
-        moss = pd.Series(self.moss, dtype=float)
+        moss = np.asarray(self.moss, dtype=float)
         return {"files": self.scored, "failed": self.failed,
-                "mean_mos": float(moss.mean()) if len(moss) else math.nan,
-                "median_mos": float(moss.median()) if len(moss) else math.nan, "audio_h": self.audio_s / 3600}
+                "mean_mos": float(np.mean(moss)) if len(moss) else math.nan,
+                "median_mos": float(np.median(moss)) if len(moss) else math.nan, "audio_h": self.audio_s / 3600}
 
 
 def score_to_file(paths: Sequence[str | os.PathLike], output: str | os.PathLike, model=None, *,
@@ -584,6 +591,8 @@ class _NullWriter:
 
 def read_scores(path: str | os.PathLike) -> pd.DataFrame:
     """A scores file written by ``jsqa score`` (CSV or JSONL) → DataFrame."""
+    import pandas as pd
+
     path = Path(path)
     if path.suffix.lower() == ".jsonl":
         return pd.read_json(path, lines=True, dtype=False)
@@ -592,6 +601,8 @@ def read_scores(path: str | os.PathLike) -> pd.DataFrame:
 
 def summarize(df: pd.DataFrame) -> dict:
     """Files, failed, mean/median MOS and total audio hours of a scores table."""
+    import pandas as pd
+
     err = df["error"].fillna("").astype(str).str.len() > 0 if "error" in df else pd.Series(False, index=df.index)
     mos = pd.to_numeric(df.get("mos", pd.Series(dtype=float)), errors="coerce")[~err]
     dur = pd.to_numeric(df.get("duration_s", pd.Series(dtype=float)), errors="coerce")[~err]
