@@ -97,6 +97,51 @@ def test_windows_and_segments_of_a_long_file(make_audio, tiny):
     assert alone == pytest.approx(scores[100], abs=1e-4)
 
 
+def test_streamed_scores_equal_whole_file_scores(make_audio, tiny):
+    # Files read in blocks (4 s) and cut into windows as the blocks arrive score as the whole file read at once,
+    # resampled at once and cut afterwards did before streaming: 16 kHz, 44.1 and 48 kHz, several channels.
+    import soundfile as sf
+
+    from jsqa_cli.audio import resample, to_mono
+
+    paths = [make_audio("s16.wav", seconds=21.0, seed=1, subtype="FLOAT"),
+             make_audio("s44.flac", seconds=19.3, sr=44_100, channels=2, seed=2),
+             make_audio("s48.wav", seconds=13.7, sr=48_000, channels=6, seed=3, subtype="PCM_24"),
+             make_audio("short48.wav", seconds=1.7, sr=48_000, seed=4)]
+    whole = []
+    for p in paths:
+        data, sr = sf.read(str(p), dtype="float32", always_2d=True)
+        whole.append(resample(to_mono(data), sr))
+    expected_windows = scoring.predict_windows(tiny, whole)
+    for workers in (0, 2):
+        df = scoring.score_files(paths, tiny, workers=workers, segments=True)
+        assert (df["error"] == "").all() and df["segments"].tolist() == [5, 4, 3, 1]
+        np.testing.assert_allclose(df["mos"], [np.mean(s) for _, s in expected_windows], atol=1e-4)
+        seg = df.attrs["segments"]
+        np.testing.assert_allclose(seg["mos"], np.concatenate([s for _, s in expected_windows]), atol=1e-4)
+        ends = [b / 16_000 for bounds, _ in expected_windows for _, b in bounds]
+        np.testing.assert_allclose(seg["end_s"], ends, atol=1e-3)
+
+
+def test_windows_cut_from_blocks_are_the_windows_of_the_whole(tiny):
+    from jsqa_cli.audio import window_bounds
+
+    rng = np.random.default_rng(0)
+    for n in (5, 7_999, 8_000, 8_001, 21_000, 40_000):
+        wave = torch.from_numpy(rng.standard_normal(n).astype(np.float32))
+        cut = scoring._Windows(8_000, 3_000)
+        got, start = [], 0
+        for size in rng.integers(1, 9_000, size=100):
+            got += cut.push(wave[start:start + size])
+            start += size
+            if start >= n:
+                break
+        got += cut.finish()
+        assert [(a, b) for a, b, _ in got] == window_bounds(n, 1_000, 8.0, 3.0)
+        for a, b, w in got:
+            assert torch.equal(w, wave[a:b])
+
+
 def test_scores_do_not_depend_on_batch_size_or_neighbours(tiny):
     waves = [synth_speech(s, seed=i) for i, s in enumerate([0.4, 3.0, 12.0, 1.1, 8.0, 0.05])]
     ref = scoring.score_waveforms(tiny, waves, batch_size=16)
@@ -249,3 +294,11 @@ def test_jsonl_parts_merge_exactly(corpus, tiny, tmp_path):
     part_lines = [ln for p in sorted(tmp_path.glob("s.part-*.jsonl")) for ln in p.read_text().splitlines()]
     assert sorted(lines) == sorted(part_lines) and len(merged) == 6  # values copied as written (ints stay ints)
     assert [json.loads(ln)["path"] for ln in lines] == sorted(map(str, paths))
+
+
+def test_garbage_after_a_header_gets_an_error_row_not_a_score(make_audio, tiny, tmp_path):
+    whole = make_audio("whole.wav", seconds=3.0, subtype="PCM_16").read_bytes()
+    (tmp_path / "bad.wav").write_bytes(whole[:44] + np.random.default_rng(0).bytes(101))
+    row = scoring.score_files([tmp_path / "bad.wav"], tiny).iloc[0]
+    assert row.error == "too short to score (0.00 s < 1 s)" and np.isnan(row.mos)
+    assert row.warnings == "truncated (the file holds 0.00 s; its header promises 3.00 s)"

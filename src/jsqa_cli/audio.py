@@ -249,18 +249,20 @@ class AudioStream:
             self.file.close()
             raise AudioError(path, f"channel {channel} requested but the file has {self.channels} channel(s)")
         self.file_sr, self.frames = sr, frames
-        self.start = min(int(round(start_s * sr)), frames)
+        self.start = min(round(start_s * sr), frames)
         left = frames - self.start
-        self.target = left if duration_s is None else min(int(round(duration_s * sr)), left)
+        self.target = left if duration_s is None else min(round(duration_s * sr), left)
         self.block = max(1, int(block_s * sr))
         self.info: AudioInfo | None = None
 
     def _promised_frames(self) -> int | None:
         """Frames the header promises when libsndfile found less data than that, else None."""
         m = _SHORT_CHUNK.search(self.file.extra_info or "")
-        if m and int(m.group(2)) < int(m.group(1)) and int(m.group(2)) > 0:
-            return int(round(self.frames * int(m.group(1)) / int(m.group(2))))
-        return None
+        promised, present = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+        if not (self.frames and 0 < present < promised):
+            return None
+        bytes_per_frame = max(1, round(present / self.frames))  # a torn last frame leaves a remainder
+        return promised // bytes_per_frame
 
     def __iter__(self) -> Iterator[np.ndarray]:
         path, sr = self.path, self.file_sr
