@@ -192,20 +192,22 @@ def _decoded(paths: Sequence, channel: int | None, workers: int) -> Iterator[dic
 
 class _Windows:
     """Cuts one file's audio, arriving in blocks, into the windows of :func:`audio.window_bounds` as they fill.
-    Holds at most a window plus a block of audio; each window is a copy, so a block is not kept alive by it."""
+    Holds at most a window plus a block of audio; each window is a copy, so a block is not kept alive by it.
+    (numpy, not torch: these small copies run in torch's thread pool otherwise, and wait on it when CPUs are busy.)"""
 
     def __init__(self, win: int, hop: int):
         self.win, self.hop = win, hop
-        self.buf, self.buf_start = torch.zeros(0), 0  # the audio from sample buf_start on
+        self.buf, self.buf_start = np.zeros(0, np.float32), 0  # the audio from sample buf_start on
         self.total, self.next, self.count, self.last_end = 0, 0, 0, 0
 
-    def push(self, block: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]:
-        self.buf = torch.cat([self.buf, block]) if len(self.buf) else block
+    def push(self, block: np.ndarray | torch.Tensor) -> list[tuple[int, int, np.ndarray]]:
+        block = block.numpy() if torch.is_tensor(block) else np.asarray(block, np.float32)
+        self.buf = np.concatenate([self.buf, block]) if len(self.buf) else block
         self.total += len(block)
         out = []
         while self.next + self.win <= self.total:
             a = self.next - self.buf_start
-            out.append((self.next, self.next + self.win, self.buf[a:a + self.win].clone()))
+            out.append((self.next, self.next + self.win, self.buf[a:a + self.win].copy()))
             self.next += self.hop
         keep = max(self.buf_start, min(self.next, self.total - self.win))  # the last window may end at the end
         self.buf, self.buf_start = self.buf[keep - self.buf_start:], keep
@@ -213,11 +215,11 @@ class _Windows:
             self.count, self.last_end = self.count + len(out), out[-1][1]
         return out
 
-    def finish(self) -> list[tuple[int, int, torch.Tensor]]:
+    def finish(self) -> list[tuple[int, int, np.ndarray]]:
         if self.count == 0:  # shorter than a window: one window of its own length
-            return [(0, self.total, self.buf.clone())] if self.total else []
+            return [(0, self.total, self.buf.copy())] if self.total else []
         if self.last_end < self.total:  # a last window aligned to the end covers the tail
-            return [(self.total - self.win, self.total, self.buf[-self.win:].clone())]
+            return [(self.total - self.win, self.total, self.buf[-self.win:].copy())]
         return []
 
 
@@ -278,7 +280,7 @@ class _EvalMode:
         self.model.train(self.was_training)
 
 
-def _run_windows(model, device, windows: list[torch.Tensor]) -> np.ndarray:
+def _run_windows(model, device, windows: list[np.ndarray]) -> np.ndarray:
     wav, lengths = pad_batch(windows)
     return model(wav.to(device, non_blocking=True), lengths.to(device)).float().cpu().numpy()
 
@@ -300,7 +302,7 @@ def _score_stream(items: Iterable[dict], model, device, *, batch_size: int, wind
     win, hop = int(round(window_s * SAMPLE_RATE)), int(round(hop_s * SAMPLE_RATE))
     cutters: dict[int, _Windows] = {}
     pending: dict[int, _Pending] = {}
-    queue: list[tuple[int, int, torch.Tensor]] = []  # (item key, window number, window)
+    queue: list[tuple[int, int, np.ndarray]] = []  # (item key, window number, window)
 
     def flush() -> Iterator:
         queue.sort(key=lambda q: q[2].shape[0])  # stable: equal lengths keep arrival order
@@ -326,8 +328,7 @@ def _score_stream(items: Iterable[dict], model, device, *, batch_size: int, wind
             yield item, None, None
             continue
         wave = item["wave"]
-        if not torch.is_tensor(wave):
-            wave = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+        wave = wave.numpy() if torch.is_tensor(wave) else np.ascontiguousarray(wave, dtype=np.float32)
         if wave.ndim != 1 or (wave.shape[0] == 0 and key not in cutters):
             raise ValueError(f"{item.get('path', key)}: expected a non-empty 1-D 16 kHz waveform, "
                              f"got shape {tuple(wave.shape)}")
