@@ -264,6 +264,20 @@ class AudioStream:
         bytes_per_frame = max(1, round(present / self.frames))  # a torn last frame leaves a remainder
         return promised // bytes_per_frame
 
+    def _salvage(self, f: sf.SoundFile, position: int, want: int, step: int = 1024) -> np.ndarray:
+        """After a read that failed part-way, the frames before the failure, read again in small steps."""
+        parts = []
+        try:
+            f.seek(position)
+            while sum(len(p) for p in parts) < want:
+                part = f.read(frames=min(step, want - sum(len(p) for p in parts)), dtype="float32", always_2d=True)
+                if not len(part):
+                    break
+                parts.append(part)
+        except RuntimeError:
+            pass
+        return np.concatenate(parts) if parts else np.zeros((0, self.channels), np.float32)
+
     def __iter__(self) -> Iterator[np.ndarray]:
         path, sr = self.path, self.file_sr
         resampler = BlockResampler(sr, self.sample_rate, self.block)
@@ -280,8 +294,8 @@ class AudioStream:
                     try:
                         data = f.read(frames=want, dtype="float32", always_2d=True)
                     except RuntimeError as e:  # LibsndfileError, e.g. "flac decoder lost sync"
-                        stopped = str(e).split(":")[-1].strip() or "decoder error"
-                        break
+                        stopped = str(e).split(":")[-1].strip().rstrip(".") or "decoder error"
+                        data = self._salvage(f, self.start + read, want)  # the failed read returned nothing
                     got = data.shape[0]
                     read += got
                     if got:
@@ -289,7 +303,7 @@ class AudioStream:
                         checks.update(out)
                         if len(out):
                             yield out
-                    if got < want:
+                    if got < want or stopped is not None:
                         break
                 promised = self._promised_frames() if whole and read == self.frames else None
         except (TypeError, ValueError) as e:
