@@ -311,7 +311,7 @@ class AudioStream:
         out = resampler.finish()
         checks.update(out)
         if read == 0:
-            if self.frames == 0 and stopped is None:
+            if stopped is None and (self.frames == 0 or self.target == 0):
                 raise AudioError(path, "no audio samples (0 frames)")
             raise AudioError(path, f"truncated: nothing decodable ({stopped or 'no audio data'})")
         warnings = []
