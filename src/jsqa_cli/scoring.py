@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from jsqa_cli.audio import (
+    BLOCK_S,
     HOP_S,
     MIN_DURATION_S,
     SAMPLE_RATE,
@@ -45,7 +46,8 @@ if TYPE_CHECKING:  # pandas is imported where a table is made: not needed before
 
 COLUMNS = ["path", "mos", "duration_s", "sample_rate", "channels", "segments", "model", "warnings", "error"]
 SEGMENT_COLUMNS = ["path", "start_s", "end_s", "mos"]
-POOL_BATCHES = 8  # windows are sorted by length within pools of POOL_BATCHES * batch_size windows
+POOL_BATCHES = 8  # windows shorter than a window's length are sorted by length in pools of POOL_BATCHES * batch_size
+BLOCK_S_SAMPLES = int(BLOCK_S * SAMPLE_RATE)  # arrays are cut into windows a block at a time, as files are read
 MOS_DECIMALS = 4  # rows carry MOS rounded to this many decimals (batch composition moves scores by < 1e-5)
 
 
@@ -291,10 +293,12 @@ def _score_stream(items: Iterable[dict], model, device, *, batch_size: int, wind
     straight through.
 
     An item is a piece of one file's 16 kHz audio (``wave``; ``last`` marks the file's last piece; ``index`` tells
-    the files apart), or an ``error``. Windows are cut as the pieces arrive and collect into a pool, across files; a
-    full pool (or the end) is sorted by window length and run in batches of ``batch_size``. So memory holds at most
-    ``pool_windows`` windows and one window plus one piece per file being read, whatever the files' lengths, and the
-    batches depend only on the items' order and lengths, never on timing.
+    the files apart), or an ``error``. Windows are cut as the pieces arrive. Full-length windows run as soon as
+    ``batch_size`` of them are there (sorting cannot save them any padding); shorter ones (files shorter than a
+    window) collect into a pool, across files, and a full pool (or the end) is sorted by length and run in batches of
+    ``batch_size``. So memory holds at most ``pool_windows + batch_size`` windows and one window plus one piece per
+    file being read, whatever the files' lengths, and the batches depend only on the items' order and lengths, never
+    on timing.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1 (got {batch_size})")
@@ -302,12 +306,11 @@ def _score_stream(items: Iterable[dict], model, device, *, batch_size: int, wind
     win, hop = int(round(window_s * SAMPLE_RATE)), int(round(hop_s * SAMPLE_RATE))
     cutters: dict[int, _Windows] = {}
     pending: dict[int, _Pending] = {}
-    queue: list[tuple[int, int, np.ndarray]] = []  # (item key, window number, window)
+    queue: list[tuple[int, int, np.ndarray]] = []  # (item key, window number, window): windows shorter than win
+    full: list[tuple[int, int, np.ndarray]] = []  # the same for full-length windows
 
-    def flush() -> Iterator:
-        queue.sort(key=lambda q: q[2].shape[0])  # stable: equal lengths keep arrival order
-        for start in range(0, len(queue), batch_size):
-            chunk = queue[start:start + batch_size]
+    def run(chunks: list) -> Iterator:
+        for chunk in chunks:
             scores = _run_windows(model, device, [w for _, _, w in chunk])
             for (key, j, _), s in zip(chunk, scores):
                 p = pending.get(key)
@@ -318,7 +321,12 @@ def _score_stream(items: Iterable[dict], model, device, *, batch_size: int, wind
                 if p.left == 0 and p.item is not None:
                     del pending[key]
                     yield p.item, p.bounds, np.asarray(p.scores, dtype=np.float64)
+
+    def flush() -> Iterator:
+        pool = sorted(queue + full, key=lambda q: q[2].shape[0])  # stable: equal lengths keep arrival order
         queue.clear()
+        full.clear()
+        yield from run(pool[start:start + batch_size] for start in range(0, len(pool), batch_size))
 
     for item in items:
         key = item["index"]
@@ -334,20 +342,26 @@ def _score_stream(items: Iterable[dict], model, device, *, batch_size: int, wind
                              f"got shape {tuple(wave.shape)}")
         cutter = cutters.setdefault(key, _Windows(win, hop))
         p = pending.setdefault(key, _Pending())
-        windows = cutter.push(wave)
-        if item.get("last", True):
-            windows += cutter.finish()
-            del cutters[key]
-        for a, b, w in windows:
-            queue.append((key, len(p.bounds), w))
-            p.bounds.append((a, b))
-            p.scores.append(math.nan)
-            p.left += 1
-        if item.get("last", True):
-            p.item = item
-            if p.left == 0:  # every window already scored
-                del pending[key]
-                yield item, p.bounds, np.asarray(p.scores, dtype=np.float64)
+        last = item.get("last", True)
+        step = BLOCK_S_SAMPLES  # a whole array (score_waveforms) is cut a block at a time, like a file
+        for start in range(0, max(len(wave), 1), step):
+            windows = cutter.push(wave[start:start + step])
+            if last and start + step >= len(wave):
+                windows += cutter.finish()
+                del cutters[key]
+                p.item = item
+            for a, b, w in windows:
+                (full if b - a == win else queue).append((key, len(p.bounds), w))
+                p.bounds.append((a, b))
+                p.scores.append(math.nan)
+                p.left += 1
+            while len(full) >= batch_size:
+                chunk = full[:batch_size]
+                del full[:batch_size]
+                yield from run([chunk])
+        if p.item is not None and p.left == 0 and key in pending:  # every window already scored
+            del pending[key]
+            yield item, p.bounds, np.asarray(p.scores, dtype=np.float64)
         if len(queue) >= pool_windows:
             yield from flush()
     yield from flush()
