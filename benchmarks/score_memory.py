@@ -38,7 +38,7 @@ MIB = 2 ** 20
 def make_long_file(path: Path, minutes: float) -> float:
     """A long 16 kHz 16-bit WAV, written a minute at a time so that making it needs little memory."""
     with sf.SoundFile(path, "w", 16_000, 1, subtype="PCM_16") as f:
-        for m in range(int(round(minutes))):
+        for m in range(round(minutes)):
             f.write(synth_speech(60.0, 16_000, seed=m))
     return minutes * 60
 

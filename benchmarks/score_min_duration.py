@@ -7,7 +7,6 @@ and compares them with the score of the whole utterance. The result chose ``audi
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 
@@ -35,7 +34,7 @@ def main() -> None:
     print("| crop | mean MOS | sd across files | median abs. diff. from full | corr. with full |")
     print("|---:|---:|---:|---:|---:|")
     for crop_s in CROPS_S:
-        n = max(1, int(round(crop_s * SAMPLE_RATE)))
+        n = max(1, round(crop_s * SAMPLE_RATE))
         crops, owner = [], []
         for i, w in enumerate(waves):
             for start in rng.integers(0, len(w) - n, size=args.crops):

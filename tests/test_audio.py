@@ -181,16 +181,29 @@ def test_nothing_decodable_is_an_error(make_audio, tmp_path):
     assert str(bad) in str(err.value) and "\n" not in str(err.value)
 
 
-def test_permission_denied_is_named(make_audio):
+def test_permission_denied_is_named(make_audio, monkeypatch):
     import errno
-    import os
 
     path = make_audio("locked.wav")
     assert audio.read_problem(path, PermissionError(errno.EACCES, "Permission denied")) == "permission denied"
     assert audio.read_problem(path, OSError(errno.EPERM, "Operation not permitted")) == "permission denied"
     assert audio.read_problem(path, sf.LibsndfileError(2, "System error.")).startswith("not a readable audio file")
+
+    def refuse(*args, **kwargs):  # what open() does to a file without read permission (root is never refused)
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    with monkeypatch.context() as m:
+        m.setattr(audio, "open", refuse, raising=False)
+        with pytest.raises(AudioError, match="locked.wav: permission denied$"):
+            load_audio(path)
+
+
+def test_unreadable_file_says_permission_denied(make_audio):
+    import os
+
     if os.geteuid() == 0:
         pytest.skip("root reads every file: the mapping is tested above")
+    path = make_audio("locked.wav")
     path.chmod(0)
     with pytest.raises(AudioError, match="locked.wav: permission denied$"):
         load_audio(path)
