@@ -145,7 +145,7 @@ def read_pieces(index: int, path: str | os.PathLike, channel: int | None = None,
                 yield {**base, "wave": prev, "last": False, "info": None, "error": None}
             prev, samples = block, samples + len(block)
         info = stream.info
-        if samples < round(min_duration_s * SAMPLE_RATE):  # always a single piece: BLOCK_S > MIN_DURATION_S
+        if prev is None or samples < round(min_duration_s * SAMPLE_RATE):  # one piece: BLOCK_S > MIN_DURATION_S
             warnings = [w for w in info.warnings if not w.startswith("short")]
             yield {**base, "wave": None, "last": True, "info": AudioInfo(path, info.duration_s, info.sample_rate,
                                                                           info.channels, warnings),
