@@ -91,7 +91,7 @@ def test_bad_inputs_raise_one_line_errors_naming_the_file(tmp_path, case, proble
 
 
 @pytest.mark.parametrize("case,warning", [
-    ("short", "short (0.20 s < 0.5 s)"),
+    ("short", "short (0.20 s < 1 s)"),
     ("silent", "silent"),
     ("near_silent", "near-silent"),
     ("clipped", "clipped"),
@@ -138,3 +138,99 @@ def test_pad_batch_and_rms():
     assert batch[0, 3:].abs().sum() == 0 and torch.all(batch[1] == 1)
     assert audio.rms_db(np.full(10, 0.1)) == pytest.approx(-20.0)
     assert audio.rms_db(np.zeros(10)) == float("-inf")
+
+
+# ------------------------------------------------------------------------------------ honest input checks
+
+
+def test_truncated_wav_warns_and_keeps_what_is_there(make_audio, tmp_path):
+    whole = make_audio("whole.wav", seconds=3.0, subtype="PCM_16").read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole[: 44 + 2 * 24_000])  # the header still promises 3 s
+    wav, info = load_audio(cut)
+    assert len(wav) == 24_000 and info.duration_s == pytest.approx(1.5)
+    assert info.warnings[0] == "truncated (the file holds 1.50 s; its header promises 3.00 s)"
+    assert not any("truncated" in w for w in load_audio(tmp_path / "whole.wav")[1].warnings)
+
+
+def test_garbage_after_a_header_is_not_a_silent_3_ms_clip(make_audio, tmp_path):
+    whole = make_audio("whole.wav", seconds=3.0, subtype="PCM_16").read_bytes()
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(whole[:44] + np.random.default_rng(0).bytes(101))
+    _, info = load_audio(bad)
+    assert info.warnings[0].startswith("truncated (the file holds 0.00 s; its header promises 3.00 s)")
+
+
+def test_flac_that_stops_decoding_warns_truncated(make_audio, tmp_path):
+    whole = make_audio("whole.flac", seconds=12.0).read_bytes()
+    cut = tmp_path / "cut.flac"
+    cut.write_bytes(whole[: len(whole) // 2])
+    wav, info = load_audio(cut)
+    assert info.warnings[0].startswith("truncated (flac decoder lost sync at ")
+    assert info.warnings[0].endswith("; the header promises 12.00 s)")
+    # the block that failed part-way is read again in small steps: nearly half the file is kept
+    assert 5 * 16_000 < len(wav) < 6.5 * 16_000 and info.duration_s == pytest.approx(len(wav) / 16_000)
+
+
+def test_nothing_decodable_is_an_error(make_audio, tmp_path):
+    whole = make_audio("whole.flac", seconds=3.0).read_bytes()
+    bad = tmp_path / "bad.flac"
+    bad.write_bytes(whole[:200])  # the header and no frame
+    with pytest.raises(AudioError) as err:
+        load_audio(bad)
+    assert str(bad) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_permission_denied_is_named(make_audio, monkeypatch):
+    import errno
+
+    path = make_audio("locked.wav")
+    assert audio.read_problem(path, PermissionError(errno.EACCES, "Permission denied")) == "permission denied"
+    assert audio.read_problem(path, OSError(errno.EPERM, "Operation not permitted")) == "permission denied"
+    assert audio.read_problem(path, sf.LibsndfileError(2, "System error.")).startswith("not a readable audio file")
+
+    def refuse(*args, **kwargs):  # what open() does to a file without read permission (root is never refused)
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    with monkeypatch.context() as m:
+        m.setattr(audio, "open", refuse, raising=False)
+        with pytest.raises(AudioError, match="locked.wav: permission denied$"):
+            load_audio(path)
+
+
+def test_unreadable_file_says_permission_denied(make_audio):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root reads every file: the mapping is tested above")
+    path = make_audio("locked.wav")
+    path.chmod(0)
+    with pytest.raises(AudioError, match="locked.wav: permission denied$"):
+        load_audio(path)
+
+
+# ------------------------------------------------------------------------------------------- block reading
+
+
+@pytest.mark.parametrize("orig_sr", [44_100, 48_000, 22_050, 8_000, 16_000])
+def test_block_resampling_matches_whole_file_resampling(orig_sr):
+    x = synth_speech(3.3, orig_sr, seed=1) + 0.05 * np.random.default_rng(0).standard_normal(int(3.3 * orig_sr))
+    x = x.astype(np.float32)
+    whole = audio.resample(x, orig_sr)
+    for block, piece in ((1_000, 777), (4_410, 10_000), (65_536, 333)):
+        r = audio.BlockResampler(orig_sr, block=block)
+        out = [r.push(x[i:i + piece]) for i in range(0, len(x), piece)] + [r.finish()]
+        got = np.concatenate(out)
+        assert got.shape == whole.shape
+        np.testing.assert_allclose(got, whole, atol=1e-6)
+
+
+def test_stream_blocks_join_to_the_whole_file(make_audio):
+    path = make_audio("long.wav", seconds=10.0, sr=44_100, channels=3, subtype="FLOAT")
+    data, sr = sf.read(str(path), dtype="float32")
+    expected = audio.resample(data.mean(axis=1), sr)
+    stream = audio.AudioStream(path, block_s=1.5)
+    blocks = list(stream)
+    assert len(blocks) >= 6 and max(len(b) for b in blocks) <= 1.6 * 16_000  # read a block at a time
+    np.testing.assert_allclose(np.concatenate(blocks), expected, atol=1e-6)
+    assert stream.info.duration_s == pytest.approx(10.0) and stream.info.channels == 3 and stream.info.warnings == []

@@ -20,7 +20,7 @@ def runner():
 def folder(make_audio, tmp_path):
     make_audio("in/one.wav", seconds=1.0, seed=1)
     make_audio("in/two.flac", seconds=1.5, sr=44_100, channels=2, seed=2)
-    make_audio("in/sub/three.wav", seconds=0.8, sr=8_000, seed=3)
+    make_audio("in/sub/three.wav", seconds=1.2, sr=8_000, seed=3)
     return tmp_path / "in"
 
 
@@ -97,7 +97,9 @@ def test_shards_then_merge(runner, folder, tiny_model_dir, tmp_path):
     (["{folder}", "-m", "{tmp}/no-model"], "no such model folder"),
     (["{folder}", "-m", "{model}", "--shard", "2/2", "-o", "{tmp}/s.csv"], "expected K/N"),
     (["{folder}", "-m", "{model}", "--ext", "mp3"], "no audio files found"),
-    (["{folder}", "-m", "{model}", "--device", "tpu"], "choose auto, cpu or cuda"),
+    (["{folder}", "-m", "{model}", "--device", "tpu"], "choose auto, cpu, cuda or cuda:N"),
+    (["{folder}", "-m", "{model}", "--device", "gpu"], "--device 'gpu': choose auto, cpu, cuda or cuda:N"),
+    (["{folder}", "-m", "{model}", "-j", "-1"], "--workers -1: give 0"),
     (["{folder}", "-m", "{model}", "--resume"], "--resume needs an output file"),
     (["--merge-parts", "{tmp}/s.csv"], "no part files"),
 ])
@@ -113,7 +115,7 @@ def test_cuda_without_a_gpu_is_a_usage_error(runner, folder, tiny_model_dir):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     r = _score(runner, folder, "-m", tiny_model_dir, "--device", "cuda")
-    assert r.exit_code == 2 and "CUDA is not available" in r.stderr and "Traceback" not in r.output
+    assert r.exit_code == 2 and "no CUDA GPU is available" in r.stderr and "Traceback" not in r.output
 
 
 def test_without_a_model_the_missing_default_fails_cleanly(runner, folder, monkeypatch):
@@ -142,3 +144,43 @@ def test_torchrun_two_processes_write_parts_and_rank0_merges(folder, tiny_model_
                                                                       "scores.part-00001-of-00002.csv"]
     df = pd.read_csv(out)
     assert len(df) == 3 and df["path"].is_monotonic_increasing and df["mos"].between(1, 5).all()
+
+
+def test_paths_with_brackets_are_printed_intact(runner, make_audio, tiny_model_dir, tmp_path):
+    # rich would swallow "[x]" as markup: error lines and the merge line print it as it is
+    r = _score(runner, tmp_path / "take[x]" / "missing[bold].wav", "-m", tiny_model_dir)
+    assert r.exit_code == 2 and f"{tmp_path}/take[x]/missing[bold].wav: no such file or folder" in r.stderr
+    folder = tmp_path / "in[x]"
+    make_audio("in[x]/a.wav", seconds=1.0)
+    out = tmp_path / "s[red].csv"
+    for k in range(2):
+        assert _score(runner, folder, "-o", out, "-m", tiny_model_dir, "--shard", f"{k}/2", "-q").exit_code == 0
+    r = _score(runner, "--merge-parts", out)
+    assert r.exit_code == 0 and f"Merged 1 rows into {out}" in r.stderr
+
+
+def test_short_truncated_and_resume_by_resolved_path(runner, make_audio, tiny_model_dir, tmp_path, monkeypatch):
+    from conftest import synth_speech
+
+    make_audio("d/ok.wav", seconds=1.5)
+    make_audio("d/tiny.wav", seconds=0.5)
+    whole = (tmp_path / "d" / "ok.wav").read_bytes()
+    (tmp_path / "d" / "cut.wav").write_bytes(whole[: 44 + 2 * 20_000])  # 1.25 s of the header's 1.5 s
+    out = tmp_path / "s.csv"
+    monkeypatch.chdir(tmp_path)
+    r = _score(runner, "d", "-o", out, "-m", tiny_model_dir, "-q", "-j", "0")
+    assert r.exit_code == 1, r.output
+    df = pd.read_csv(out).set_index("path")
+    assert df.loc["d/tiny.wav", "error"] == "too short to score (0.50 s < 1 s)"
+    assert df.loc["d/cut.wav", "warnings"].startswith("truncated (the file holds 1.25 s; its header promises 1.50 s)")
+    assert 1 <= df.loc["d/cut.wav", "mos"] <= 5 and df.loc["d/cut.wav", "duration_s"] == 1.25
+    # resumed with the absolute spelling of the folder, and through a symlink: nothing is scored twice
+    (tmp_path / "link").symlink_to(tmp_path / "d")
+    import soundfile as sf
+
+    sf.write(str(tmp_path / "d" / "new.wav"), synth_speech(1.2, seed=9), 16_000)
+    r = _score(runner, tmp_path / "d", tmp_path / "link", "-o", out, "-m", tiny_model_dir, "-q", "--resume")
+    assert r.exit_code == 0, r.output
+    paths = pd.read_csv(out)["path"].tolist()
+    assert len(paths) == 4 and sorted(paths[:3]) == ["d/cut.wav", "d/ok.wav", "d/tiny.wav"]
+    assert paths[3] == str(tmp_path / "d" / "new.wav")  # the user's spelling is kept

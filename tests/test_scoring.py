@@ -26,9 +26,9 @@ def corpus(make_audio, tmp_path):
     files = [
         make_audio("corpus/a.wav", seconds=1.0, seed=1),
         make_audio("corpus/b.flac", seconds=2.5, sr=48_000, channels=2, seed=2),
-        make_audio("corpus/sub/c.ogg", seconds=0.7, sr=44_100, subtype="VORBIS", seed=3),
+        make_audio("corpus/sub/c.ogg", seconds=1.2, sr=44_100, subtype="VORBIS", seed=3),
         make_audio("corpus/sub/d.wav", seconds=9.5, sr=8_000, seed=4),  # two windows
-        make_audio("corpus/sub/deeper/e.WAV", seconds=0.3, seed=5),  # short: a warning
+        make_audio("corpus/sub/deeper/e.WAV", seconds=0.3, seed=5),  # under MIN_DURATION_S: an error row
     ]
     (tmp_path / "corpus" / "sub" / "broken.wav").write_bytes(b"RIFF" + b"\x01" * 100)
     (tmp_path / "corpus" / "notes.txt").write_text("not audio")
@@ -58,17 +58,18 @@ def test_score_files_rows_in_input_order_with_errors(corpus, tiny, tmp_path):
     assert bad[str(tmp_path / "missing.wav")] == "no such file"
     assert "not a readable audio file" in bad[str(root / "notes.txt")]
     ok = df[df["error"] == ""]
-    assert len(ok) == 5 and ok["mos"].between(1, 5).all() and df[df["error"] != ""]["mos"].isna().all()
+    assert len(ok) == 4 and ok["mos"].between(1, 5).all() and df[df["error"] != ""]["mos"].isna().all()
     row = df.set_index("path").loc[str(root / "b.flac")]
     assert (row.sample_rate, row.channels, row.segments, row.model) == (48_000, 2, 1, tiny.name)
     assert row.duration_s == pytest.approx(2.5)
     assert df.set_index("path").loc[str(root / "sub" / "d.wav"), "segments"] == 2
-    assert "short" in df.set_index("path").loc[str(root / "sub" / "deeper" / "e.WAV"), "warnings"]
+    short = df.set_index("path").loc[str(root / "sub" / "deeper" / "e.WAV")]
+    assert short.error == "too short to score (0.30 s < 1 s)" and np.isnan(short.mos) and short.duration_s == 0.3
 
 
 def test_score_waveforms_gives_the_numbers_score_files_writes(corpus, tiny):
     root, _ = corpus
-    paths = [p for p in scoring.find_audio([root]) if p.name != "broken.wav"]
+    paths = [p for p in scoring.find_audio([root]) if p.name not in ("broken.wav", "e.WAV")]
     df = scoring.score_files(paths, tiny)
     waves = [load_audio(p)[0] for p in paths]
     np.testing.assert_array_equal(scoring.score_waveforms(tiny, waves), df["mos"].to_numpy())
@@ -94,6 +95,51 @@ def test_windows_and_segments_of_a_long_file(make_audio, tiny):
     with torch.inference_mode():
         alone = tiny(torch.from_numpy(wav[a:b])[None]).item()
     assert alone == pytest.approx(scores[100], abs=1e-4)
+
+
+def test_streamed_scores_equal_whole_file_scores(make_audio, tiny):
+    # Files read in blocks (4 s) and cut into windows as the blocks arrive score as the whole file read at once,
+    # resampled at once and cut afterwards did before streaming: 16 kHz, 44.1 and 48 kHz, several channels.
+    import soundfile as sf
+
+    from jsqa_cli.audio import resample, to_mono
+
+    paths = [make_audio("s16.wav", seconds=21.0, seed=1, subtype="FLOAT"),
+             make_audio("s44.flac", seconds=19.3, sr=44_100, channels=2, seed=2),
+             make_audio("s48.wav", seconds=13.7, sr=48_000, channels=6, seed=3, subtype="PCM_24"),
+             make_audio("short48.wav", seconds=1.7, sr=48_000, seed=4)]
+    whole = []
+    for p in paths:
+        data, sr = sf.read(str(p), dtype="float32", always_2d=True)
+        whole.append(resample(to_mono(data), sr))
+    expected_windows = scoring.predict_windows(tiny, whole)
+    for workers in (0, 2):
+        df = scoring.score_files(paths, tiny, workers=workers, segments=True)
+        assert (df["error"] == "").all() and df["segments"].tolist() == [5, 4, 3, 1]
+        np.testing.assert_allclose(df["mos"], [np.mean(s) for _, s in expected_windows], atol=1e-4)
+        seg = df.attrs["segments"]
+        np.testing.assert_allclose(seg["mos"], np.concatenate([s for _, s in expected_windows]), atol=1e-4)
+        ends = [b / 16_000 for bounds, _ in expected_windows for _, b in bounds]
+        np.testing.assert_allclose(seg["end_s"], ends, atol=1e-3)
+
+
+def test_windows_cut_from_blocks_are_the_windows_of_the_whole(tiny):
+    from jsqa_cli.audio import window_bounds
+
+    rng = np.random.default_rng(0)
+    for n in (5, 7_999, 8_000, 8_001, 21_000, 40_000):
+        wave = rng.standard_normal(n).astype(np.float32)
+        cut = scoring._Windows(8_000, 3_000)
+        got, start = [], 0
+        for size in rng.integers(1, 9_000, size=100):
+            got += cut.push(torch.from_numpy(wave[start:start + size]))
+            start += size
+            if start >= n:
+                break
+        got += cut.finish()
+        assert [(a, b) for a, b, _ in got] == window_bounds(n, 1_000, 8.0, 3.0)
+        for a, b, w in got:
+            np.testing.assert_array_equal(w, wave[a:b])
 
 
 def test_scores_do_not_depend_on_batch_size_or_neighbours(tiny):
@@ -139,12 +185,12 @@ def test_csv_and_jsonl_outputs_round_trip(corpus, tiny, tmp_path):
     ref = scoring.score_files(paths, tiny)
     for name in ("s.csv", "s.jsonl"):
         run = scoring.score_to_file(paths, tmp_path / name, tiny, segments_path=tmp_path / f"seg-{name}")
-        assert (run.scored, run.failed, run.skipped) == (6, 1, 0)
+        assert (run.scored, run.failed, run.skipped) == (6, 2, 0)
         got = scoring.read_scores(tmp_path / name).set_index("path").loc[[str(p) for p in paths]]
         np.testing.assert_array_equal(got["mos"].to_numpy(), ref["mos"].to_numpy())
-        assert got["error"].fillna("").astype(bool).sum() == 1
+        assert got["error"].fillna("").astype(bool).sum() == 2
         seg = scoring.read_scores(tmp_path / f"seg-{name}")
-        assert list(seg.columns) == scoring.SEGMENT_COLUMNS and len(seg) == 6
+        assert list(seg.columns) == scoring.SEGMENT_COLUMNS and len(seg) == 5
     first = json.loads((tmp_path / "s.jsonl").read_text().splitlines()[0])
     assert list(first) == scoring.COLUMNS
     with pytest.raises(ValueError, match="already exists; pass --resume"):
@@ -221,7 +267,7 @@ def test_two_shards_merge_into_the_single_run(corpus, tiny, tmp_path):
     single = scoring.score_files(paths, tiny).set_index("path")
     got = pd.read_csv(out).set_index("path").loc[single.index]
     np.testing.assert_allclose(got["mos"], single["mos"], atol=2e-4)
-    assert len(scoring.merge_parts(tmp_path / "seg.csv")) == 6
+    assert len(scoring.merge_parts(tmp_path / "seg.csv")) == 5
 
 
 def test_shard_parsing_and_names(monkeypatch):
@@ -248,3 +294,11 @@ def test_jsonl_parts_merge_exactly(corpus, tiny, tmp_path):
     part_lines = [ln for p in sorted(tmp_path.glob("s.part-*.jsonl")) for ln in p.read_text().splitlines()]
     assert sorted(lines) == sorted(part_lines) and len(merged) == 6  # values copied as written (ints stay ints)
     assert [json.loads(ln)["path"] for ln in lines] == sorted(map(str, paths))
+
+
+def test_garbage_after_a_header_gets_an_error_row_not_a_score(make_audio, tiny, tmp_path):
+    whole = make_audio("whole.wav", seconds=3.0, subtype="PCM_16").read_bytes()
+    (tmp_path / "bad.wav").write_bytes(whole[:44] + np.random.default_rng(0).bytes(101))
+    row = scoring.score_files([tmp_path / "bad.wav"], tiny).iloc[0]
+    assert row.error == "too short to score (0.00 s < 1 s)" and np.isnan(row.mos)
+    assert row.warnings == "truncated (the file holds 0.00 s; its header promises 3.00 s)"

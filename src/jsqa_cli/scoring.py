@@ -1,13 +1,14 @@
-"""Scoring: find audio files, decode them in parallel, cut them into windows, batch the windows by length through the
-model, and turn window scores into file scores (file MOS = mean of its window scores).
+"""Scoring: find audio files, read them in blocks in parallel, cut the blocks into windows as they arrive, batch the
+windows by length through the model, and turn window scores into file scores (file MOS = mean of its window scores).
 
-    paths ──► audio.find_audio ──► shard ──► DataLoader (workers: load_audio) ──► windows ──► pools sorted by length
-          ──► batches of ``batch_size`` windows ──► model ──► per-file rows, yielded as each file finishes
+    paths ──► audio.find_audio ──► shard ──► DataLoader (workers: audio.AudioStream, blocks of BLOCK_S s)
+          ──► windows cut as blocks arrive ──► pools sorted by length ──► batches of ``batch_size`` windows
+          ──► model ──► per-file rows, yielded as each file finishes
 
 One engine (:func:`_score_stream`) serves every entry point, so ``score_waveforms`` (arrays), ``score_files``
 (paths → DataFrame) and ``jsqa score`` (paths → CSV/JSONL, via :func:`score_to_file`) give the same numbers for the
-same inputs in the same order. Windows are views into the decoded audio and at most ``batch_size`` of them are padded
-into a batch at a time, so memory does not grow with file length beyond the audio itself.
+same inputs in the same order. No file is ever held whole: memory is bounded by the pool of windows
+(``POOL_BATCHES * batch_size`` windows) plus a window and a block per file being read, whatever the files' lengths.
 """
 
 from __future__ import annotations
@@ -20,19 +21,33 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from jsqa_cli.audio import HOP_S, SAMPLE_RATE, WINDOW_S, AudioError, load_audio, pad_batch, window_bounds
-from jsqa_cli.audio import find_audio  # noqa: F401  (public API: scoring.find_audio, as in the docs)
+from jsqa_cli.audio import (
+    BLOCK_S,
+    HOP_S,
+    MIN_DURATION_S,
+    SAMPLE_RATE,
+    WINDOW_S,
+    AudioError,
+    AudioInfo,
+    AudioStream,
+    find_audio,  # noqa: F401  (public API: scoring.find_audio, as in the docs)
+    pad_batch,
+)
 from jsqa_cli.writers import open_writer, read_done_paths
+
+if TYPE_CHECKING:  # pandas is imported where a table is made: not needed before the first row
+    import pandas as pd
 
 COLUMNS = ["path", "mos", "duration_s", "sample_rate", "channels", "segments", "model", "warnings", "error"]
 SEGMENT_COLUMNS = ["path", "start_s", "end_s", "mos"]
-POOL_BATCHES = 8  # windows are sorted by length within pools of POOL_BATCHES * batch_size windows
+POOL_BATCHES = 8  # windows shorter than a window's length are sorted by length in pools of POOL_BATCHES * batch_size
+BLOCK_S_SAMPLES = int(BLOCK_S * SAMPLE_RATE)  # arrays are cut into windows a block at a time, as files are read
 MOS_DECIMALS = 4  # rows carry MOS rounded to this many decimals (batch composition moves scores by < 1e-5)
 
 
@@ -87,6 +102,8 @@ def find_parts(output: str | Path) -> tuple[list[Path], int]:
 def merge_parts(output: str | Path, sort_by_path: bool = True) -> pd.DataFrame:
     """Merge ``output``'s part files (all N of them) into ``output`` (CSV or JSONL, by extension), rows sorted by
     path. The parts are kept. Returns the merged table."""
+    import pandas as pd
+
     output = Path(output)
     parts, _ = find_parts(output)
     jsonl = output.suffix.lower() == ".jsonl"
@@ -114,26 +131,50 @@ def merge_parts(output: str | Path, sort_by_path: bool = True) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------- decoding (workers)
 
 
-class AudioFiles(Dataset):
-    """Paths → decoded 16 kHz mono audio, or the error that stopped it. Runs in DataLoader workers."""
+def read_pieces(index: int, path: str | os.PathLike, channel: int | None = None,
+                min_duration_s: float = MIN_DURATION_S) -> Iterator[dict]:
+    """One file → its 16 kHz mono audio in pieces of about ``audio.BLOCK_S`` seconds, the last one marked ``last``
+    and carrying the file's :class:`~jsqa_cli.audio.AudioInfo`; or a single item with ``error`` set."""
+    path = str(path)
+    base = {"index": index, "path": path}
+    prev, samples = None, 0
+    try:
+        stream = AudioStream(path, SAMPLE_RATE, channel=channel)
+        for block in stream:
+            if prev is not None:  # one piece held back, so that the last one can say it is the last
+                yield {**base, "wave": prev, "last": False, "info": None, "error": None}
+            prev, samples = block, samples + len(block)
+        info = stream.info
+        if prev is None or samples < round(min_duration_s * SAMPLE_RATE):  # one piece: BLOCK_S > MIN_DURATION_S
+            warnings = [w for w in info.warnings if not w.startswith("short")]
+            yield {**base, "wave": None, "last": True, "info": AudioInfo(path, info.duration_s, info.sample_rate,
+                                                                          info.channels, warnings),
+                   "error": f"too short to score ({samples / SAMPLE_RATE:.2f} s < {min_duration_s:g} s)"}
+            return
+    except AudioError as e:
+        yield {**base, "wave": None, "last": True, "info": None, "error": e.problem}
+        return
+    except Exception as e:  # noqa: BLE001 - a file that breaks a library must not stop the others
+        yield {**base, "wave": None, "last": True, "info": None, "error": f"{type(e).__name__}: {e}"}
+        return
+    # Pieces cross the worker boundary as pickled arrays (a 4 s piece is 256 KiB). As torch tensors they would go
+    # through shared memory, and the main process was measured to hold up to 300 MiB more on a 1-hour file.
+    yield {**base, "wave": prev, "last": True, "info": info, "error": None}
 
-    def __init__(self, paths: Sequence[str | os.PathLike], channel: int | None = None):
-        self.paths = list(paths)
-        self.channel = channel
 
-    def __len__(self) -> int:
-        return len(self.paths)
+class AudioPieces(IterableDataset):
+    """Paths → :func:`read_pieces` of each, file after file. In DataLoader workers, worker k of W reads files k,
+    k + W, ...; the loader takes one piece from each worker in turn, so the order is deterministic."""
 
-    def __getitem__(self, i: int) -> dict:
-        path = str(self.paths[i])
-        try:
-            wav, info = load_audio(path, SAMPLE_RATE, channel=self.channel)
-        except AudioError as e:
-            return {"index": i, "path": path, "wave": None, "info": None, "error": e.problem}
-        except Exception as e:  # noqa: BLE001 - a file that breaks a library must not stop the others
-            return {"index": i, "path": path, "wave": None, "info": None, "error": f"{type(e).__name__}: {e}"}
-        # A tensor crosses the worker boundary through shared memory instead of being pickled.
-        return {"index": i, "path": path, "wave": torch.from_numpy(wav), "info": info, "error": None}
+    def __init__(self, paths: Sequence[str | os.PathLike], channel: int | None = None,
+                 min_duration_s: float = MIN_DURATION_S):
+        self.paths, self.channel, self.min_duration_s = list(paths), channel, min_duration_s
+
+    def __iter__(self) -> Iterator[dict]:
+        worker = get_worker_info()
+        first, step = (0, 1) if worker is None else (worker.id, worker.num_workers)
+        for i in range(first, len(self.paths), step):
+            yield from read_pieces(i, self.paths[i], self.channel, self.min_duration_s)
 
 
 def _keep_one(item: dict) -> dict:  # collate for batch_size=None: keep the item (and its error) as it is
@@ -142,22 +183,55 @@ def _keep_one(item: dict) -> dict:  # collate for batch_size=None: keep the item
 
 def _decoded(paths: Sequence, channel: int | None, workers: int) -> Iterator[dict]:
     if workers <= 0:
-        ds = AudioFiles(paths, channel)
-        return (ds[i] for i in range(len(ds)))
-    loader = DataLoader(AudioFiles(paths, channel), batch_size=None, shuffle=False, num_workers=workers,
-                        collate_fn=_keep_one, prefetch_factor=2, persistent_workers=False)
+        return iter(AudioPieces(paths, channel))
+    workers = min(workers, len(paths)) or 1
+    loader = DataLoader(AudioPieces(paths, channel), batch_size=None, num_workers=workers, collate_fn=_keep_one,
+                        prefetch_factor=2, persistent_workers=False)
     return iter(loader)
 
 
 # ------------------------------------------------------------------------------------------------ the engine
 
 
+class _Windows:
+    """Cuts one file's audio, arriving in blocks, into the windows of :func:`audio.window_bounds` as they fill.
+    Holds at most a window plus a block of audio; each window is a copy, so a block is not kept alive by it.
+    (numpy, not torch: these small copies run in torch's thread pool otherwise, and wait on it when CPUs are busy.)"""
+
+    def __init__(self, win: int, hop: int):
+        self.win, self.hop = win, hop
+        self.buf, self.buf_start = np.zeros(0, np.float32), 0  # the audio from sample buf_start on
+        self.total, self.next, self.count, self.last_end = 0, 0, 0, 0
+
+    def push(self, block: np.ndarray | torch.Tensor) -> list[tuple[int, int, np.ndarray]]:
+        block = block.numpy() if torch.is_tensor(block) else np.asarray(block, np.float32)
+        self.buf = np.concatenate([self.buf, block]) if len(self.buf) else block
+        self.total += len(block)
+        out = []
+        while self.next + self.win <= self.total:
+            a = self.next - self.buf_start
+            out.append((self.next, self.next + self.win, self.buf[a:a + self.win].copy()))
+            self.next += self.hop
+        keep = max(self.buf_start, min(self.next, self.total - self.win))  # the last window may end at the end
+        self.buf, self.buf_start = self.buf[keep - self.buf_start:], keep
+        if out:
+            self.count, self.last_end = self.count + len(out), out[-1][1]
+        return out
+
+    def finish(self) -> list[tuple[int, int, np.ndarray]]:
+        if self.count == 0:  # shorter than a window: one window of its own length
+            return [(0, self.total, self.buf.copy())] if self.total else []
+        if self.last_end < self.total:  # a last window aligned to the end covers the tail
+            return [(self.total - self.win, self.total, self.buf[-self.win:].copy())]
+        return []
+
+
 @dataclass
 class _Pending:
-    item: dict
-    bounds: list[tuple[int, int]]
-    scores: np.ndarray
-    left: int
+    item: dict | None = None  # the file's last piece, once it has arrived
+    bounds: list = field(default_factory=list)
+    scores: list = field(default_factory=list)
+    left: int = 0  # windows queued and not yet scored
 
 
 @dataclass
@@ -173,8 +247,8 @@ class ScoreResult:
 def prepare_model(model, device: str | torch.device | None = "auto"):
     """(model or name/folder/Hub id, device) → (JSQA model on its device, device). ``device`` auto/None keeps a
     given model where it is; names are loaded onto the resolved device."""
-    from jsqa_cli.model import JSQA, load_model
     from jsqa_cli.distributed import resolve_device, unwrap
+    from jsqa_cli.model import JSQA, load_model
 
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu or auto)")
@@ -209,51 +283,86 @@ class _EvalMode:
         self.model.train(self.was_training)
 
 
-def _run_windows(model, device, windows: list[torch.Tensor]) -> np.ndarray:
+def _run_windows(model, device, windows: list[np.ndarray]) -> np.ndarray:
     wav, lengths = pad_batch(windows)
     return model(wav.to(device, non_blocking=True), lengths.to(device)).float().cpu().numpy()
 
 
 def _score_stream(items: Iterable[dict], model, device, *, batch_size: int, window_s: float, hop_s: float,
                   pool_windows: int | None = None) -> Iterator[tuple[dict, list | None, np.ndarray | None]]:
-    """Decoded items → (item, window bounds, window scores) as each file finishes; errors pass straight through.
+    """Pieces of decoded audio → (last piece, window bounds, window scores) as each file finishes; errors pass
+    straight through.
 
-    Windows from consecutive files collect into a pool; a full pool (or the end) is sorted by window length and
-    run in batches of ``batch_size``. The batches depend only on the items' order and lengths, never on timing.
+    An item is a piece of one file's 16 kHz audio (``wave``; ``last`` marks the file's last piece; ``index`` tells
+    the files apart), or an ``error``. Windows are cut as the pieces arrive. Full-length windows run as soon as
+    ``batch_size`` of them are there (sorting cannot save them any padding); shorter ones (files shorter than a
+    window) collect into a pool, across files, and a full pool (or the end) is sorted by length and run in batches of
+    ``batch_size``. So memory holds at most ``pool_windows + batch_size`` windows and one window plus one piece per
+    file being read, whatever the files' lengths, and the batches depend only on the items' order and lengths, never
+    on timing.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1 (got {batch_size})")
     pool_windows = pool_windows or POOL_BATCHES * batch_size
+    win, hop = int(round(window_s * SAMPLE_RATE)), int(round(hop_s * SAMPLE_RATE))
+    cutters: dict[int, _Windows] = {}
     pending: dict[int, _Pending] = {}
-    queue: list[tuple[int, int, torch.Tensor]] = []  # (item key, window number, view into the audio)
+    queue: list[tuple[int, int, np.ndarray]] = []  # (item key, window number, window): windows shorter than win
+    full: list[tuple[int, int, np.ndarray]] = []  # the same for full-length windows
 
-    def flush() -> Iterator:
-        queue.sort(key=lambda q: q[2].shape[0])  # stable: equal lengths keep arrival order
-        for start in range(0, len(queue), batch_size):
-            chunk = queue[start:start + batch_size]
+    def run(chunks: list) -> Iterator:
+        for chunk in chunks:
             scores = _run_windows(model, device, [w for _, _, w in chunk])
             for (key, j, _), s in zip(chunk, scores):
-                p = pending[key]
+                p = pending.get(key)
+                if p is None:  # the file failed after some of its windows were queued
+                    continue
                 p.scores[j] = s
                 p.left -= 1
-                if p.left == 0:
+                if p.left == 0 and p.item is not None:
                     del pending[key]
-                    yield p.item, p.bounds, p.scores
-        queue.clear()
+                    yield p.item, p.bounds, np.asarray(p.scores, dtype=np.float64)
 
-    for key, item in enumerate(items):
+    def flush() -> Iterator:
+        pool = sorted(queue + full, key=lambda q: q[2].shape[0])  # stable: equal lengths keep arrival order
+        queue.clear()
+        full.clear()
+        yield from run(pool[start:start + batch_size] for start in range(0, len(pool), batch_size))
+
+    for item in items:
+        key = item["index"]
         if item.get("error") is not None:
+            cutters.pop(key, None)
+            pending.pop(key, None)
             yield item, None, None
             continue
         wave = item["wave"]
-        if not torch.is_tensor(wave):
-            wave = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
-        if wave.ndim != 1 or wave.shape[0] == 0:
+        wave = wave.numpy() if torch.is_tensor(wave) else np.ascontiguousarray(wave, dtype=np.float32)
+        if wave.ndim != 1 or (wave.shape[0] == 0 and key not in cutters):
             raise ValueError(f"{item.get('path', key)}: expected a non-empty 1-D 16 kHz waveform, "
                              f"got shape {tuple(wave.shape)}")
-        bounds = window_bounds(wave.shape[0], SAMPLE_RATE, window_s, hop_s)
-        pending[key] = _Pending(item, bounds, np.zeros(len(bounds), dtype=np.float64), len(bounds))
-        queue.extend((key, j, wave[a:b]) for j, (a, b) in enumerate(bounds))
+        cutter = cutters.setdefault(key, _Windows(win, hop))
+        p = pending.setdefault(key, _Pending())
+        last = item.get("last", True)
+        step = BLOCK_S_SAMPLES  # a whole array (score_waveforms) is cut a block at a time, like a file
+        for start in range(0, max(len(wave), 1), step):
+            windows = cutter.push(wave[start:start + step])
+            if last and start + step >= len(wave):
+                windows += cutter.finish()
+                del cutters[key]
+                p.item = item
+            for a, b, w in windows:
+                (full if b - a == win else queue).append((key, len(p.bounds), w))
+                p.bounds.append((a, b))
+                p.scores.append(math.nan)
+                p.left += 1
+            while len(full) >= batch_size:
+                chunk = full[:batch_size]
+                del full[:batch_size]
+                yield from run([chunk])
+        if p.item is not None and p.left == 0 and key in pending:  # every window already scored
+            del pending[key]
+            yield item, p.bounds, np.asarray(p.scores, dtype=np.float64)
         if len(queue) >= pool_windows:
             yield from flush()
     yield from flush()
@@ -309,8 +418,10 @@ def iter_scores(paths: Sequence[str | os.PathLike], model=None, *, batch_size: i
         for item, bounds, scores in stream:
             info = item["info"]
             if item["error"] is not None:
-                row = dict(path=item["path"], mos=math.nan, duration_s=math.nan, sample_rate=None, channels=None,
-                           segments=0, model=name, warnings="", error=item["error"])
+                row = dict(path=item["path"], mos=math.nan, duration_s=round(info.duration_s, 3) if info else math.nan,
+                           sample_rate=info.sample_rate if info else None, channels=info.channels if info else None,
+                           segments=0, model=name, warnings="; ".join(info.warnings) if info else "",
+                           error=item["error"])
                 yield ScoreResult(item["index"], row)
                 continue
             row = dict(path=item["path"], mos=file_score(scores), duration_s=round(info.duration_s, 3),
@@ -322,6 +433,8 @@ def iter_scores(paths: Sequence[str | os.PathLike], model=None, *, batch_size: i
 
 
 def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+    import pandas as pd
+
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -364,8 +477,14 @@ class ScoreProgress:
     def __enter__(self):
         if self.enabled:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-                TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                      TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("ETA"),
@@ -411,10 +530,10 @@ class ScoreRun:
 
     def summary(self) -> dict:
         """The same keys as :func:`summarize`, for the files scored in this run."""
-        moss = pd.Series(self.moss, dtype=float)
+        moss = np.asarray(self.moss, dtype=float)
         return {"files": self.scored, "failed": self.failed,
-                "mean_mos": float(moss.mean()) if len(moss) else math.nan,
-                "median_mos": float(moss.median()) if len(moss) else math.nan, "audio_h": self.audio_s / 3600}
+                "mean_mos": float(np.mean(moss)) if len(moss) else math.nan,
+                "median_mos": float(np.median(moss)) if len(moss) else math.nan, "audio_h": self.audio_s / 3600}
 
 
 def score_to_file(paths: Sequence[str | os.PathLike], output: str | os.PathLike, model=None, *,
@@ -442,9 +561,9 @@ def score_to_file(paths: Sequence[str | os.PathLike], output: str | os.PathLike,
         check_output(segments_path, resume=resume, overwrite=overwrite)
     run = ScoreRun(str(output), shard=shard)
     paths = list(paths)
-    if resume:
-        done = read_done_paths(output)
-        keep = [p for p in paths if str(p) not in done and str(Path(p).resolve()) not in done]
+    if resume:  # one file, however it is spelled: relative or absolute, through a symlink or not
+        done = {_same_file_key(p) for p in read_done_paths(output)}
+        keep = [p for p in paths if _same_file_key(p) not in done]
         run.skipped = len(paths) - len(keep)
         paths = keep
     start = time.perf_counter()
@@ -469,6 +588,12 @@ def score_to_file(paths: Sequence[str | os.PathLike], output: str | os.PathLike,
     return run
 
 
+def _same_file_key(path: str | os.PathLike) -> str:
+    """What makes two spellings of a path one file for ``--resume``: the absolute path with symlinks resolved
+    (relative paths are taken from the current folder). The output keeps the user's spelling."""
+    return os.path.realpath(path)
+
+
 class _NullWriter:
     def __enter__(self):
         return self
@@ -482,6 +607,8 @@ class _NullWriter:
 
 def read_scores(path: str | os.PathLike) -> pd.DataFrame:
     """A scores file written by ``jsqa score`` (CSV or JSONL) → DataFrame."""
+    import pandas as pd
+
     path = Path(path)
     if path.suffix.lower() == ".jsonl":
         return pd.read_json(path, lines=True, dtype=False)
@@ -490,6 +617,8 @@ def read_scores(path: str | os.PathLike) -> pd.DataFrame:
 
 def summarize(df: pd.DataFrame) -> dict:
     """Files, failed, mean/median MOS and total audio hours of a scores table."""
+    import pandas as pd
+
     err = df["error"].fillna("").astype(str).str.len() > 0 if "error" in df else pd.Series(False, index=df.index)
     mos = pd.to_numeric(df.get("mos", pd.Series(dtype=float)), errors="coerce")[~err]
     dur = pd.to_numeric(df.get("duration_s", pd.Series(dtype=float)), errors="coerce")[~err]

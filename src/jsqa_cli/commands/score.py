@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
-from jsqa_cli.commands._common import EXIT_OK, EXIT_PARTIAL, err_console, fail, one_line_errors
+from jsqa_cli.commands._common import (
+    DEVICE_HELP,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    WORKERS_HELP,
+    check_device,
+    err_console,
+    fail,
+    one_line_errors,
+    resolve_workers,
+)
 
 HELP = """Score speech quality (MOS 1-5) of audio files and folders (searched recursively).
 
@@ -30,11 +40,6 @@ Examples:
   jsqa score corpus/ -o scores.csv --shard 0/2 # on machine 1 (and --shard 1/2 on machine 2), then:
   jsqa score --merge-parts scores.csv
 """
-
-
-def default_workers() -> int:
-    """Decoding processes by default: one per core beyond the one that runs the model, at most 4."""
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
 def _extensions(ext: list[str] | None) -> tuple[str, ...] | None:
@@ -83,9 +88,8 @@ def register(app: typer.Typer) -> None:
                                                 help="Extensions to take from folders, e.g. --ext wav,flac "
                                                      "(default: all audio extensions)."),
         batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Windows per model call."),
-        workers: int = typer.Option(-1, "--workers", "-j", min=-1,
-                                    help="Decoding processes (0: decode in the main process; -1: automatic)."),
-        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+        workers: Optional[int] = typer.Option(None, "--workers", "-j", help=WORKERS_HELP, show_default=False),
+        device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
         channel: Optional[int] = typer.Option(None, "--channel", min=0,
                                               help="Score this channel (0-based) instead of the mean of all."),
         window_s: float = typer.Option(8.0, "--window", min=0.1, help="Window length for long files, seconds."),
@@ -99,16 +103,17 @@ def register(app: typer.Typer) -> None:
                                                    help="Merge OUTPUT's part files into OUTPUT and exit."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     ) -> None:
+        device = check_device(device)  # before importing torch: a bad option is refused at once
+        workers = resolve_workers(workers)
         from jsqa_cli import scoring
 
-        if device not in ("auto", "cpu", "cuda"):
-            fail(f"--device {device!r}: choose auto, cpu or cuda")
         if merge_parts is not None:
             df = scoring.merge_parts(merge_parts)
             if segments is not None:
                 scoring.merge_parts(segments)
             if not quiet:
-                err_console.print(f"Merged {len(df)} rows into {merge_parts}", highlight=False)
+                err_console.print(f"Merged {len(df)} rows into {escape(str(merge_parts))}", highlight=False,
+                                  soft_wrap=True)
                 err_console.print(_summary_table(scoring.summarize(df)))
             raise typer.Exit(EXIT_PARTIAL if scoring.summarize(df)["failed"] else EXIT_OK)
         if not paths:
@@ -136,7 +141,6 @@ def register(app: typer.Typer) -> None:
             fail(f"no audio files found in {', '.join(map(str, paths))}"
                  + (f" with extension {', '.join(kwargs['extensions'])}" if kwargs else ""))
         net, dev = scoring.prepare_model(model, device)
-        workers = default_workers() if workers < 0 else workers
 
         run = scoring.score_to_file(files, output, net, segments_path=segments, resume=resume, overwrite=overwrite,
                                     shard=shard_kk, batch_size=batch_size, workers=workers, device=dev,
@@ -163,5 +167,6 @@ def register(app: typer.Typer) -> None:
         if not quiet:
             err_console.print(_summary_table(summary, run))
             if merged_path:
-                err_console.print(f"Merged {dist.world_size} parts into {merged_path}", highlight=False)
+                err_console.print(f"Merged {dist.world_size} parts into {escape(str(merged_path))}",
+                                  highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_PARTIAL if run.failed or (merged_path and summary["failed"]) else EXIT_OK)
