@@ -32,7 +32,7 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import synth_speech  # noqa: E402  (the test suite's speech-like signal)
 
-MIB = 2 ** 20
+MIB = 2**20
 
 
 def make_long_file(path: Path, minutes: float) -> float:
@@ -58,8 +58,9 @@ def tree_memory(proc: psutil.Process) -> tuple[int, int, int]:
 def run_score(args: list[str], interval: float) -> dict:
     """Run ``python -m jsqa_cli score ARGS``; wall seconds, exit code and the peaks of :func:`tree_memory`."""
     start = time.perf_counter()
-    proc = psutil.Popen([sys.executable, "-m", "jsqa_cli", "score", *args], stdout=subprocess.DEVNULL,
-                        stderr=subprocess.PIPE)
+    proc = psutil.Popen(
+        [sys.executable, "-m", "jsqa_cli", "score", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     peak = [0, 0, 0]
     while proc.poll() is None:
         try:
@@ -98,11 +99,15 @@ def main() -> None:
             print(rows[-1], flush=True)
         path.unlink()
 
-    print("\n| file | `-j` | wall (s) | × real time | peak RSS, tree (MiB) | peak PSS, tree (MiB) "
-          "| peak RSS, largest process (MiB) |\n|---|---|---|---|---|---|---|")
+    print(
+        "\n| file | `-j` | wall (s) | × real time | peak RSS, tree (MiB) | peak PSS, tree (MiB) "
+        "| peak RSS, largest process (MiB) |\n|---|---|---|---|---|---|---|"
+    )
     for r in rows:
-        print(f"| {r['minutes']:g} min | {r['workers']} | {r['wall_s']:.1f} | {r['realtime']:.0f} | "
-              f"{r['rss_mib']:.0f} | {r['pss_mib']:.0f} | {r['largest_mib']:.0f} |")
+        print(
+            f"| {r['minutes']:g} min | {r['workers']} | {r['wall_s']:.1f} | {r['realtime']:.0f} | "
+            f"{r['rss_mib']:.0f} | {r['pss_mib']:.0f} | {r['largest_mib']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,10 @@ def main() -> None:
     waves = [w for w in (load_audio(p)[0] for p in paths) if len(w) >= 5 * SAMPLE_RATE]
     model = load_model(None)
     full = score_waveforms(model, waves)
-    print(f"{len(waves)} utterances of 5 s or more from {args.data}; full-length MOS mean {full.mean():.2f} "
-          f"(sd {full.std():.2f})")
+    print(
+        f"{len(waves)} utterances of 5 s or more from {args.data}; full-length MOS mean {full.mean():.2f} "
+        f"(sd {full.std():.2f})"
+    )
     print("| crop | mean MOS | sd across files | median abs. diff. from full | corr. with full |")
     print("|---:|---:|---:|---:|---:|")
     for crop_s in CROPS_S:
@@ -38,14 +40,16 @@ def main() -> None:
         crops, owner = [], []
         for i, w in enumerate(waves):
             for start in rng.integers(0, len(w) - n, size=args.crops):
-                crops.append(w[start:start + n])
+                crops.append(w[start : start + n])
                 owner.append(i)
         scores = score_waveforms(model, crops, batch_size=64)
         ref = full[owner]
         per_file = np.array([scores[np.array(owner) == i].mean() for i in range(len(waves))])
         corr = np.corrcoef(per_file, full)[0, 1] if per_file.std() > 1e-6 else float("nan")
-        print(f"| {crop_s:g} s | {scores.mean():.2f} | {scores.std():.3f} | {np.median(np.abs(scores - ref)):.2f} "
-              f"| {corr:.2f} |")
+        print(
+            f"| {crop_s:g} s | {scores.mean():.2f} | {scores.std():.3f} | {np.median(np.abs(scores - ref)):.2f} "
+            f"| {corr:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -40,11 +40,14 @@ def make_corpus(folder: Path, minutes: float, seed: int = 0) -> float:
     while total < minutes * 60:
         seconds = float(rng.uniform(4, 12))
         if i % 2 == 0:  # NISQA's degraded files: 48 kHz 16-bit WAV
-            sf.write(folder / f"f{i:05d}.wav", synth_speech(seconds, 48_000, seed=i, f0=rng.uniform(90, 250)),
-                     48_000, subtype="PCM_16")
+            sf.write(
+                folder / f"f{i:05d}.wav",
+                synth_speech(seconds, 48_000, seed=i, f0=rng.uniform(90, 250)),
+                48_000,
+                subtype="PCM_16",
+            )
         else:
-            sf.write(folder / f"f{i:05d}.flac", synth_speech(seconds, 16_000, seed=i, f0=rng.uniform(90, 250)),
-                     16_000)
+            sf.write(folder / f"f{i:05d}.flac", synth_speech(seconds, 16_000, seed=i, f0=rng.uniform(90, 250)), 16_000)
         total, i = total + seconds, i + 1
     return total
 
@@ -60,11 +63,18 @@ def make_long_file(path: Path, hours: float) -> float:
 def run_score(args: list[str], env: dict | None = None) -> tuple[float, int, int]:
     """(wall seconds, exit code, peak RSS in MiB) of ``python -m jsqa_cli score ARGS`` in a fresh wrapper process,
     so that the peak RSS belongs to this run alone (the largest of the process and its DataLoader workers)."""
-    wrapper = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
-               "rc = subprocess.run(sys.argv[1:]).returncode; "
-               "print(time.perf_counter() - t, rc, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-    out = subprocess.run([sys.executable, "-c", wrapper, sys.executable, "-m", "jsqa_cli", "score", *args],
-                         capture_output=True, text=True, env={**os.environ, **(env or {})}, check=True)
+    wrapper = (
+        "import resource, subprocess, sys, time; t = time.perf_counter(); "
+        "rc = subprocess.run(sys.argv[1:]).returncode; "
+        "print(time.perf_counter() - t, rc, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", wrapper, sys.executable, "-m", "jsqa_cli", "score", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        check=True,
+    )
     wall, rc, rss_kib = out.stdout.split()[-3:]
     return float(wall), int(rc), int(rss_kib) // 1024
 
@@ -88,31 +98,76 @@ def main() -> None:
     t = time.perf_counter()
     audio_s = make_corpus(tmp / "corpus", args.minutes)
     n_files = len(list((tmp / "corpus").iterdir()))
-    print(f"corpus: {n_files} files, {audio_s / 60:.1f} min (made in {time.perf_counter() - t:.0f} s); "
-          f"load average before timing: {os.getloadavg()[0]:.2f}", flush=True)
+    print(
+        f"corpus: {n_files} files, {audio_s / 60:.1f} min (made in {time.perf_counter() - t:.0f} s); "
+        f"load average before timing: {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
 
-    results = {"preset": args.preset, "device": args.device, "files": n_files, "audio_s": audio_s,
-               "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-               "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "runs": []}
+    results = {
+        "preset": args.preset,
+        "device": args.device,
+        "files": n_files,
+        "audio_s": audio_s,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "runs": [],
+    }
     if args.device == "cuda":
         results["gpu"] = torch.cuda.get_device_name(0)
     # Fixed cost of one command (Python and torch imports, model load, one 4-12 s file): the throughput figures
     # are given with it ("whole command") and without it ("steady state", what a large corpus sees; left out when
     # the corpus is too small for the difference to mean anything).
     one = sorted((tmp / "corpus").glob("*.flac"))[0]
-    startup, _, _ = run_score([str(one), "-o", str(tmp / "one.csv"), "-m", str(model), "-q", "--overwrite",
-                               "-j", "0", "--device", args.device])
+    startup, _, _ = run_score(
+        [
+            str(one),
+            "-o",
+            str(tmp / "one.csv"),
+            "-m",
+            str(model),
+            "-q",
+            "--overwrite",
+            "-j",
+            "0",
+            "--device",
+            args.device,
+        ]
+    )
     results["startup_s"] = round(startup, 2)
     print(f"start-up (one short file): {startup:.2f} s", flush=True)
     for workers in args.workers:
         for bs in args.batch_sizes:
             load = os.getloadavg()[0]
-            wall, rc, rss = run_score([str(tmp / "corpus"), "-o", str(tmp / "scores.csv"), "-m", str(model), "-q",
-                                       "--overwrite", "-j", str(workers), "-b", str(bs), "--device", args.device])
+            wall, rc, rss = run_score(
+                [
+                    str(tmp / "corpus"),
+                    "-o",
+                    str(tmp / "scores.csv"),
+                    "-m",
+                    str(model),
+                    "-q",
+                    "--overwrite",
+                    "-j",
+                    str(workers),
+                    "-b",
+                    str(bs),
+                    "--device",
+                    args.device,
+                ]
+            )
             assert rc == 0, f"jsqa score exited {rc}"
-            run = dict(workers=workers, batch_size=bs, wall_s=round(wall, 2), realtime=round(audio_s / wall, 1),
-                       realtime_steady=round(audio_s / (wall - startup), 1) if wall > 1.5 * startup else None,
-                       peak_rss_mib=rss, load_before=round(load, 2))
+            run = dict(
+                workers=workers,
+                batch_size=bs,
+                wall_s=round(wall, 2),
+                realtime=round(audio_s / wall, 1),
+                realtime_steady=round(audio_s / (wall - startup), 1) if wall > 1.5 * startup else None,
+                peak_rss_mib=rss,
+                load_before=round(load, 2),
+            )
             results["runs"].append(run)
             print(json.dumps(run), flush=True)
 
@@ -123,17 +178,27 @@ def main() -> None:
         common = ["-m", str(model), "-q", "--overwrite", "-j", str(args.long_workers), "--device", args.device]
         _, _, rss_short = run_score([str(short), "-o", str(tmp / "short.csv"), *common])
         wall, rc, rss_long = run_score([str(long), "-o", str(tmp / "long.csv"), *common])
-        results["long_file"] = dict(hours=args.long_hours, wall_s=round(wall, 1), realtime=round(long_s / wall, 1),
-                                    peak_rss_mib=rss_long, peak_rss_short_file_mib=rss_short,
-                                    decoded_audio_mib=round(long_s * 16_000 * 4 / 2 ** 20), workers=args.long_workers)
+        results["long_file"] = dict(
+            hours=args.long_hours,
+            wall_s=round(wall, 1),
+            realtime=round(long_s / wall, 1),
+            peak_rss_mib=rss_long,
+            peak_rss_short_file_mib=rss_short,
+            decoded_audio_mib=round(long_s * 16_000 * 4 / 2**20),
+            workers=args.long_workers,
+        )
         print(json.dumps(results["long_file"]), flush=True)
 
     best = max(results["runs"], key=lambda r: r["realtime"]) if results["runs"] else None
-    print("\n| preset | device | workers | batch | wall (s) | × real time, whole command | × real time, steady state "
-          "| peak RSS (MiB) |\n|---|---|---|---|---|---|---|---|")
+    print(
+        "\n| preset | device | workers | batch | wall (s) | × real time, whole command | × real time, steady state "
+        "| peak RSS (MiB) |\n|---|---|---|---|---|---|---|---|"
+    )
     for r in results["runs"]:
-        print(f"| {args.preset} | {args.device} | {r['workers']} | {r['batch_size']} | {r['wall_s']} | "
-              f"{r['realtime']}{' **best**' if r is best else ''} | {r['realtime_steady']} | {r['peak_rss_mib']} |")
+        print(
+            f"| {args.preset} | {args.device} | {r['workers']} | {r['batch_size']} | {r['wall_s']} | "
+            f"{r['realtime']}{' **best**' if r is best else ''} | {r['realtime_steady']} | {r['peak_rss_mib']} |"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import synth_speech
+
 from jsqa_cli import audio
 from jsqa_cli.audio import AudioError, load_audio, pad_batch, window_bounds
 
@@ -26,8 +26,7 @@ FORMATS = [
 
 
 @pytest.mark.parametrize("name,sr,channels,fmt,subtype,lossless", FORMATS, ids=[f[0] for f in FORMATS])
-def test_every_format_rate_and_channel_count_loads_as_16k_mono(make_audio, name, sr, channels, fmt, subtype,
-                                                               lossless):
+def test_every_format_rate_and_channel_count_loads_as_16k_mono(make_audio, name, sr, channels, fmt, subtype, lossless):
     path = make_audio(name, seconds=1.0, sr=sr, channels=channels, subtype=subtype, format=fmt)
     wav, info = load_audio(path)
     assert wav.dtype == np.float32 and wav.ndim == 1
@@ -37,7 +36,7 @@ def test_every_format_rate_and_channel_count_loads_as_16k_mono(make_audio, name,
     assert np.isfinite(wav).all() and 0.05 < np.abs(wav).max() < 1.0
     if lossless:  # same signal as resampling the channel mean of the source ourselves
         src = synth_speech(1.0, sr)
-        mean_gain = np.mean([0.9 ** c for c in range(channels)])
+        mean_gain = np.mean([0.9**c for c in range(channels)])
         expected = audio.resample(src * mean_gain, sr)
         tol = 0.02 if subtype == "PCM_U8" else 1e-3
         assert np.max(np.abs(wav - expected)) < tol
@@ -63,14 +62,17 @@ def test_partial_read(make_audio):
     np.testing.assert_allclose(part, full[16000:24000], atol=1e-6)
 
 
-@pytest.mark.parametrize("case,problem", [
-    ("garbage", "not a readable audio file"),
-    ("empty", "empty file (0 bytes)"),
-    ("directory", "is a directory"),
-    ("missing", "no such file"),
-    ("text", "not a readable audio file"),
-    ("zero_frames", "no audio samples"),
-])
+@pytest.mark.parametrize(
+    "case,problem",
+    [
+        ("garbage", "not a readable audio file"),
+        ("empty", "empty file (0 bytes)"),
+        ("directory", "is a directory"),
+        ("missing", "no such file"),
+        ("text", "not a readable audio file"),
+        ("zero_frames", "no audio samples"),
+    ],
+)
 def test_bad_inputs_raise_one_line_errors_naming_the_file(tmp_path, case, problem):
     path = tmp_path / f"{case}.wav"
     if case == "garbage":
@@ -90,13 +92,16 @@ def test_bad_inputs_raise_one_line_errors_naming_the_file(tmp_path, case, proble
     assert problem in msg and str(path) in msg and "\n" not in msg
 
 
-@pytest.mark.parametrize("case,warning", [
-    ("short", "short (0.20 s < 1 s)"),
-    ("silent", "silent"),
-    ("near_silent", "near-silent"),
-    ("clipped", "clipped"),
-    ("nan", "non-finite samples (100 set to 0)"),
-])
+@pytest.mark.parametrize(
+    "case,warning",
+    [
+        ("short", "short (0.20 s < 1 s)"),
+        ("silent", "silent"),
+        ("near_silent", "near-silent"),
+        ("clipped", "clipped"),
+        ("nan", "non-finite samples (100 set to 0)"),
+    ],
+)
 def test_content_problems_are_warnings_not_errors(make_audio, case, warning):
     x = synth_speech(1.0)
     if case == "short":
@@ -219,7 +224,7 @@ def test_block_resampling_matches_whole_file_resampling(orig_sr):
     whole = audio.resample(x, orig_sr)
     for block, piece in ((1_000, 777), (4_410, 10_000), (65_536, 333)):
         r = audio.BlockResampler(orig_sr, block=block)
-        out = [r.push(x[i:i + piece]) for i in range(0, len(x), piece)] + [r.finish()]
+        out = [r.push(x[i : i + piece]) for i in range(0, len(x), piece)] + [r.finish()]
         got = np.concatenate(out)
         assert got.shape == whole.shape
         np.testing.assert_allclose(got, whole, atol=1e-6)

@@ -70,8 +70,23 @@ def test_resume_appends_only_new_files(runner, folder, tiny_model_dir, tmp_path,
 
 def test_segments_ext_filter_and_window_options(runner, folder, tiny_model_dir, tmp_path):
     out, seg = tmp_path / "s.csv", tmp_path / "seg.csv"
-    r = _score(runner, folder, "-o", out, "-m", tiny_model_dir, "--ext", "wav", "--segments", seg,
-               "--window", "0.5", "--hop", "0.25", "-q")
+    r = _score(
+        runner,
+        folder,
+        "-o",
+        out,
+        "-m",
+        tiny_model_dir,
+        "--ext",
+        "wav",
+        "--segments",
+        seg,
+        "--window",
+        "0.5",
+        "--hop",
+        "0.25",
+        "-q",
+    )
     assert r.exit_code == 0, r.output
     df, segs = pd.read_csv(out), pd.read_csv(seg)
     assert sorted(df["path"].str.rsplit("/", n=1).str[-1]) == ["one.wav", "three.wav"]
@@ -91,18 +106,21 @@ def test_shards_then_merge(runner, folder, tiny_model_dir, tmp_path):
     assert len(pd.read_csv(out)) == 3 and "Merged 3 rows" in r.stderr
 
 
-@pytest.mark.parametrize("args,message", [
-    (["{folder}", "-o", "{tmp}/s.txt", "-m", "{model}"], "must end in .csv or .jsonl"),
-    (["{tmp}/missing", "-m", "{model}"], "no such file or folder"),
-    (["{folder}", "-m", "{tmp}/no-model"], "no such model folder"),
-    (["{folder}", "-m", "{model}", "--shard", "2/2", "-o", "{tmp}/s.csv"], "expected K/N"),
-    (["{folder}", "-m", "{model}", "--ext", "mp3"], "no audio files found"),
-    (["{folder}", "-m", "{model}", "--device", "tpu"], "choose auto, cpu, cuda or cuda:N"),
-    (["{folder}", "-m", "{model}", "--device", "gpu"], "--device 'gpu': choose auto, cpu, cuda or cuda:N"),
-    (["{folder}", "-m", "{model}", "-j", "-1"], "--workers -1: give 0"),
-    (["{folder}", "-m", "{model}", "--resume"], "--resume needs an output file"),
-    (["--merge-parts", "{tmp}/s.csv"], "no part files"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["{folder}", "-o", "{tmp}/s.txt", "-m", "{model}"], "must end in .csv or .jsonl"),
+        (["{tmp}/missing", "-m", "{model}"], "no such file or folder"),
+        (["{folder}", "-m", "{tmp}/no-model"], "no such model folder"),
+        (["{folder}", "-m", "{model}", "--shard", "2/2", "-o", "{tmp}/s.csv"], "expected K/N"),
+        (["{folder}", "-m", "{model}", "--ext", "mp3"], "no audio files found"),
+        (["{folder}", "-m", "{model}", "--device", "tpu"], "choose auto, cpu, cuda or cuda:N"),
+        (["{folder}", "-m", "{model}", "--device", "gpu"], "--device 'gpu': choose auto, cpu, cuda or cuda:N"),
+        (["{folder}", "-m", "{model}", "-j", "-1"], "--workers -1: give 0"),
+        (["{folder}", "-m", "{model}", "--resume"], "--resume needs an output file"),
+        (["--merge-parts", "{tmp}/s.csv"], "no part files"),
+    ],
+)
 def test_usage_errors_exit_2_with_one_line(runner, folder, tiny_model_dir, tmp_path, args, message):
     r = _score(runner, *[a.format(folder=folder, tmp=tmp_path, model=tiny_model_dir) for a in args])
     assert r.exit_code == 2, r.output
@@ -136,12 +154,38 @@ def test_torchrun_two_processes_write_parts_and_rank0_merges(folder, tiny_model_
 
     out = tmp_path / "scores.csv"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                        "-m", "jsqa_cli", "score", str(folder), "-o", str(out), "-m", str(tiny_model_dir), "-q",
-                        "--device", "cpu", "-j", "0"], capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "jsqa_cli",
+            "score",
+            str(folder),
+            "-o",
+            str(out),
+            "-m",
+            str(tiny_model_dir),
+            "-q",
+            "--device",
+            "cpu",
+            "-j",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
-    assert sorted(p.name for p in tmp_path.glob("scores.part-*")) == ["scores.part-00000-of-00002.csv",
-                                                                      "scores.part-00001-of-00002.csv"]
+    assert sorted(p.name for p in tmp_path.glob("scores.part-*")) == [
+        "scores.part-00000-of-00002.csv",
+        "scores.part-00001-of-00002.csv",
+    ]
     df = pd.read_csv(out)
     assert len(df) == 3 and df["path"].is_monotonic_increasing and df["mos"].between(1, 5).all()
 

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import synth_speech
+
 from jsqa_cli import scoring, writers
 from jsqa_cli.audio import load_audio
 from jsqa_cli.model import load_model
@@ -104,10 +104,12 @@ def test_streamed_scores_equal_whole_file_scores(make_audio, tiny):
 
     from jsqa_cli.audio import resample, to_mono
 
-    paths = [make_audio("s16.wav", seconds=21.0, seed=1, subtype="FLOAT"),
-             make_audio("s44.flac", seconds=19.3, sr=44_100, channels=2, seed=2),
-             make_audio("s48.wav", seconds=13.7, sr=48_000, channels=6, seed=3, subtype="PCM_24"),
-             make_audio("short48.wav", seconds=1.7, sr=48_000, seed=4)]
+    paths = [
+        make_audio("s16.wav", seconds=21.0, seed=1, subtype="FLOAT"),
+        make_audio("s44.flac", seconds=19.3, sr=44_100, channels=2, seed=2),
+        make_audio("s48.wav", seconds=13.7, sr=48_000, channels=6, seed=3, subtype="PCM_24"),
+        make_audio("short48.wav", seconds=1.7, sr=48_000, seed=4),
+    ]
     whole = []
     for p in paths:
         data, sr = sf.read(str(p), dtype="float32", always_2d=True)
@@ -132,7 +134,7 @@ def test_windows_cut_from_blocks_are_the_windows_of_the_whole(tiny):
         cut = scoring._Windows(8_000, 3_000)
         got, start = [], 0
         for size in rng.integers(1, 9_000, size=100):
-            got += cut.push(torch.from_numpy(wave[start:start + size]))
+            got += cut.push(torch.from_numpy(wave[start : start + size]))
             start += size
             if start >= n:
                 break
@@ -242,8 +244,9 @@ def test_writer_stdout_and_resume_checks(tmp_path):
 
 
 def test_summarize():
-    df = pd.DataFrame({"mos": [2.0, 3.0, 4.0, np.nan], "duration_s": [1800, 1800, 3600, np.nan],
-                       "error": ["", "", "", "boom"]})
+    df = pd.DataFrame(
+        {"mos": [2.0, 3.0, 4.0, np.nan], "duration_s": [1800, 1800, 3600, np.nan], "error": ["", "", "", "boom"]}
+    )
     s = scoring.summarize(df)
     assert s == {"files": 4, "failed": 1, "mean_mos": 3.0, "median_mos": 3.0, "audio_h": 2.0}
 

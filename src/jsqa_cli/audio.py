@@ -111,10 +111,10 @@ class BlockResampler:
         self.next = 0  # input index where the next block to resample starts (a multiple of o)
 
     def _resample(self, seg_start: int, seg_end: int, keep_from: int, keep_to: int | None) -> np.ndarray:
-        seg = self.buf[seg_start - self.buf_start: seg_end - self.buf_start]
+        seg = self.buf[seg_start - self.buf_start : seg_end - self.buf_start]
         out = resample(seg, self.o, self.n)
         a = (keep_from - seg_start) // self.o * self.n
-        return out[a:] if keep_to is None else out[a: a + (keep_to - keep_from) // self.o * self.n]
+        return out[a:] if keep_to is None else out[a : a + (keep_to - keep_from) // self.o * self.n]
 
     def push(self, x: np.ndarray) -> np.ndarray:
         """Feed input samples; returns the output samples that are now final."""
@@ -125,8 +125,9 @@ class BlockResampler:
         outs = []
         while self.next + self.block + self.context <= end:
             seg_start = max(0, self.next - self.context)
-            outs.append(self._resample(seg_start, self.next + self.block + self.context, self.next,
-                                       self.next + self.block))
+            outs.append(
+                self._resample(seg_start, self.next + self.block + self.context, self.next, self.next + self.block)
+            )
             self.next += self.block
         drop = max(0, self.next - self.context) - self.buf_start
         if drop > 0:
@@ -233,8 +234,15 @@ class AudioStream:
     or the decoder stops early. A file with nothing decodable raises :class:`AudioError` while iterating.
     """
 
-    def __init__(self, path: str | Path, sample_rate: int = SAMPLE_RATE, channel: int | None = None,
-                 start_s: float = 0.0, duration_s: float | None = None, block_s: float = BLOCK_S):
+    def __init__(
+        self,
+        path: str | Path,
+        sample_rate: int = SAMPLE_RATE,
+        channel: int | None = None,
+        start_s: float = 0.0,
+        duration_s: float | None = None,
+        block_s: float = BLOCK_S,
+    ):
         self.path, self.sample_rate, self.channel = Path(path), sample_rate, channel
         if self.path.is_dir():
             raise AudioError(path, "is a directory, not an audio file")
@@ -316,12 +324,19 @@ class AudioStream:
             raise AudioError(path, f"truncated: nothing decodable ({stopped or 'no audio data'})")
         warnings = []
         if stopped is not None or read < self.target:
-            warnings.append(f"truncated ({stopped or 'audio ends'} at {(self.start + read) / sr:.2f} s; "
-                            f"the header promises {(self.start + self.target) / sr:.2f} s)")
+            warnings.append(
+                f"truncated ({stopped or 'audio ends'} at {(self.start + read) / sr:.2f} s; "
+                f"the header promises {(self.start + self.target) / sr:.2f} s)"
+            )
         elif promised is not None:
             warnings.append(f"truncated (the file holds {read / sr:.2f} s; its header promises {promised / sr:.2f} s)")
-        self.info = AudioInfo(str(path), read / sr if whole else self.frames / sr, sr, self.channels,
-                              warnings + checks.warnings(self.sample_rate))
+        self.info = AudioInfo(
+            str(path),
+            read / sr if whole else self.frames / sr,
+            sr,
+            self.channels,
+            warnings + checks.warnings(self.sample_rate),
+        )
         if len(out):
             yield out
 
@@ -346,8 +361,9 @@ def load_audio(
     return np.ascontiguousarray(wav, dtype=np.float32), stream.info
 
 
-def window_bounds(num_samples: int, sample_rate: int = SAMPLE_RATE, window_s: float = WINDOW_S,
-                  hop_s: float = HOP_S) -> list[tuple[int, int]]:
+def window_bounds(
+    num_samples: int, sample_rate: int = SAMPLE_RATE, window_s: float = WINDOW_S, hop_s: float = HOP_S
+) -> list[tuple[int, int]]:
     """Sample ranges of the scoring windows: one window for short files, else full windows every hop,
     with a last window aligned to the end so that the tail is covered."""
     win, hop = int(round(window_s * sample_rate)), int(round(hop_s * sample_rate))

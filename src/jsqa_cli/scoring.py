@@ -109,8 +109,9 @@ def merge_parts(output: str | Path, sort_by_path: bool = True) -> pd.DataFrame:
     jsonl = output.suffix.lower() == ".jsonl"
     # Values are copied exactly as the parts wrote them: strings for CSV, parsed JSON records for JSONL.
     if jsonl:
-        records = [json.loads(line) for p in parts for line in p.read_text(encoding="utf-8").splitlines()
-                   if line.strip()]
+        records = [
+            json.loads(line) for p in parts for line in p.read_text(encoding="utf-8").splitlines() if line.strip()
+        ]
         df = pd.DataFrame(records, columns=list(records[0]) if records else COLUMNS)
         if sort_by_path:
             records.sort(key=lambda r: str(r.get("path", "")))
@@ -131,8 +132,9 @@ def merge_parts(output: str | Path, sort_by_path: bool = True) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------- decoding (workers)
 
 
-def read_pieces(index: int, path: str | os.PathLike, channel: int | None = None,
-                min_duration_s: float = MIN_DURATION_S) -> Iterator[dict]:
+def read_pieces(
+    index: int, path: str | os.PathLike, channel: int | None = None, min_duration_s: float = MIN_DURATION_S
+) -> Iterator[dict]:
     """One file → its 16 kHz mono audio in pieces of about ``audio.BLOCK_S`` seconds, the last one marked ``last``
     and carrying the file's :class:`~jsqa_cli.audio.AudioInfo`; or a single item with ``error`` set."""
     path = str(path)
@@ -147,9 +149,13 @@ def read_pieces(index: int, path: str | os.PathLike, channel: int | None = None,
         info = stream.info
         if prev is None or samples < round(min_duration_s * SAMPLE_RATE):  # one piece: BLOCK_S > MIN_DURATION_S
             warnings = [w for w in info.warnings if not w.startswith("short")]
-            yield {**base, "wave": None, "last": True, "info": AudioInfo(path, info.duration_s, info.sample_rate,
-                                                                          info.channels, warnings),
-                   "error": f"too short to score ({samples / SAMPLE_RATE:.2f} s < {min_duration_s:g} s)"}
+            yield {
+                **base,
+                "wave": None,
+                "last": True,
+                "info": AudioInfo(path, info.duration_s, info.sample_rate, info.channels, warnings),
+                "error": f"too short to score ({samples / SAMPLE_RATE:.2f} s < {min_duration_s:g} s)",
+            }
             return
     except AudioError as e:
         yield {**base, "wave": None, "last": True, "info": None, "error": e.problem}
@@ -166,8 +172,9 @@ class AudioPieces(IterableDataset):
     """Paths → :func:`read_pieces` of each, file after file. In DataLoader workers, worker k of W reads files k,
     k + W, ...; the loader takes one piece from each worker in turn, so the order is deterministic."""
 
-    def __init__(self, paths: Sequence[str | os.PathLike], channel: int | None = None,
-                 min_duration_s: float = MIN_DURATION_S):
+    def __init__(
+        self, paths: Sequence[str | os.PathLike], channel: int | None = None, min_duration_s: float = MIN_DURATION_S
+    ):
         self.paths, self.channel, self.min_duration_s = list(paths), channel, min_duration_s
 
     def __iter__(self) -> Iterator[dict]:
@@ -185,8 +192,14 @@ def _decoded(paths: Sequence, channel: int | None, workers: int) -> Iterator[dic
     if workers <= 0:
         return iter(AudioPieces(paths, channel))
     workers = min(workers, len(paths)) or 1
-    loader = DataLoader(AudioPieces(paths, channel), batch_size=None, num_workers=workers, collate_fn=_keep_one,
-                        prefetch_factor=2, persistent_workers=False)
+    loader = DataLoader(
+        AudioPieces(paths, channel),
+        batch_size=None,
+        num_workers=workers,
+        collate_fn=_keep_one,
+        prefetch_factor=2,
+        persistent_workers=False,
+    )
     return iter(loader)
 
 
@@ -210,10 +223,10 @@ class _Windows:
         out = []
         while self.next + self.win <= self.total:
             a = self.next - self.buf_start
-            out.append((self.next, self.next + self.win, self.buf[a:a + self.win].copy()))
+            out.append((self.next, self.next + self.win, self.buf[a : a + self.win].copy()))
             self.next += self.hop
         keep = max(self.buf_start, min(self.next, self.total - self.win))  # the last window may end at the end
-        self.buf, self.buf_start = self.buf[keep - self.buf_start:], keep
+        self.buf, self.buf_start = self.buf[keep - self.buf_start :], keep
         if out:
             self.count, self.last_end = self.count + len(out), out[-1][1]
         return out
@@ -222,7 +235,7 @@ class _Windows:
         if self.count == 0:  # shorter than a window: one window of its own length
             return [(0, self.total, self.buf.copy())] if self.total else []
         if self.last_end < self.total:  # a last window aligned to the end covers the tail
-            return [(self.total - self.win, self.total, self.buf[-self.win:].copy())]
+            return [(self.total - self.win, self.total, self.buf[-self.win :].copy())]
         return []
 
 
@@ -254,8 +267,11 @@ def prepare_model(model, device: str | torch.device | None = "auto"):
         raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu or auto)")
 
     if model is None or isinstance(model, (str, os.PathLike)):
-        dev = resolve_device("auto" if device is None else str(device)) if not isinstance(device, torch.device) \
+        dev = (
+            resolve_device("auto" if device is None else str(device))
+            if not isinstance(device, torch.device)
             else device
+        )
         return load_model(model, device=dev), dev
     model = unwrap(model)
     if not isinstance(model, JSQA):
@@ -288,8 +304,16 @@ def _run_windows(model, device, windows: list[np.ndarray]) -> np.ndarray:
     return model(wav.to(device, non_blocking=True), lengths.to(device)).float().cpu().numpy()
 
 
-def _score_stream(items: Iterable[dict], model, device, *, batch_size: int, window_s: float, hop_s: float,
-                  pool_windows: int | None = None) -> Iterator[tuple[dict, list | None, np.ndarray | None]]:
+def _score_stream(
+    items: Iterable[dict],
+    model,
+    device,
+    *,
+    batch_size: int,
+    window_s: float,
+    hop_s: float,
+    pool_windows: int | None = None,
+) -> Iterator[tuple[dict, list | None, np.ndarray | None]]:
     """Pieces of decoded audio → (last piece, window bounds, window scores) as each file finishes; errors pass
     straight through.
 
@@ -327,7 +351,7 @@ def _score_stream(items: Iterable[dict], model, device, *, batch_size: int, wind
         pool = sorted(queue + full, key=lambda q: q[2].shape[0])  # stable: equal lengths keep arrival order
         queue.clear()
         full.clear()
-        yield from run(pool[start:start + batch_size] for start in range(0, len(pool), batch_size))
+        yield from run(pool[start : start + batch_size] for start in range(0, len(pool), batch_size))
 
     for item in items:
         key = item["index"]
@@ -339,14 +363,15 @@ def _score_stream(items: Iterable[dict], model, device, *, batch_size: int, wind
         wave = item["wave"]
         wave = wave.numpy() if torch.is_tensor(wave) else np.ascontiguousarray(wave, dtype=np.float32)
         if wave.ndim != 1 or (wave.shape[0] == 0 and key not in cutters):
-            raise ValueError(f"{item.get('path', key)}: expected a non-empty 1-D 16 kHz waveform, "
-                             f"got shape {tuple(wave.shape)}")
+            raise ValueError(
+                f"{item.get('path', key)}: expected a non-empty 1-D 16 kHz waveform, got shape {tuple(wave.shape)}"
+            )
         cutter = cutters.setdefault(key, _Windows(win, hop))
         p = pending.setdefault(key, _Pending())
         last = item.get("last", True)
         step = BLOCK_S_SAMPLES  # a whole array (score_waveforms) is cut a block at a time, like a file
         for start in range(0, max(len(wave), 1), step):
-            windows = cutter.push(wave[start:start + step])
+            windows = cutter.push(wave[start : start + step])
             if last and start + step >= len(wave):
                 windows += cutter.finish()
                 del cutters[key]
@@ -368,8 +393,15 @@ def _score_stream(items: Iterable[dict], model, device, *, batch_size: int, wind
     yield from flush()
 
 
-def predict_windows(model, waves: Sequence[np.ndarray], *, batch_size: int = 16, device=None,
-                    window_s: float = WINDOW_S, hop_s: float = HOP_S) -> list[tuple[list[tuple[int, int]], np.ndarray]]:
+def predict_windows(
+    model,
+    waves: Sequence[np.ndarray],
+    *,
+    batch_size: int = 16,
+    device=None,
+    window_s: float = WINDOW_S,
+    hop_s: float = HOP_S,
+) -> list[tuple[list[tuple[int, int]], np.ndarray]]:
     """Window bounds (sample ranges) and window MOS scores for each 16 kHz mono wave, in input order.
 
     Windows of all waves are batched together, sorted by length, under ``torch.inference_mode`` (the model's
@@ -379,8 +411,9 @@ def predict_windows(model, waves: Sequence[np.ndarray], *, batch_size: int = 16,
     out: list = [None] * len(waves)
     items = ({"index": i, "wave": w, "error": None} for i, w in enumerate(waves))
     with _EvalMode(model):
-        for item, bounds, scores in _score_stream(items, model, dev, batch_size=batch_size, window_s=window_s,
-                                                  hop_s=hop_s):
+        for item, bounds, scores in _score_stream(
+            items, model, dev, batch_size=batch_size, window_s=window_s, hop_s=hop_s
+        ):
             out[item["index"]] = (bounds, scores.astype(np.float32))
     return out
 
@@ -390,22 +423,37 @@ def file_score(window_scores: np.ndarray) -> float:
     return round(float(np.mean(window_scores)), MOS_DECIMALS)
 
 
-def score_waveforms(model, waves: Sequence[np.ndarray], *, batch_size: int = 16, device=None,
-                    window_s: float = WINDOW_S, hop_s: float = HOP_S) -> np.ndarray:
+def score_waveforms(
+    model,
+    waves: Sequence[np.ndarray],
+    *,
+    batch_size: int = 16,
+    device=None,
+    window_s: float = WINDOW_S,
+    hop_s: float = HOP_S,
+) -> np.ndarray:
     """File MOS (mean of window scores) for each 16 kHz mono wave: the numbers ``jsqa score`` writes."""
     model, dev = prepare_model(model, device)
     out = np.full(len(waves), np.nan)
     items = ({"index": i, "wave": w, "error": None} for i, w in enumerate(waves))
     with _EvalMode(model):
-        for item, _, scores in _score_stream(items, model, dev, batch_size=batch_size, window_s=window_s,
-                                             hop_s=hop_s):
+        for item, _, scores in _score_stream(items, model, dev, batch_size=batch_size, window_s=window_s, hop_s=hop_s):
             out[item["index"]] = file_score(scores)
     return out
 
 
-def iter_scores(paths: Sequence[str | os.PathLike], model=None, *, batch_size: int = 16, workers: int = 0,
-                device: str | torch.device | None = "auto", channel: int | None = None, window_s: float = WINDOW_S,
-                hop_s: float = HOP_S, segments: bool = False) -> Iterator[ScoreResult]:
+def iter_scores(
+    paths: Sequence[str | os.PathLike],
+    model=None,
+    *,
+    batch_size: int = 16,
+    workers: int = 0,
+    device: str | torch.device | None = "auto",
+    channel: int | None = None,
+    window_s: float = WINDOW_S,
+    hop_s: float = HOP_S,
+    segments: bool = False,
+) -> Iterator[ScoreResult]:
     """Score ``paths`` (files), yielding a :class:`ScoreResult` as each file finishes (errors included).
 
     ``index`` is the position in ``paths``. Files decode in ``workers`` DataLoader processes (0: in this one).
@@ -413,22 +461,49 @@ def iter_scores(paths: Sequence[str | os.PathLike], model=None, *, batch_size: i
     model, dev = prepare_model(model, device)
     name = getattr(model, "name", "") or ""
     with _EvalMode(model):
-        stream = _score_stream(_decoded(paths, channel, workers), model, dev, batch_size=batch_size,
-                               window_s=window_s, hop_s=hop_s)
+        stream = _score_stream(
+            _decoded(paths, channel, workers), model, dev, batch_size=batch_size, window_s=window_s, hop_s=hop_s
+        )
         for item, bounds, scores in stream:
             info = item["info"]
             if item["error"] is not None:
-                row = dict(path=item["path"], mos=math.nan, duration_s=round(info.duration_s, 3) if info else math.nan,
-                           sample_rate=info.sample_rate if info else None, channels=info.channels if info else None,
-                           segments=0, model=name, warnings="; ".join(info.warnings) if info else "",
-                           error=item["error"])
+                row = dict(
+                    path=item["path"],
+                    mos=math.nan,
+                    duration_s=round(info.duration_s, 3) if info else math.nan,
+                    sample_rate=info.sample_rate if info else None,
+                    channels=info.channels if info else None,
+                    segments=0,
+                    model=name,
+                    warnings="; ".join(info.warnings) if info else "",
+                    error=item["error"],
+                )
                 yield ScoreResult(item["index"], row)
                 continue
-            row = dict(path=item["path"], mos=file_score(scores), duration_s=round(info.duration_s, 3),
-                       sample_rate=info.sample_rate, channels=info.channels, segments=len(bounds), model=name,
-                       warnings="; ".join(info.warnings), error="")
-            segs = [dict(path=item["path"], start_s=round(a / SAMPLE_RATE, 3), end_s=round(b / SAMPLE_RATE, 3),
-                         mos=round(float(s), MOS_DECIMALS)) for (a, b), s in zip(bounds, scores)] if segments else []
+            row = dict(
+                path=item["path"],
+                mos=file_score(scores),
+                duration_s=round(info.duration_s, 3),
+                sample_rate=info.sample_rate,
+                channels=info.channels,
+                segments=len(bounds),
+                model=name,
+                warnings="; ".join(info.warnings),
+                error="",
+            )
+            segs = (
+                [
+                    dict(
+                        path=item["path"],
+                        start_s=round(a / SAMPLE_RATE, 3),
+                        end_s=round(b / SAMPLE_RATE, 3),
+                        mos=round(float(s), MOS_DECIMALS),
+                    )
+                    for (a, b), s in zip(bounds, scores)
+                ]
+                if segments
+                else []
+            )
             yield ScoreResult(item["index"], row, segs, info.duration_s)
 
 
@@ -438,9 +513,19 @@ def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def score_files(paths: Sequence[str | os.PathLike], model=None, *, batch_size: int = 16, workers: int = 0,
-                device: str | torch.device | None = "auto", channel: int | None = None, window_s: float = WINDOW_S,
-                hop_s: float = HOP_S, progress: bool = False, segments: bool = False) -> pd.DataFrame:
+def score_files(
+    paths: Sequence[str | os.PathLike],
+    model=None,
+    *,
+    batch_size: int = 16,
+    workers: int = 0,
+    device: str | torch.device | None = "auto",
+    channel: int | None = None,
+    window_s: float = WINDOW_S,
+    hop_s: float = HOP_S,
+    progress: bool = False,
+    segments: bool = False,
+) -> pd.DataFrame:
     """Score audio files → DataFrame with COLUMNS, one row per input in input order.
 
     A file that cannot be read gets ``error`` set and ``mos`` NaN; the others are scored. ``model`` is a JSQA
@@ -451,8 +536,17 @@ def score_files(paths: Sequence[str | os.PathLike], model=None, *, batch_size: i
     paths = list(paths)
     rows: list = [None] * len(paths)
     seg_rows: list = [[] for _ in paths]
-    results = iter_scores(paths, model, batch_size=batch_size, workers=workers, device=device, channel=channel,
-                          window_s=window_s, hop_s=hop_s, segments=segments)
+    results = iter_scores(
+        paths,
+        model,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        channel=channel,
+        window_s=window_s,
+        hop_s=hop_s,
+        segments=segments,
+    )
     with ScoreProgress(len(paths), enabled=progress) as bar:
         for r in results:
             rows[r.index], seg_rows[r.index] = r.row, r.segments
@@ -486,9 +580,17 @@ class ScoreProgress:
                 TimeRemainingColumn,
             )
 
-            self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                                     TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
             self.progress.__enter__()
             self.task = self.progress.add_task(self.description, total=self.total, status="")
         return self
@@ -531,17 +633,34 @@ class ScoreRun:
     def summary(self) -> dict:
         """The same keys as :func:`summarize`, for the files scored in this run."""
         moss = np.asarray(self.moss, dtype=float)
-        return {"files": self.scored, "failed": self.failed,
-                "mean_mos": float(np.mean(moss)) if len(moss) else math.nan,
-                "median_mos": float(np.median(moss)) if len(moss) else math.nan, "audio_h": self.audio_s / 3600}
+        return {
+            "files": self.scored,
+            "failed": self.failed,
+            "mean_mos": float(np.mean(moss)) if len(moss) else math.nan,
+            "median_mos": float(np.median(moss)) if len(moss) else math.nan,
+            "audio_h": self.audio_s / 3600,
+        }
 
 
-def score_to_file(paths: Sequence[str | os.PathLike], output: str | os.PathLike, model=None, *,
-                  segments_path: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
-                  shard: tuple[int, int] | None = None, batch_size: int = 16, workers: int = 0,
-                  device: str | torch.device | None = "auto", channel: int | None = None,
-                  window_s: float = WINDOW_S, hop_s: float = HOP_S, progress: bool = False,
-                  stdout=None, on_result: Callable[[ScoreResult], None] | None = None) -> ScoreRun:
+def score_to_file(
+    paths: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    model=None,
+    *,
+    segments_path: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    shard: tuple[int, int] | None = None,
+    batch_size: int = 16,
+    workers: int = 0,
+    device: str | torch.device | None = "auto",
+    channel: int | None = None,
+    window_s: float = WINDOW_S,
+    hop_s: float = HOP_S,
+    progress: bool = False,
+    stdout=None,
+    on_result: Callable[[ScoreResult], None] | None = None,
+) -> ScoreRun:
     """Score ``paths`` into ``output`` (``.csv``, ``.jsonl`` or ``-`` for stdout), one row flushed per file.
 
     ``resume`` skips paths already in the output and appends; otherwise an existing output is refused unless
@@ -567,12 +686,26 @@ def score_to_file(paths: Sequence[str | os.PathLike], output: str | os.PathLike,
         run.skipped = len(paths) - len(keep)
         paths = keep
     start = time.perf_counter()
-    with open_writer(output, COLUMNS, append=resume, stdout=stdout) as rows_out, \
-            (open_writer(segments_path, SEGMENT_COLUMNS, append=resume, stdout=stdout) if segments_path
-             else _NullWriter()) as seg_out, \
-            ScoreProgress(len(paths), enabled=progress) as bar:
-        for r in iter_scores(paths, model, batch_size=batch_size, workers=workers, device=device, channel=channel,
-                             window_s=window_s, hop_s=hop_s, segments=bool(segments_path)):
+    with (
+        open_writer(output, COLUMNS, append=resume, stdout=stdout) as rows_out,
+        (
+            open_writer(segments_path, SEGMENT_COLUMNS, append=resume, stdout=stdout)
+            if segments_path
+            else _NullWriter()
+        ) as seg_out,
+        ScoreProgress(len(paths), enabled=progress) as bar,
+    ):
+        for r in iter_scores(
+            paths,
+            model,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            channel=channel,
+            window_s=window_s,
+            hop_s=hop_s,
+            segments=bool(segments_path),
+        ):
             for s in r.segments:  # segments first: a row in the output means its segments are complete
                 seg_out.write(s)
             rows_out.write(r.row)
@@ -622,7 +755,10 @@ def summarize(df: pd.DataFrame) -> dict:
     err = df["error"].fillna("").astype(str).str.len() > 0 if "error" in df else pd.Series(False, index=df.index)
     mos = pd.to_numeric(df.get("mos", pd.Series(dtype=float)), errors="coerce")[~err]
     dur = pd.to_numeric(df.get("duration_s", pd.Series(dtype=float)), errors="coerce")[~err]
-    return {"files": int(len(df)), "failed": int(err.sum()),
-            "mean_mos": float(mos.mean()) if len(mos) else math.nan,
-            "median_mos": float(mos.median()) if len(mos) else math.nan,
-            "audio_h": float(dur.sum()) / 3600}
+    return {
+        "files": int(len(df)),
+        "failed": int(err.sum()),
+        "mean_mos": float(mos.mean()) if len(mos) else math.nan,
+        "median_mos": float(mos.median()) if len(mos) else math.nan,
+        "audio_h": float(dur.sum()) / 3600,
+    }

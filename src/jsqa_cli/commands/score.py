@@ -67,8 +67,10 @@ def _summary_table(summary: dict, run=None):
     if run is not None:
         if run.skipped:
             table.add_row("skipped (resume)", f"{run.skipped}")
-        table.add_row("this run", f"{run.scored} files in {run.wall_s:.1f} s"
-                      + (f", {run.realtime:.0f}× real time" if run.audio_s else ""))
+        table.add_row(
+            "this run",
+            f"{run.scored} files in {run.wall_s:.1f} s" + (f", {run.realtime:.0f}× real time" if run.audio_s else ""),
+        )
     return table
 
 
@@ -78,29 +80,38 @@ def register(app: typer.Typer) -> None:
     def score(
         paths: Optional[list[Path]] = typer.Argument(None, help="Audio files and/or folders.", show_default=False),
         output: str = typer.Option("-", "--output", "-o", help="scores.csv, scores.jsonl, or - for CSV on stdout."),
-        model: Optional[str] = typer.Option(None, "--model", "-m",
-                                            help="Model folder, bundled name or Hub id (ORG/NAME[@REV]). "
-                                                 "Default: $JSQA_MODEL or the bundled jsqa-small."),
-        segments: Optional[Path] = typer.Option(None, "--segments",
-                                                help="Also write window scores (path, start_s, end_s, mos) here "
-                                                     "(.csv or .jsonl)."),
-        ext: Optional[list[str]] = typer.Option(None, "--ext",
-                                                help="Extensions to take from folders, e.g. --ext wav,flac "
-                                                     "(default: all audio extensions)."),
+        model: Optional[str] = typer.Option(
+            None,
+            "--model",
+            "-m",
+            help="Model folder, bundled name or Hub id (ORG/NAME[@REV]). "
+            "Default: $JSQA_MODEL or the bundled jsqa-small.",
+        ),
+        segments: Optional[Path] = typer.Option(
+            None, "--segments", help="Also write window scores (path, start_s, end_s, mos) here (.csv or .jsonl)."
+        ),
+        ext: Optional[list[str]] = typer.Option(
+            None, "--ext", help="Extensions to take from folders, e.g. --ext wav,flac (default: all audio extensions)."
+        ),
         batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Windows per model call."),
         workers: Optional[int] = typer.Option(None, "--workers", "-j", help=WORKERS_HELP, show_default=False),
         device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-        channel: Optional[int] = typer.Option(None, "--channel", min=0,
-                                              help="Score this channel (0-based) instead of the mean of all."),
+        channel: Optional[int] = typer.Option(
+            None, "--channel", min=0, help="Score this channel (0-based) instead of the mean of all."
+        ),
         window_s: float = typer.Option(8.0, "--window", min=0.1, help="Window length for long files, seconds."),
         hop_s: float = typer.Option(4.0, "--hop", min=0.1, help="Window hop, seconds."),
         resume: bool = typer.Option(False, "--resume", help="Skip files already in the output and append."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
-        shard: Optional[str] = typer.Option(None, "--shard",
-                                            help="Score only shard K of N (0-based, e.g. 0/4) into "
-                                                 "OUTPUT.part-0000K-of-0000N; automatic under torchrun."),
-        merge_parts: Optional[Path] = typer.Option(None, "--merge-parts",
-                                                   help="Merge OUTPUT's part files into OUTPUT and exit."),
+        shard: Optional[str] = typer.Option(
+            None,
+            "--shard",
+            help="Score only shard K of N (0-based, e.g. 0/4) into "
+            "OUTPUT.part-0000K-of-0000N; automatic under torchrun.",
+        ),
+        merge_parts: Optional[Path] = typer.Option(
+            None, "--merge-parts", help="Merge OUTPUT's part files into OUTPUT and exit."
+        ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     ) -> None:
         device = check_device(device)  # before importing torch: a bad option is refused at once
@@ -112,8 +123,9 @@ def register(app: typer.Typer) -> None:
             if segments is not None:
                 scoring.merge_parts(segments)
             if not quiet:
-                err_console.print(f"Merged {len(df)} rows into {escape(str(merge_parts))}", highlight=False,
-                                  soft_wrap=True)
+                err_console.print(
+                    f"Merged {len(df)} rows into {escape(str(merge_parts))}", highlight=False, soft_wrap=True
+                )
                 err_console.print(_summary_table(scoring.summarize(df)))
             raise typer.Exit(EXIT_PARTIAL if scoring.summarize(df)["failed"] else EXIT_OK)
         if not paths:
@@ -138,13 +150,28 @@ def register(app: typer.Typer) -> None:
         kwargs = {"extensions": _extensions(ext)} if ext else {}
         files = scoring.find_audio(paths, **kwargs)
         if not files:
-            fail(f"no audio files found in {', '.join(map(str, paths))}"
-                 + (f" with extension {', '.join(kwargs['extensions'])}" if kwargs else ""))
+            fail(
+                f"no audio files found in {', '.join(map(str, paths))}"
+                + (f" with extension {', '.join(kwargs['extensions'])}" if kwargs else "")
+            )
         net, dev = scoring.prepare_model(model, device)
 
-        run = scoring.score_to_file(files, output, net, segments_path=segments, resume=resume, overwrite=overwrite,
-                                    shard=shard_kk, batch_size=batch_size, workers=workers, device=dev,
-                                    channel=channel, window_s=window_s, hop_s=hop_s, progress=not quiet)
+        run = scoring.score_to_file(
+            files,
+            output,
+            net,
+            segments_path=segments,
+            resume=resume,
+            overwrite=overwrite,
+            shard=shard_kk,
+            batch_size=batch_size,
+            workers=workers,
+            device=dev,
+            channel=channel,
+            window_s=window_s,
+            hop_s=hop_s,
+            progress=not quiet,
+        )
         merged_path = None
         if dist is not None:
             import torch.distributed as tdist
@@ -167,6 +194,7 @@ def register(app: typer.Typer) -> None:
         if not quiet:
             err_console.print(_summary_table(summary, run))
             if merged_path:
-                err_console.print(f"Merged {dist.world_size} parts into {escape(str(merged_path))}",
-                                  highlight=False, soft_wrap=True)
+                err_console.print(
+                    f"Merged {dist.world_size} parts into {escape(str(merged_path))}", highlight=False, soft_wrap=True
+                )
         raise typer.Exit(EXIT_PARTIAL if run.failed or (merged_path and summary["failed"]) else EXIT_OK)
