@@ -146,7 +146,7 @@ print("huggingface_hub" in sys.modules, "jsqa_cli.hub" in sys.modules)
 
 def test_scoring_with_a_local_model_imports_no_hub_code(tiny_model_dir, make_audio):
     """huggingface_hub is for Hub ids only: `jsqa score` with a folder (or a bundled name) never imports it."""
-    wav = make_audio("a.wav", seconds=0.5)
+    wav = make_audio("a.wav", seconds=1.5)
     out = subprocess.run(
         [sys.executable, "-c", SCORE_WITHOUT_HUB, str(wav), str(tiny_model_dir)],
         capture_output=True,
