@@ -37,3 +37,25 @@ def test_every_command_help_has_an_example():
         r = runner.invoke(app, [*path, "--help"], terminal_width=200)
         assert r.exit_code == 0, (path, r.output)
         assert "example" in r.stdout.lower(), f"jsqa {' '.join(path)} --help has no example"
+
+
+def test_automatic_workers_leave_cores_to_a_model_on_the_cpu(monkeypatch):
+    import os
+
+    from jsqa_cli.distributed import default_workers
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert (default_workers(), default_workers("cuda"), default_workers("cuda:1"), default_workers("cpu")) == (
+        7,
+        7,
+        7,
+        3,
+    )
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert (default_workers(), default_workers("cpu")) == (1, 0)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert default_workers() == 8  # at most 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: the cores are shared among the local processes
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert (default_workers("cuda"), default_workers("cpu")) == (3, 1)

@@ -333,7 +333,7 @@ class FinetuneOptions:
     # machinery
     seed: int = 0
     device: str = "auto"
-    workers: int | None = None  # DataLoader workers per process; None: train.default_workers()
+    workers: int | None = None  # DataLoader workers per process; None: distributed.default_workers(device)
     cache_audio: bool = False  # decode the training files once and keep them in RAM
     bf16: bool = True
     resume: bool = False
@@ -577,7 +577,7 @@ def _finetune(opts: FinetuneOptions, d) -> Path:
     )
     run_dir = out / TRAINING_DIR
     say = (lambda *a: None) if (opts.quiet or not d.is_main) else print
-    workers = default_workers() if opts.workers is None else opts.workers
+    workers = default_workers(opts.device) if opts.workers is None else opts.workers
     # before minutes of checking and decoding: the network to start from exists and has what the options train
     start = read_config(resolve_model(opts.init))[0] if opts.init is not None else config_from_preset(opts.preset)
     if opts.lr_flatness is not None and not start.flatness_bands:

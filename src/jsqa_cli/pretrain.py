@@ -73,7 +73,7 @@ class PretrainOptions:
     epochs: float | None = None
     grad_clip: float = 1.0  # gradient-norm limit; 0: no clipping
     seed: int = 0
-    workers: int | None = None  # DataLoader workers per rank; None: train.default_workers()
+    workers: int | None = None  # DataLoader workers per rank; None: distributed.default_workers(device)
     device: str = "auto"
     bf16: bool = True
     redraw_snr: bool = False
@@ -421,7 +421,7 @@ def _pretrain(opts: PretrainOptions, d) -> Path:
     steps_per_epoch = len(train_rows) // (opts.batch_size * d.world_size)
     steps = opts.steps or (max(1, math.ceil(opts.epochs * steps_per_epoch)) if opts.epochs else DEFAULT_STEPS)
     warmup = opts.warmup_steps if opts.warmup_steps is not None else min(1000, steps // 20)
-    workers = default_workers() if opts.workers is None else opts.workers
+    workers = default_workers(opts.device) if opts.workers is None else opts.workers
     common = dict(seed=opts.seed, jnd_db=jnd_db, snr_range=snr_range, sample_rate=int(s.get("sample_rate", 16000)))
     train_set = PairDataset(
         train_rows, pairs_dir, hard_negatives=opts.hard_negatives, redraw_snr=opts.redraw_snr, **common

@@ -22,7 +22,8 @@ err_console = Console(stderr=True)
 DEVICE_HELP = "auto, cpu, cuda or cuda:N (auto: the GPU when there is one; torchrun sets the GPU of each rank)."
 WORKERS_HELP = (
     "Worker processes that read and prepare audio beside the main process (0: all in the main process). "
-    "Default: one per CPU core beyond the first, at most 8 (per process under torchrun)."
+    "Default: one per CPU core beyond the first, at most 8 (per process under torchrun); half that when the "
+    "model runs on the CPU, whose threads need the cores too."
 )
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -51,13 +52,13 @@ def check_device(device: str) -> str:
     return device
 
 
-def resolve_workers(workers: int | None) -> int:
-    """``--workers/-j``, one meaning in every command: ``None`` (not given) → one per CPU core beyond the first, at
-    most 8, divided among the processes torchrun starts on this machine; a negative number is refused."""
+def resolve_workers(workers: int | None, device: str | None = None) -> int:
+    """``--workers/-j``, one meaning in every command: ``None`` (not given) → ``distributed.default_workers`` for
+    a command whose model runs on ``device`` (None: no model in the main process); a negative number is refused."""
     if workers is None:
         from jsqa_cli.distributed import default_workers
 
-        return default_workers()
+        return default_workers(device)
     if workers < 0:
         fail(f"--workers {workers}: give 0 (all in the main process) or more worker processes")
     return workers

@@ -67,7 +67,7 @@ def evaluate_command(
     Any labelled CSV: jsqa evaluate --model jsqa-small --csv labels.csv -o eval/
     """
     device = check_device(device)
-    workers = resolve_workers(workers)
+    workers = resolve_workers(workers, device)
     from jsqa_cli.evaluate import evaluate, load_eval_data, rich_table
     from jsqa_cli.model import default_model_name
 

@@ -136,7 +136,7 @@ def finetune_command(
     -o models/m
     """
     device = check_device(device)
-    workers = resolve_workers(workers)
+    workers = resolve_workers(workers, device)
     from jsqa_cli.finetune import finetune
     from jsqa_cli.labels import NISQA_TRAIN_DBS, NISQA_VAL_DBS
 

@@ -82,7 +82,7 @@ def pretrain_command(
     Several GPUs: torchrun --nproc-per-node 4 -m jsqa_cli pretrain --pairs pairs/ -o runs/pre --preset base
     """
     device = check_device(device)
-    workers = resolve_workers(workers)
+    workers = resolve_workers(workers, device)
     from jsqa_cli.pretrain import pretrain
 
     encoder = pretrain(

@@ -115,7 +115,7 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     ) -> None:
         device = check_device(device)  # before importing torch: a bad option is refused at once
-        workers = resolve_workers(workers)
+        workers = resolve_workers(workers, device)
         from jsqa_cli import scoring
 
         if merge_parts is not None:
@@ -187,9 +187,11 @@ def register(app: typer.Typer) -> None:
                 merged_path = output
             cleanup_distributed()
 
-        if merged_path or run.output != "-":  # the whole file, including rows from before a --resume
+        if quiet and not merged_path:  # no table to print: the exit status needs only this run's failures
+            raise typer.Exit(EXIT_PARTIAL if run.failed else EXIT_OK)
+        if merged_path or (resume and run.output != "-"):  # the whole file, with the rows from before --resume
             summary = scoring.summarize(scoring.read_scores(merged_path or run.output))
-        else:
+        else:  # this run wrote every row: its own tally, without reading the file back (or importing pandas)
             summary = run.summary()
         if not quiet:
             err_console.print(_summary_table(summary, run))
