@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -59,3 +60,10 @@ def test_automatic_workers_leave_cores_to_a_model_on_the_cpu(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: the cores are shared among the local processes
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     assert (default_workers("cuda"), default_workers("cpu")) == (3, 1)
+
+
+@pytest.mark.parametrize(("command", "text"), [("score", "ORG/NAME[@REV]"), ("info", "ORG/NAME[@REVISION]")])
+def test_help_keeps_literal_brackets(command, text):
+    """rich reads `[...]` as markup: help texts escape it, so the Hub id's optional revision stays visible."""
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0 and text in result.stdout, result.stdout

@@ -84,7 +84,7 @@ def register(app: typer.Typer) -> None:
             None,
             "--model",
             "-m",
-            help="Model folder, bundled name or Hub id (ORG/NAME[@REV]). "
+            help="Model folder, bundled name or Hub id (ORG/NAME\\[@REV]). "
             "Default: $JSQA_MODEL or the bundled jsqa-small.",
         ),
         segments: Optional[Path] = typer.Option(
