@@ -1,4 +1,4 @@
-"""The one progress bar of the long-running commands (pretrain, finetune, make-pairs): a description, the bar,
+"""The one progress bar of the long-running commands (score, pretrain, finetune, make-pairs): a description, the bar,
 done/total, a live status text (loss, validation), elapsed and remaining time. Off when not on the main process
 or with ``--quiet``."""
 

@@ -571,26 +571,10 @@ class ScoreProgress:
     def __enter__(self):
         if self.enabled:
             from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
 
-            self.progress = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[status]}"),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=False,
-            )
+            from jsqa_cli.progress import progress_bar
+
+            self.progress = progress_bar(console=Console(stderr=True))
             self.progress.__enter__()
             self.task = self.progress.add_task(self.description, total=self.total, status="")
         return self
