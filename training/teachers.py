@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from jsqa_cli.audio import SAMPLE_RATE, AudioError, find_audio, load_audio
+from jsqa_cli.writers import open_writer, read_done_paths
 
 TEACHERS = ("distillmos", "dnsmos")
 COLUMNS = {"distillmos": ("distillmos",), "dnsmos": ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos_p808")}
@@ -108,22 +109,18 @@ def label_files(
     paths = _paths(inputs)
     output = Path(output)
     columns = ["path", *[c for t in teachers for c in COLUMNS[t]], "error"]
-    done: set[str] = set()
     if output.is_file() and output.stat().st_size:
         with open(output, newline="") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames != columns:
-                raise ValueError(f"{output}: written with other teachers ({reader.fieldnames}); choose a new output")
-            done = {row["path"] for row in reader}
+            header = next(csv.reader(f), [])
+        if header != columns:
+            raise ValueError(f"{output}: written with other teachers ({header}); choose a new output")
+    done = read_done_paths(output)
     todo = [p for p in paths if p not in done]
     if not todo:
         return 0
     scorers = load_teachers(teachers)
     output.parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "a", newline="") as f:
-        writer = csv.DictWriter(f, columns)
-        if not done:
-            writer.writeheader()
+    with open_writer(output, columns, append=True) as writer:  # a row flushed as each file finishes
         for path in todo:
             row = {"path": path}
             try:
@@ -132,8 +129,7 @@ def label_files(
                     row.update({k: round(v, 4) for k, v in scorer(wav).items()})
             except AudioError as e:
                 row["error"] = str(e)
-            writer.writerow(row)
-            f.flush()
+            writer.write(row)
     return len(todo)
 
 
