@@ -8,6 +8,7 @@
       → pre-LN Transformer with key-padding masks
       → attention pooling → LayerNorm → embedding (B, D)
       → projection head (pretraining only)  /  MOS head → 1 + 4·sigmoid ∈ [1, 5]
+                                                   [+ extra heads beside it, same form: P.835 ``sig`` and ``bak``]
 
 Every step masks padded frames, so a file's score does not depend on what it is batched with.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -46,7 +47,8 @@ from jsqa_cli.resolve import (
 )
 
 __all__ = [
-    "JSQA", "JSQAConfig", "PRESETS", "build_model", "config_from_preset", "add_flatness_bands", "save_model",
+    "JSQA", "JSQAConfig", "PRESETS", "P835_HEADS", "build_model", "add_heads", "drop_heads", "config_from_preset",
+    "add_flatness_bands", "save_model",
     "read_config", "load_model", "ModelError", "CARD_NAME", "CONFIG_NAME", "DEFAULT_MODEL", "MODEL_TYPE",
     "WEIGHTS_DIR", "WEIGHTS_NAME", "bundled_models", "default_model_name", "resolve_model",
 ]  # fmt: skip
@@ -59,6 +61,11 @@ LOGMEL_SCALE = 4.5
 FLATNESS_OFFSET = 1.0
 FLATNESS_SCALE = 0.5
 FLATNESS_MIN = -4.0
+
+# Scores a model can give beside "mos", each on 1..5 (JSQAConfig.extra_heads): ITU-T P.835's speech signal
+# (SIG: 5 = not distorted) and background (BAK: 5 = not noticeable). Heads with other names are training aids
+# (e.g. a teacher's score, "aux_*"); bundle_model drops them and scoring reports only these.
+P835_HEADS = ("sig", "bak")
 
 
 @dataclass
@@ -82,6 +89,12 @@ class JSQAConfig:
     head_hidden: int = 128
     mos_input: str = "embedding"  # what the MOS head reads: "embedding" (encoder output) or "projection"
     flatness_bands: int = 0  # extra input channels: log spectral flatness in this many equal linear bands; 0 = none
+    extra_heads: list[str] = field(default_factory=list)  # more 1..5 outputs beside "mos" (P835_HEADS, "aux_*")
+
+    @property
+    def outputs(self) -> list[str]:
+        """The scores the model gives, "mos" first."""
+        return ["mos", *self.extra_heads]
 
     @property
     def min_samples(self) -> int:
@@ -256,6 +269,14 @@ class JSQA(nn.Module):
             raise ValueError("mos_input='projection' needs projection_head=True")
         head_in = cfg.proj_dim if cfg.mos_input == "projection" else d
         self.mos_head = nn.Sequential(nn.Linear(head_in, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, 1))
+        if len(set(cfg.outputs)) != len(cfg.outputs) or not all(h.isidentifier() for h in cfg.outputs):
+            raise ValueError(f"extra_heads must be distinct names other than 'mos', not {cfg.extra_heads!r}")
+        self.heads = nn.ModuleDict(
+            {
+                h: nn.Sequential(nn.Linear(head_in, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, 1))
+                for h in cfg.extra_heads
+            }
+        )
         self.metadata: dict = {}  # provenance, metrics, stage; saved in config.json
         self.name = f"untrained-{cfg.preset}"  # how scores name the model; load_model sets the name it was given
 
@@ -271,9 +292,20 @@ class JSQA(nn.Module):
             emb = self.projection(emb)
         return 1.0 + 4.0 * torch.sigmoid(self.mos_head(emb).squeeze(-1).float())
 
+    def scores_from_embedding(self, emb: torch.Tensor) -> torch.Tensor:
+        """(B, len(config.outputs)): every head's score in [1, 5], in the order of ``config.outputs``."""
+        if self.config.mos_input == "projection":
+            emb = self.projection(emb)
+        heads = [self.mos_head, *(self.heads[h] for h in self.config.extra_heads)]
+        return 1.0 + 4.0 * torch.sigmoid(torch.cat([head(emb) for head in heads], dim=-1).float())
+
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """MOS prediction in [1, 5] for each signal in the batch."""
         return self.mos_from_embedding(self.embed(wav, lengths))
+
+    def scores(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, len(config.outputs)): MOS and the extra heads' scores (``config.outputs`` names the columns)."""
+        return self.scores_from_embedding(self.embed(wav, lengths))
 
     @property
     def num_parameters(self) -> int:
@@ -296,6 +328,31 @@ def add_flatness_bands(model: JSQA, bands: int) -> JSQA:
     assert missing == ["encoder.stem.conv1_flatness.weight"] and not unexpected, (missing, unexpected)
     wide.metadata, wide.name = dict(model.metadata), model.name
     return wide.train(model.training)
+
+
+def add_heads(model: JSQA, names: list[str]) -> JSQA:
+    """A copy of ``model`` with extra heads ``names`` (new ones randomly initialised; existing ones kept), e.g. to
+    fine-tune a MOS-only model for P.835 ``sig`` and ``bak``. Its MOS is unchanged until it is trained."""
+    new = [h for h in names if h not in model.config.extra_heads]
+    if not new:
+        return model
+    wide = JSQA(replace(model.config, extra_heads=[*model.config.extra_heads, *new]))
+    missing, unexpected = wide.load_state_dict(model.state_dict(), strict=False)
+    assert all(k.startswith("heads.") for k in missing) and not unexpected, (missing, unexpected)
+    wide.metadata, wide.name = dict(model.metadata), model.name
+    return wide.train(model.training).to(next(model.parameters()).device)
+
+
+def drop_heads(model: JSQA, keep: tuple[str, ...] = P835_HEADS) -> JSQA:
+    """A copy of ``model`` without the extra heads not in ``keep`` (training aids such as teachers' scores)."""
+    kept = [h for h in model.config.extra_heads if h in keep]
+    if kept == model.config.extra_heads:
+        return model
+    slim = JSQA(replace(model.config, extra_heads=kept))
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("heads.") or k.split(".")[1] in kept}
+    slim.load_state_dict(state)
+    slim.metadata, slim.name = dict(model.metadata), model.name
+    return slim.train(model.training).to(next(model.parameters()).device)
 
 
 # ---------------------------------------------------------------------------------------------- model folders
