@@ -15,6 +15,7 @@ from jsqa_cli.model import (
     PRESETS,
     ModelError,
     add_flatness_bands,
+    add_phase_bands,
     build_model,
     config_from_preset,
     load_model,
@@ -29,7 +30,11 @@ def tiny():
     return build_model("tiny").eval()
 
 
-def test_scores_do_not_depend_on_batch_composition_or_padding(tiny):
+@pytest.mark.parametrize("inputs", [{}, {"phase_bands": 8}, {"flatness_bands": 8, "phase_bands": 16}])
+def test_scores_do_not_depend_on_batch_composition_or_padding(tiny, inputs):
+    if inputs:  # the same with phase (and flatness) channels, their convolutions randomly initialised (not zero)
+        torch.manual_seed(2)
+        tiny = build_model("tiny", **inputs).eval()
     lengths = [300, 5_000, 16_000, 27_123, 48_000]  # shorter than one FFT frame up to 3 s
     waves = [synth_speech(n / 16_000, seed=i) for i, n in enumerate(lengths)]
     with torch.inference_mode():
@@ -103,6 +108,54 @@ def test_flatness_bands_see_harmonics_the_mel_bands_blur(tiny, tmp_path):
         add_flatness_bands(wide, 8)
     with pytest.raises(ValueError, match="must divide the 256 STFT bins"):
         build_model("tiny", flatness_bands=7)
+
+
+def test_phase_bands_are_finite_bounded_and_see_gaps(tiny, tmp_path):
+    """Group-delay deviation: finite on digital silence, near-silence and hard clipping; a steady harmonic sound
+    deviates less than frames straddling the edges of a gap; the mel channels are unchanged."""
+    from jsqa_cli.model import PHASE_OFFSET, PHASE_SCALE
+
+    wide = add_phase_bands(tiny, 8)
+    speech = synth_speech(1.0, seed=6)
+    gapped = speech.copy()
+    for start in range(1600, 16_000 - 320, 1600):
+        gapped[start : start + 320] = 0  # 20 ms lost every 100 ms
+    cases = {
+        "silence": np.zeros(16_000, np.float32),
+        "near silence": np.random.default_rng(0).standard_normal(16_000).astype(np.float32) * 1e-7,
+        "clipped": np.clip(speech * 20, -1, 1),
+        "speech": speech,
+        "gapped": gapped,
+    }
+    x = torch.from_numpy(np.stack(list(cases.values())))
+    lengths = torch.tensor([16_000] * len(cases))
+    with torch.inference_mode():
+        feats, _ = wide.encoder.frontend(x, lengths)
+        mel = tiny.encoder.frontend(x, lengths)[0]
+    n_mels = tiny.config.n_mels
+    assert torch.equal(feats[:, :n_mels], mel) and feats.shape[1] == n_mels + 8
+    raw = feats[:, n_mels:] * PHASE_SCALE - PHASE_OFFSET  # radians again
+    assert torch.isfinite(feats).all() and raw.min() >= -1e-5 and raw.max() <= np.pi + 1e-5
+    assert raw[0].abs().max() < 1e-5  # silence: no energy, no deviation
+    speech_dev, gapped_dev = raw[3].mean().item(), raw[4].mean().item()
+    assert gapped_dev > speech_dev + 0.02, (speech_dev, gapped_dev)
+
+
+def test_add_phase_bands_scores_as_the_original_until_trained(tiny, tmp_path):
+    waves = [synth_speech(n / 16_000, seed=i) for i, n in enumerate([5_000, 16_000, 27_123])]
+    for start in (tiny, add_flatness_bands(tiny, 8)):
+        wide = add_phase_bands(start, 16)
+        assert wide.config.phase_bands == 16 and not wide.encoder.stem.conv1_phase.weight.any()
+        with torch.inference_mode():
+            assert torch.equal(start(*pad_batch(waves)), wide(*pad_batch(waves)))
+    loaded = load_model(save_model(wide, tmp_path / "phase"))
+    assert loaded.config.phase_bands == 16 and loaded.config.flatness_bands == 8
+    with torch.inference_mode():
+        assert torch.equal(loaded(*pad_batch(waves)), wide(*pad_batch(waves)))
+    with pytest.raises(ValueError, match="already reads 16 phase bands"):
+        add_phase_bands(wide, 16)
+    with pytest.raises(ValueError, match="phase_bands=7 must divide the 256 STFT bins"):
+        build_model("tiny", phase_bands=7)
 
 
 def test_long_input_is_refused_with_a_hint(tiny):
