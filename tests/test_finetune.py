@@ -149,9 +149,9 @@ def test_crops_are_random_in_range_reproducible_and_same_with_cache(tmp_path, ma
     cached = MOSCrops(paths, [2.0, 4.0], crop_s=(1.0, 2.0), cache=decode_all(paths), seed=3)
     lengths = set()
     for epoch in range(6):
-        wav, mos, partner = plain[(epoch, 0)]
+        wav, target, index, partner = plain[(epoch, 0)]
         assert partner is None  # no groups: no partners
-        assert SAMPLE_RATE <= len(wav) <= 2 * SAMPLE_RATE and mos == 2.0
+        assert SAMPLE_RATE <= len(wav) <= 2 * SAMPLE_RATE and target.tolist() == [2.0] and index == 0
         assert torch.equal(wav, cached[(epoch, 0)][0]) and torch.equal(wav, plain[(epoch, 0)][0])
         lengths.add(len(wav))
         assert len(plain[(epoch, 1)][0]) == int(0.6 * SAMPLE_RATE)  # shorter than a crop: the whole file
@@ -207,14 +207,18 @@ def test_grouped_crops_come_with_a_partner_cropped_at_the_same_place(tmp_path, m
     crops = MOSCrops(paths, [4.5, 3.0, 2.0, 4.0, 1.0], crop_s=(1.0, 1.5), seed=0, groups=["a", "a", "a", "b", pd.NA])
     partners = set()
     for epoch in range(8):
-        wav, mos, (other, other_mos) = crops[(epoch, 0)]
+        wav, _, _, (other, other_target, other_index) = crops[(epoch, 0)]
+        other_mos = float(other_target[0])
         gain = {3.0: 0.5, 2.0: 0.25}[other_mos]
+        assert other_index == {3.0: 1, 2.0: 2}[other_mos]
         assert len(other) == len(wav) and torch.allclose(other, wav * gain, atol=1e-6)  # the same place
         partners.add(other_mos)
     assert partners == {3.0, 2.0}  # either other version
-    assert crops[(0, 3)][2] is None and crops[(0, 4)][2] is None
-    wav, lengths, mos, pairs = collate_crops([crops[(0, 3)], crops[(0, 1)], crops[(0, 4)]])
-    assert wav.shape[0] == 4 and pairs.tolist() == [[1, 3]] and mos[1] == 3.0 and mos[3] in (4.5, 2.0)
+    assert crops[(0, 3)][3] is None and crops[(0, 4)][3] is None
+    wav, lengths, targets, pairs, files = collate_crops([crops[(0, 3)], crops[(0, 1)], crops[(0, 4)]])
+    assert wav.shape[0] == 4 and pairs.tolist() == [[1, 3]] and targets.shape == (4, 1)
+    assert targets[1, 0] == 3.0 and targets[3, 0] in (4.5, 2.0) and files.tolist()[:3] == [3, 1, 4]
+    assert files[3] in (0, 2)
     assert collate_crops([crops[(0, 4)]])[3].shape == (0, 2)
 
 
@@ -778,3 +782,143 @@ def test_cli_finetune_usage_mistakes_are_one_line(csv_split, tmp_path, args, mes
     )
     assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
     assert not (tmp_path / "m").exists()
+
+
+# ------------------------------------------------------------------------------------------------ extra heads
+
+
+def _with_p835(csv, out, drop_every: int = 3):
+    """A copy of a labelled CSV with `sig` and `bak` columns that follow its MOS, every third cell of `bak` empty."""
+    df = pd.read_csv(csv)
+    df["sig"] = np.clip(df["mos"] + 0.5, 1, 5).round(2)
+    df["bak"] = np.clip(6.0 - df["mos"], 1, 5).round(2)  # against MOS: the head must learn it, not copy MOS
+    df.loc[df.index % drop_every == 0, "bak"] = np.nan
+    df.to_csv(out, index=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def p835_split(csv_split):
+    train, val = csv_split
+    return _with_p835(train, train.parent / "train_p835.csv"), _with_p835(val, val.parent / "val_p835.csv")
+
+
+def test_extra_heads_train_on_their_columns(p835_split, pretrained_dir, tmp_path):
+    """--heads sig,bak: heads added to the pretrained encoder, trained on their columns (empty cells give no loss),
+    validated per head on the rows that have a label, recorded in the model's metadata. Validated on the training
+    files, cropped whole, with the encoder at rate 0: the heads fit their targets better than at the start."""
+    from jsqa_cli.finetune import score_heads
+
+    train, _ = p835_split
+    out = finetune(
+        output=str(tmp_path / "p835"),
+        train_csv=str(train),
+        val_csv=str(train),
+        init=str(pretrained_dir),
+        heads="sig,bak",
+        head_weight={"bak": 2.0},
+        lr=0.0,
+        lr_head=5e-2,
+        patience=0,
+        **{**FAST, "steps": 24, "eval_every": 12, "log_every": 4, "batch_size": 8, "crop_s": (3.0, 3.0)},
+    )
+    cfg, meta = read_config(out)
+    assert cfg.extra_heads == ["sig", "bak"] and cfg.outputs == ["mos", "sig", "bak"]
+    assert meta["training"]["heads"] == ["sig", "bak"] and meta["training"]["head_weight"] == {"sig": 1.0, "bak": 2.0}
+    labels = read_labelled_csv(train, ["sig", "bak"])
+    n, n_bak = len(labels), int(labels["bak"].notna().sum())
+    assert meta["validation"]["n"] == n and "heads" not in meta["validation"]
+    assert meta["validation_heads"]["sig"]["n"] == n and meta["validation_heads"]["bak"]["n"] == n_bak < n
+    assert meta["data"]["head_labels"]["bak"] == {"train": n_bak, "val": n_bak}
+    records = read_metrics(out / "training")
+    steps = [r for r in records if "loss" in r]
+    assert len(steps) == 6 and all(np.isfinite([r["loss"], r["loss_mos"], r["loss_heads"]]).all() for r in steps)
+    evals = [r for r in records if "val_sig_pcc" in r]
+    assert [r["step"] for r in evals] == [12, 24] and all("val_bak_rmse" in r for r in evals)
+
+    waves = list(decode_all(list(labels["path"])))
+    start, _ = build_finetune_model(str(pretrained_dir), False, heads=["sig", "bak"])
+    before = score_heads(start, waves)
+    for k, h in enumerate(("sig", "bak")):
+        assert evals[-1][f"val_{h}_rmse"] < compute_metrics(before[:, k], labels[h])["rmse"], h
+    # the saved heads (the best MOS step's) score the files to the recorded metrics
+    after = score_heads(load_model(out), waves)
+    got = compute_metrics(after[:, 1], labels["bak"])
+    assert got["n"] == n_bak and got["rmse"] == pytest.approx(meta["validation_heads"]["bak"]["rmse"], abs=1e-4)
+
+
+def test_heads_with_weight_0_leave_mos_training_exactly_as_without(p835_split, tmp_path):
+    """The extra heads add their loss and nothing else: at --head-weight 0 the MOS model (encoder and MOS head) ends
+    where a MOS-only run does, to float rounding (the gradient norm that clipping takes sums the heads' zero
+    gradients too, a longer reduction)."""
+    train, val = p835_split
+    common = dict(train_csv=str(train), val_csv=str(val), from_scratch=True, **{**FAST, "steps": 3, "eval_every": 3})
+    plain = load_model(finetune(output=str(tmp_path / "plain"), **common))
+    heads = load_model(finetune(output=str(tmp_path / "heads"), heads=("sig", "bak"), head_weight=0.0, **common))
+    assert plain.config.extra_heads == [] and heads.config.extra_heads == ["sig", "bak"]
+    a, b = plain.state_dict(), heads.state_dict()
+    assert set(b) - set(a) and all(k.startswith("heads.") for k in set(b) - set(a))
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-5) for k in a)
+    assert any(not torch.allclose(a[k], start, rtol=0, atol=1e-3) for k, start in _scratch_tiny().items())
+
+
+def _scratch_tiny():
+    return build_finetune_model(None, True, preset="tiny")[0].state_dict()
+
+
+def test_init_heads_are_kept_added_or_dropped(tmp_path):
+    """--heads from a model that has some: those keep their weights, missing ones are added, unnamed ones dropped."""
+    from jsqa_cli.model import add_heads
+
+    torch.manual_seed(0)
+    start = save_model(add_heads(build_model("tiny"), ["sig", "aux_x"]), tmp_path / "m", {"stage": "finetuned"})
+    model, info = build_finetune_model(str(start), False, heads=["bak", "sig"])
+    assert model.config.extra_heads == ["sig", "bak"] and info["dropped_heads"] == ["aux_x"]
+    before = load_model(start).state_dict()
+    assert all(torch.equal(model.state_dict()[k], before[k]) for k in before if k.startswith("heads.sig."))
+    plain, info = build_finetune_model(str(start), False)
+    assert plain.config.extra_heads == [] and info["dropped_heads"] == ["sig", "aux_x"]
+
+
+def test_read_score_columns(tmp_path):
+    (tmp_path / "a.csv").write_text("path,mos,sig,other\na.wav,3,4.5,x\nb.wav,2,,y\n")
+    df = read_labelled_csv(tmp_path / "a.csv", ["sig", "bak"])
+    assert df["sig"].tolist()[0] == 4.5 and np.isnan(df["sig"].iloc[1]) and "bak" not in df and "other" not in df
+    assert list(read_labelled_csv(tmp_path / "a.csv").columns) == ["path", "mos", "condition"]  # as before
+    (tmp_path / "b.csv").write_text("path,mos,sig\na.wav,3,4.5\nb.wav,2,7\n")
+    with pytest.raises(ValueError, match=r"b.csv: row 3: sig is not a score from 1 to 5 \(7"):
+        read_labelled_csv(tmp_path / "b.csv", ["sig"])
+    (tmp_path / "c.csv").write_text("path,mos,sig\na.wav,3,good\n")
+    with pytest.raises(ValueError, match="c.csv: row 2: sig is not a score from 1 to 5"):
+        read_labelled_csv(tmp_path / "c.csv", ["sig"])
+
+
+def test_head_options_are_checked(csv_split, tmp_path):
+    from jsqa_cli.finetune import _check_heads, parse_head_weight
+
+    assert parse_head_weight([]) == 1.0 and parse_head_weight(["0.5"]) == 0.5
+    assert _check_heads("sig, bak", parse_head_weight(["0.5", "bak=2"])) == (("sig", "bak"), {"sig": 0.5, "bak": 2.0})
+    assert _check_heads(["aux_x"], 1.0) == (("aux_x",), {"aux_x": 1.0})
+    for heads, weight, message in [
+        ("sig,sig", 1.0, "named twice"),
+        ("mos", 1.0, "--heads mos: is a labels column with another meaning"),
+        ("si-g", 1.0, "not a valid head name"),
+        ("sig", {"bak": 1.0}, "--head-weight bak=...: bak is not one of --heads"),
+        ("sig", -1.0, "--head-weight sig=-1.0: must be a number, 0 or more"),
+        ((), 0.5, "--head-weight weighs the extra heads of --heads; there are none"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            _check_heads(heads, weight)
+    with pytest.raises(ValueError, match="--head-weight x: give a number W, or NAME=W"):
+        parse_head_weight(["x"])
+
+
+def test_cli_a_head_without_labels_is_one_line(csv_split, p835_split, tmp_path):
+    train, val = csv_split
+    args = ["finetune", "-o", str(tmp_path / "m"), "--val", str(val), "--from-scratch", "--preset", "tiny", "-q"]
+    res = runner.invoke(app, [*args, "--train", str(train), "--heads", "sig,bak"])
+    assert res.exit_code == 2 and "--heads sig: no training CSV has a column 'sig'" in res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "m").exists()
+    res = runner.invoke(app, [*args, "--train", str(p835_split[0]), "--heads", "sig", "--head-weight", "bak=1"])
+    assert res.exit_code == 2 and "bak is not one of --heads" in res.output

@@ -32,11 +32,12 @@ import psutil
 import soundfile as sf
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from jsqa_cli.audio import HOP_S, SAMPLE_RATE, WINDOW_S, AudioError, load_audio, pad_batch
-from jsqa_cli.distributed import default_workers, distributed, unwrap
+from jsqa_cli.audio import HOP_S, SAMPLE_RATE, WINDOW_S, AudioError, load_audio, pad_batch, window_bounds
+from jsqa_cli.distributed import all_reduce_mean, default_workers, distributed, unwrap
 from jsqa_cli.evaluate import compute_metrics, condition_means
 from jsqa_cli.labels import (
     NISQA_TRAIN_DBS,
@@ -50,7 +51,9 @@ from jsqa_cli.model import (
     CONFIG_NAME,
     JSQA,
     WEIGHTS_NAME,
+    add_heads,
     config_from_preset,
+    drop_heads,
     load_model,
     read_config,
     resolve_model,
@@ -175,25 +178,28 @@ def decode_all(paths: Sequence[str], workers: int = 0, dtype=np.float32) -> Deco
 
 class MOSCrops(Dataset):
     """Training examples, indexed by ``(epoch, index)`` (see :class:`jsqa_cli.pairs.PairSampler`): a random crop of
-    the file (length uniform in ``crop_s``; the whole file when shorter), its MOS, and a partner or None.
+    the file (length uniform in ``crop_s``; the whole file when shorter), its targets, its index, and a partner or
+    None.
 
-    With ``groups`` (one label per file, NA for none), a file that shares its group with others comes with a
-    partner: another version of the same clean reference, drawn at random, cropped at the same place, with its
-    MOS (for the ranking loss of ``--rank-weight``). Crops and partners are drawn from (seed, epoch, index), never
-    from worker RNG state, so the data is the same for any number of workers and a resumed run sees exactly what
-    an uninterrupted one would. Files are decoded on the fly, or cut from ``cache`` (:class:`DecodedAudio`)."""
+    ``targets``: each file's MOS, or a row per file of MOS then the extra heads' labels (``--heads``; NaN where a
+    file has none); an item's target is that row, float32. With ``groups`` (one label per file, NA for none), a file
+    that shares its group with others comes with a partner ``(wave, target, index)``: another version of the same
+    clean reference, drawn at random, cropped at the same place (for the ranking loss of ``--rank-weight``). Crops
+    and partners are drawn from (seed, epoch, index), never from worker RNG state, so the data is the same for any
+    number of workers and a resumed run sees exactly what an uninterrupted one would. Files are decoded on the fly,
+    or cut from ``cache`` (:class:`DecodedAudio`)."""
 
     def __init__(
         self,
         paths: Sequence[str],
-        mos: Sequence[float],
+        targets: Sequence[float] | np.ndarray,
         crop_s: tuple[float, float] = (4.0, 6.0),
         cache: DecodedAudio | None = None,
         seed: int = 0,
         groups: Sequence | None = None,
     ):
-        self.paths, self.mos, self.crop_s = list(paths), [float(m) for m in mos], tuple(crop_s)
-        self.cache, self.seed = cache, seed
+        self.paths, self.crop_s, self.cache, self.seed = list(paths), tuple(crop_s), cache, seed
+        self.targets = np.asarray(targets, dtype=np.float32).reshape(len(self.paths), -1)  # (files, 1 + heads)
         self.others: list[list[int]] = [[] for _ in self.paths]  # the other members of each file's group
         if groups is not None:
             members = pd.Series(range(len(self.paths))).groupby(pd.Series(list(groups), dtype="object")).agg(list)
@@ -207,7 +213,10 @@ class MOSCrops(Dataset):
     def _wave(self, i: int) -> np.ndarray:
         return self.cache[i] if self.cache is not None else load_audio(self.paths[i], SAMPLE_RATE)[0]
 
-    def __getitem__(self, key: tuple[int, int] | int) -> tuple[torch.Tensor, float, tuple[torch.Tensor, float] | None]:
+    def _target(self, i: int) -> torch.Tensor:
+        return torch.tensor(self.targets[i])  # (1 + heads,), a copy of the row
+
+    def __getitem__(self, key: tuple[int, int] | int) -> tuple[torch.Tensor, torch.Tensor, int, tuple | None]:
         epoch, i = key if isinstance(key, tuple) else (0, key)
         wav = self._wave(i)
         rng = np.random.default_rng([self.seed, epoch, i])
@@ -218,25 +227,32 @@ class MOSCrops(Dataset):
             j = self.others[i][int(rng.integers(len(self.others[i])))]
             other = self._wave(j)
             s = min(start, max(len(other) - n, 0))  # versions are as long as their reference, unless audio was removed
-            partner = torch.from_numpy(np.array(other[s : s + n], dtype=np.float32)), self.mos[j]
-        return torch.from_numpy(np.array(wav[start : start + n], dtype=np.float32)), self.mos[i], partner
+            partner = torch.from_numpy(np.array(other[s : s + n], dtype=np.float32)), self._target(j), j
+        return torch.from_numpy(np.array(wav[start : start + n], dtype=np.float32)), self._target(i), i, partner
 
 
-def collate_crops(items: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(waves, lengths, mos, pairs): the batch's crops, then their partners; ``pairs`` (P, 2) indexes a crop and
-    its partner in that order."""
-    partners = [(k, p) for k, (_, _, p) in enumerate(items) if p is not None]
-    crops = [(w, m) for w, m, _ in items] + [p for _, p in partners]
-    wav, lengths = pad_batch([w for w, _ in crops])
+def collate_crops(items: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(waves, lengths, targets, pairs, files): the batch's crops, then their partners; ``targets`` (N, 1 + heads)
+    their MOS (column 0) and extra labels; ``pairs`` (P, 2) indexes a crop and its partner in that order; ``files``
+    (N,) each crop's file (its row in the training set)."""
+    partners = [(k, p) for k, (*_, p) in enumerate(items) if p is not None]
+    crops = [(w, t, i) for w, t, i, _ in items] + [p for _, p in partners]
+    wav, lengths = pad_batch([w for w, _, _ in crops])
     pairs = torch.tensor([[k, len(items) + q] for q, (k, _) in enumerate(partners)], dtype=torch.long).reshape(-1, 2)
-    return wav, lengths, torch.tensor([m for _, m in crops], dtype=torch.float32), pairs
+    files = torch.tensor([i for _, _, i in crops], dtype=torch.long)
+    return wav, lengths, torch.stack([t for _, t, _ in crops]), pairs, files
 
 
 # ---------------------------------------------------------------------------------------------- the model
 
 
 def build_finetune_model(
-    init: str | None, from_scratch: bool, preset: str = "small", projection_head: bool = False, seed: int = 0
+    init: str | None,
+    from_scratch: bool,
+    preset: str = "small",
+    projection_head: bool = False,
+    seed: int = 0,
+    heads: Sequence[str] = (),
 ):
     """The network to fine-tune and a description of where it came from.
 
@@ -244,7 +260,9 @@ def build_finetune_model(
     ``from_scratch`` only its architecture is used (the paper's baseline: the same network, random weights),
     and without ``init`` the architecture is ``preset``. ``projection_head``: False (``--no-projection-head``)
     puts the MOS head on the encoder embedding and removes the projection head; True (``--projection-head``) puts
-    it on the projection head's output.
+    it on the projection head's output. ``heads`` (``--heads``): the extra heads to train beside MOS; those
+    ``init`` has keep their weights, the others start random (model.add_heads), and heads of ``init`` not named
+    are dropped (nothing would train them while the encoder moves under them).
     """
     if init is None and not from_scratch:
         raise ValueError("choose where to start: --init PRETRAINED (a pretrained encoder) or --from-scratch")
@@ -273,23 +291,29 @@ def build_finetune_model(
         if missing:
             raise ValueError(f"{init}: encoder weights do not fit the network (missing {missing[:3]})")
         model.load_state_dict(state, strict=False)
+    dropped = [h for h in cfg.extra_heads if h not in heads]
+    model = add_heads(drop_heads(model, keep=tuple(heads)), list(heads))
     provenance = {
         "kind": "scratch" if source is None else "pretrained",
         "model": None if init is None else str(init),
         "model_stage": meta.get("stage"),
         "preset": cfg.preset,
         "projection_head": keep,
+        **({"dropped_heads": dropped} if dropped else {}),
     }
     return model, provenance
 
 
 # ---------------------------------------------------------------------------------------------- training
 
-# Parameters that train at --lr-head: the MOS head, and the flatness input (model.add_flatness_bands), which
-# starts from zero in a trained network and learns little at the encoder's rate; --lr-flatness gives that input a
-# rate of its own.
+# Parameters that train at --lr-head: the MOS head and the extra heads (--heads), and the flatness and phase inputs
+# (model.add_flatness_bands, add_phase_bands), which start from zero in a trained network and learn little at the
+# encoder's rate; --lr-flatness gives the flatness input a rate of its own.
 FLATNESS_INPUT = "encoder.stem.conv1_flatness."
-HEAD_RATE = ("mos_head.", FLATNESS_INPUT)
+PHASE_INPUT = "encoder.stem.conv1_phase."
+HEAD_RATE = ("mos_head.", "heads.", FLATNESS_INPUT, PHASE_INPUT)
+# Label columns with another meaning, which --heads cannot name.
+RESERVED_COLUMNS = ("mos", "MOS", "path", "file", "filepath_deg", "filepath", "condition", "con", "group", "db")
 TRAINING_DIR = "training"  # inside the model folder: checkpoint.pt, metrics.jsonl, options.json
 
 
@@ -310,11 +334,14 @@ class FinetuneOptions:
     from_scratch: bool = False  # random weights: init's architecture, or preset's
     preset: str = "small"
     projection_head: bool = False  # False: MOS head on the encoder embedding; True: on the projection output
+    # what it learns beside MOS
+    heads: tuple[str, ...] = ()  # extra 1..5 heads, each trained on the labels' column of its name (empty: no loss)
+    head_weight: float | dict[str, float] = 1.0  # their loss weight relative to MOS; a dict: per head ("*": others)
     # optimisation
     steps: int = 3000
     batch_size: int = 32  # per process
     lr: float = 1e-4  # the encoder (and a kept projection head)
-    lr_head: float = 1e-3  # the MOS head (and a flatness input)
+    lr_head: float = 1e-3  # the MOS head and extra heads (and flatness and phase inputs)
     lr_flatness: float | None = None  # the flatness input's rate (JSQAConfig.flatness_bands); None: lr_head
     weight_decay: float = 0.01  # on weight matrices and kernels, not biases or norms
     warmup_steps: int = 100
@@ -374,14 +401,67 @@ def _options(options: FinetuneOptions | None, overrides: dict) -> FinetuneOption
         raise ValueError("--freeze-encoder-steps and --rank-weight must not be negative")
     if min(o.lr, o.lr_head, o.lr_flatness if o.lr_flatness is not None else 0) < 0:
         raise ValueError("--lr, --lr-head and --lr-flatness must not be negative")
+    o.heads, o.head_weight = _check_heads(o.heads, o.head_weight)
     check_options(o)
     return o
 
 
+def _check_heads(heads, weight) -> tuple[tuple[str, ...], dict[str, float]]:
+    """``--heads`` (names, or one comma-separated string) and ``--head-weight`` (a number for every head, or
+    {head: weight} with ``"*"`` for the heads it does not name, else 1.0) → (names, {head: weight}), or one line
+    naming the mistake."""
+    if isinstance(heads, str):
+        heads = heads.split(",")
+    heads = tuple(h.strip() for h in heads if h.strip())
+    for h in heads:
+        if not h.isidentifier() or h in RESERVED_COLUMNS:
+            why = "is a labels column with another meaning" if h in RESERVED_COLUMNS else "is not a valid head name"
+            raise ValueError(f"--heads {h}: {why} (names are identifiers, e.g. sig, bak, aux_dnsmos_ovrl)")
+    if len(set(heads)) != len(heads):
+        raise ValueError(f"--heads {','.join(heads)}: a head is named twice")
+    if isinstance(weight, dict):
+        weight = dict(weight)
+        weights = dict.fromkeys(heads, float(weight.pop("*", 1.0)))
+        unknown = [k for k in weight if k not in heads]
+        if unknown:
+            raise ValueError(f"--head-weight {unknown[0]}=...: {unknown[0]} is not one of --heads")
+        weights.update({k: float(v) for k, v in weight.items()})
+    else:
+        if not heads and float(weight) != 1.0:
+            raise ValueError("--head-weight weighs the extra heads of --heads; there are none")
+        weights = dict.fromkeys(heads, float(weight))
+    for h, w in weights.items():
+        if not (math.isfinite(w) and w >= 0):
+            raise ValueError(f"--head-weight {h}={w}: must be a number, 0 or more")
+    return heads, weights
+
+
+def parse_head_weight(values: Sequence[str]) -> float | dict[str, float]:
+    """``--head-weight`` as typed (repeatable): ``W`` for every extra head, ``NAME=W`` for one (it wins over ``W``)
+    → what FinetuneOptions.head_weight takes."""
+    default, per_head = None, {}
+    for v in values:
+        name, _, number = v.rpartition("=")
+        try:
+            w = float(number)
+        except ValueError:
+            raise ValueError(f"--head-weight {v}: give a number W, or NAME=W for one head") from None
+        if name:
+            per_head[name.strip()] = w
+        else:
+            default = w
+    if not per_head:
+        return 1.0 if default is None else default
+    return {"*": default, **per_head} if default is not None else per_head
+
+
 def load_finetune_data(opts: FinetuneOptions) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """(train, val, a description for the model's metadata) from a NISQA corpus or labelled CSVs."""
+    """(train, val, a description for the model's metadata) from a NISQA corpus or labelled CSVs; each has a column
+    per extra head (``--heads``: 1..5, NaN where a file has no label)."""
+    heads = opts.heads
     if opts.nisqa_root is not None:
-        train, val = read_nisqa(opts.nisqa_root, opts.train_db), read_nisqa(opts.nisqa_root, opts.val_db)
+        train = read_nisqa(opts.nisqa_root, opts.train_db, heads)
+        val = read_nisqa(opts.nisqa_root, opts.val_db, heads)
         info = {
             "source": "nisqa",
             "nisqa_root": str(opts.nisqa_root),
@@ -390,8 +470,8 @@ def load_finetune_data(opts: FinetuneOptions) -> tuple[pd.DataFrame, pd.DataFram
         }
     else:
         csvs, vcsvs = csv_list(opts.train_csv), csv_list(opts.val_csv)
-        train = pd.concat([read_labelled_csv(c) for c in csvs], ignore_index=True)
-        vals = [read_labelled_csv(c) for c in vcsvs]
+        train = pd.concat([read_labelled_csv(c, heads) for c in csvs], ignore_index=True)
+        vals = [read_labelled_csv(c, heads) for c in vcsvs]
         if len(vals) > 1:  # conditions are named per corpus: qualify them so that two CSVs' conditions never merge
             vals = [
                 v.assign(condition=[pd.NA if pd.isna(c) else f"{name}:{c}" for c in v["condition"]])
@@ -406,8 +486,63 @@ def load_finetune_data(opts: FinetuneOptions) -> tuple[pd.DataFrame, pd.DataFram
     for name, df in (("train", train), ("val", val)):
         if not len(df):
             raise ValueError(f"the {name} set is empty")
+    for h in heads:
+        if h not in train.columns:
+            where = (
+                f"the NISQA corpus has no column {h!r}" if opts.nisqa_root else f"no training CSV has a column {h!r}"
+            )
+            raise ValueError(f"--heads {h}: {where} (the labels of that head)")
+        if train[h].isna().all():
+            raise ValueError(f"--heads {h}: the column {h!r} is empty in every training row")
+    train, val = (df.assign(**{h: np.nan for h in heads if h not in df.columns}) for df in (train, val))
     info.update(train_files=len(train), val_files=len(val), train_mos_mean=round(float(train["mos"].mean()), 4))
+    if heads:
+        info["head_labels"] = {
+            h: {"train": int(train[h].notna().sum()), "val": int(val[h].notna().sum())} for h in heads
+        }
     return train, val, info
+
+
+def score_heads(
+    model: JSQA,
+    waves: Sequence[np.ndarray],
+    *,
+    batch_size: int = 32,
+    window_s: float = WINDOW_S,
+    hop_s: float = HOP_S,
+    device=None,
+) -> np.ndarray:
+    """(files, extra heads): each extra head's file score, the mean of its scores on the scoring windows
+    (audio.window_bounds), as :func:`jsqa_cli.scoring.score_waveforms` gives MOS. Windows of all files are
+    batched together, sorted by length; eval and inference mode, the training flag restored afterwards."""
+    device = device or next(model.parameters()).device
+    windows = [(i, a, b) for i, w in enumerate(waves) for a, b in window_bounds(len(w), window_s=window_s, hop_s=hop_s)]
+    windows.sort(key=lambda t: t[2] - t[1])
+    sums, counts = np.zeros((len(waves), len(model.config.extra_heads))), np.zeros((len(waves), 1))
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(windows), batch_size):
+            chunk = windows[start : start + batch_size]
+            wav, lengths = pad_batch([waves[i][a:b] for i, a, b in chunk])
+            scores = model.scores(wav.to(device), lengths.to(device))[:, 1:].float().cpu().numpy()
+            for (i, _, _), row in zip(chunk, scores):
+                sums[i] += row
+                counts[i] += 1
+    model.train(was_training)
+    return sums / np.maximum(counts, 1)
+
+
+def _gather(share: np.ndarray, n: int, d) -> np.ndarray:
+    """Each rank's share (files rank::world) of an array, gathered back into file order on every rank."""
+    if d is None or not d.enabled:
+        return share
+    shares = [None] * d.world_size
+    dist.all_gather_object(shares, share)
+    out = np.full((n, *share.shape[1:]), np.nan)
+    for r, part in enumerate(shares):
+        out[r :: d.world_size] = part
+    return out
 
 
 def validate(
@@ -420,33 +555,58 @@ def validate(
     batch_size: int = 32,
     window_s: float = WINDOW_S,
     hop_s: float = HOP_S,
+    heads: pd.DataFrame | None = None,
 ) -> tuple[dict, np.ndarray]:
     """Score this rank's share of the validation files (``waves`` = files rank::world) through the scoring path
     (:func:`jsqa_cli.scoring.score_waveforms`), gather the shares, and measure them against ``mos``.
 
     Returns (metrics: n, rmse, mae, pcc, srcc, and ``condition`` with the same per condition when ``conditions``
-    has values; the predictions). Every rank returns the same."""
+    has values; the predictions). ``heads``: the extra heads' labels (a column per head of the model, NaN: none),
+    scored with :func:`score_heads` and measured on the files that have a label, under ``metrics["heads"]``.
+    Every rank returns the same."""
     model = unwrap(model)
     device = d.device if d is not None else next(model.parameters()).device
     pred = score_waveforms(model, waves, batch_size=batch_size, device=device, window_s=window_s, hop_s=hop_s)
-    if d is not None and d.enabled:
-        shares = [None] * d.world_size
-        dist.all_gather_object(shares, pred)
-        pred = np.full(len(mos), np.nan)
-        for r, share in enumerate(shares):
-            pred[r :: d.world_size] = share
+    pred = _gather(pred, len(mos), d)
     metrics = compute_metrics(pred, mos)
     if conditions is not None and conditions.notna().any():
         cm = condition_means(
             pd.DataFrame({"condition": np.asarray(conditions, dtype=object), "mos": mos, "mos_pred": pred})
         )
         metrics["condition"] = compute_metrics(cm["mos_pred"], cm["mos"])
+    if heads is not None and len(heads.columns):
+        scores = score_heads(model, waves, batch_size=batch_size, window_s=window_s, hop_s=hop_s, device=device)
+        scores = _gather(scores, len(mos), d)
+        metrics["heads"] = {
+            h: compute_metrics(scores[:, k], heads[h].to_numpy(float))  # over the files with a label
+            for k, h in enumerate(model.config.extra_heads)
+        }
     return metrics, pred
 
 
+class Student(nn.Module):
+    """The network as fine-tuning runs it (and DDP wraps it): every head's score, (B, 1 + heads)."""
+
+    def __init__(self, model: JSQA):
+        super().__init__()
+        self.model = model
+
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.model.scores(wav, lengths)
+
+
+def masked_loss(loss_fn, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per column (head) of (N, heads) predictions: ``loss_fn`` over the rows whose target is not NaN (0 where a
+    column has none). Every prediction stays in the graph (weight 0), so DDP sees every head's gradient."""
+    labelled = ~torch.isnan(target)
+    err = loss_fn(pred, torch.where(labelled, target, pred.detach()), reduction="none") * labelled
+    return err.sum(0) / labelled.sum(0).clamp(min=1)
+
+
 class FinetuneTask(Task):
-    """MOS regression (plus the ranking loss of ``--rank-weight``), plugged into :func:`jsqa_cli.train.train`:
-    two learning rates, a frozen-then-free encoder, validation through the scoring path, the best model saved."""
+    """MOS regression (plus the extra heads of ``--heads`` and the ranking loss of ``--rank-weight``), plugged into
+    :func:`jsqa_cli.train.train`: two learning rates, a frozen-then-free encoder, validation through the scoring
+    path, the best model saved."""
 
     name, items = "finetune", "files"
 
@@ -466,8 +626,11 @@ class FinetuneTask(Task):
         self.val_waves, self.val_df, self.out, self.provenance = val_waves, val_df, out, provenance
         self.metric, self.higher_is_better = f"val_{opts.early_stop}", opts.early_stop == "pcc"
         self.loss_fn = F.mse_loss if opts.loss == "mse" else F.l1_loss
+        heads = model.config.extra_heads
+        self.head_weights = torch.tensor([opts.head_weight[h] for h in heads], device=d.device)
         self.net, self.frozen = None, None
         self.last_metrics, self.best_metrics = {}, {}
+        self.parts: dict[str, float] = {}  # the loss's terms summed since the last log line, and their count
         self.per_rank = len(dataset) // d.world_size
 
     def param_groups(self) -> list[dict]:
@@ -505,26 +668,36 @@ class FinetuneTask(Task):
             for name, p in self.model.named_parameters():
                 if not name.startswith(HEAD_RATE):
                     p.requires_grad_(not frozen)
-            self.net, self.frozen = self.model, frozen
+            self.net, self.frozen = Student(self.model), frozen
             if self.d.enabled:
                 self.net = torch.nn.parallel.DistributedDataParallel(
-                    self.model, device_ids=[self.d.device.index] if self.d.device.type == "cuda" else None
+                    self.net, device_ids=[self.d.device.index] if self.d.device.type == "cuda" else None
                 )
         self.model.train()
         wav, lengths = batch[0].to(self.d.device, non_blocking=True), batch[1].to(self.d.device, non_blocking=True)
         return self.net(wav, lengths)
 
-    def loss(self, pred: torch.Tensor, batch) -> tuple[torch.Tensor, int]:
-        mos, pairs = batch[2].to(self.d.device), batch[3].to(self.d.device)
-        pred = pred.float()
+    def loss(self, scores: torch.Tensor, batch) -> tuple[torch.Tensor, int]:
+        targets, pairs = batch[2].to(self.d.device), batch[3].to(self.d.device)
+        scores = scores.float()
+        pred, mos = scores[:, 0], targets[:, 0]
         loss = self.loss_fn(pred, mos)
+        parts = {"loss_mos": loss}
         if len(pairs):  # versions of one reference: their score difference should be their label difference
             a, b = pairs[:, 0], pairs[:, 1]
             loss = loss + self.opts.rank_weight * self.loss_fn(pred[a] - pred[b], mos[a] - mos[b])
+        if len(self.head_weights):  # mean over the extra heads, each over the crops that have its label
+            parts["loss_heads"] = (self.head_weights * masked_loss(self.loss_fn, scores[:, 1:], targets[:, 1:])).mean()
+            loss = loss + parts["loss_heads"]
+        if len(parts) > 1:
+            for k, v in parts.items():
+                self.parts[k] = self.parts.get(k, 0.0) + float(v.detach())
+            self.parts["n"] = self.parts.get("n", 0) + 1
         return loss, len(mos) - len(pairs)
 
     def evaluate(self, step: int) -> dict:
         o = self.opts
+        heads = self.model.config.extra_heads
         metrics, _ = validate(
             self.model,
             self.val_waves,
@@ -534,25 +707,40 @@ class FinetuneTask(Task):
             batch_size=o.val_batch_size,
             window_s=o.window_s,
             hop_s=o.hop_s,
+            heads=self.val_df[list(heads)] if heads else None,
         )
         self.last_metrics = metrics
         return {
-            **{f"val_{k}": v for k, v in metrics.items() if k != "condition"},
+            **{f"val_{k}": v for k, v in metrics.items() if k not in ("condition", "heads")},
             **{f"val_condition_{k}": v for k, v in metrics.get("condition", {}).items()},
+            **{f"val_{h}_{k}": v for h, m in metrics.get("heads", {}).items() for k, v in m.items()},
         }
 
     def save_best(self, step: int, record: dict) -> None:
         self.best_metrics = self.last_metrics
-        save_model(self.model, self.out, {**self.provenance, "best_step": step, "validation": self.last_metrics})
+        save_model(
+            self.model, self.out, {**self.provenance, "best_step": step, **validation_metadata(self.best_metrics)}
+        )
 
     def log_extra(self, step: int) -> dict:
-        return {"epoch": step * self.opts.batch_size // self.per_rank, "frozen_encoder": bool(self.frozen)}
+        n = self.parts.pop("n", 0)
+        parts = {k: all_reduce_mean(v / max(n, 1), self.d) for k, v in sorted(self.parts.items())}
+        self.parts = {}
+        return {"epoch": step * self.opts.batch_size // self.per_rank, "frozen_encoder": bool(self.frozen), **parts}
 
     def state_dict(self) -> dict:
         return {"best_metrics": self.best_metrics}
 
     def load_state_dict(self, state: dict) -> None:
         self.best_metrics = state.get("best_metrics", {})
+
+
+def validation_metadata(metrics: dict) -> dict:
+    """config.json's ``validation`` (MOS: per file and per condition) and ``validation_heads`` (per extra head)."""
+    out = {"validation": {k: v for k, v in metrics.items() if k != "heads"}}
+    if metrics.get("heads"):
+        out["validation_heads"] = metrics["heads"]
+    return out
 
 
 RUN_ARTEFACTS = (CONFIG_NAME, WEIGHTS_NAME, TRAINING_DIR)
@@ -601,17 +789,20 @@ def _finetune(opts: FinetuneOptions, d) -> Path:
         cache = decode_all(list(train_df["path"]), workers, dtype=np.int16)  # 16-bit: half the RAM
         say(f"Cached {len(cache)} training files in RAM ({cache.nbytes / 2**30:.2f} GiB).")
     groups = train_df["group"] if opts.rank_weight > 0 and "group" in train_df.columns else None
-    dataset = MOSCrops(train_df["path"], train_df["mos"], opts.crop_s, cache, opts.seed, groups)
+    seed_everything(opts.seed)
+    model, init_info = build_finetune_model(
+        opts.init, opts.from_scratch, opts.preset, opts.projection_head, opts.seed, opts.heads
+    )
+    model.to(d.device)
+    targets = train_df[model.config.outputs].to_numpy(np.float32)  # MOS, then the extra heads (NaN: no label)
+    dataset = MOSCrops(train_df["path"], targets, opts.crop_s, cache, opts.seed, groups)
     if opts.rank_weight > 0 and not any(dataset.others):
         raise ValueError(
             "--rank-weight needs training files that share a `group` (versions of one clean reference, "
             "as training/simulate_mos.py --versions writes them); no two training rows do"
         )
 
-    # ---- model, then the shared loop
-    seed_everything(opts.seed)
-    model, init_info = build_finetune_model(opts.init, opts.from_scratch, opts.preset, opts.projection_head, opts.seed)
-    model.to(d.device)
+    # ---- the shared loop
     provenance = {
         "stage": "finetuned",
         "task": "mos",
@@ -622,6 +813,7 @@ def _finetune(opts: FinetuneOptions, d) -> Path:
             "parameters": model.num_parameters,
             "world_size": d.world_size,
             "global_batch_size": opts.batch_size * d.world_size,
+            **({"heads": list(opts.heads), "head_weight": opts.head_weight} if opts.heads else {}),
             **{
                 k: getattr(opts, k)
                 for k in (
@@ -650,7 +842,8 @@ def _finetune(opts: FinetuneOptions, d) -> Path:
     write_options(run_dir, {**asdict(opts), "world_size": d.world_size, "workers": workers}, d)
     say(
         f"Fine-tuning {model.config.preset} ({model.num_parameters / 1e6:.2f} M parameters, {init_info['kind']}"
-        f"{' from ' + str(opts.init) if init_info['kind'] == 'pretrained' else ''}) on {len(train_df)} files, "
+        f"{' from ' + str(opts.init) if init_info['kind'] == 'pretrained' else ''}"
+        f"{', heads ' + ' '.join(model.config.outputs) if opts.heads else ''}) on {len(train_df)} files, "
         f"validating on {len(val_df)}; batch {opts.batch_size}×{d.world_size}, {opts.steps} steps, "
         f"device {d.device}, {workers} loader workers."
     )
@@ -661,7 +854,7 @@ def _finetune(opts: FinetuneOptions, d) -> Path:
         config["metadata"].update(
             provenance,
             best_step=result.best_step,
-            validation=task.best_metrics,
+            **validation_metadata(task.best_metrics),
             steps_run=result.step,
             early_stopped=result.early_stopped,
         )

@@ -1,4 +1,5 @@
-"""MOS tables: the NISQA corpus layout and labelled CSVs → one DataFrame shape (path, mos, condition[, db, group]).
+"""MOS tables: the NISQA corpus layout and labelled CSVs → one DataFrame shape (path, mos, condition[, db, group],
+and any score columns asked for, e.g. P.835 ``sig`` and ``bak``).
 
 Read by fine-tuning (training and validation sets) and by evaluation (test sets); imports nothing of either.
 """
@@ -38,6 +39,24 @@ def _mos_column(df: pd.DataFrame, source: Path, column: str = "mos") -> pd.Serie
     return mos.astype(float)
 
 
+def _score_columns(df: pd.DataFrame, source: Path, names: Sequence[str]) -> dict[str, pd.Series]:
+    """The columns of ``names`` that ``df`` has, as scores from 1 to 5 (empty cells: NaN, no label); columns it lacks
+    are left out. Anything else in a cell is refused in one line naming the row."""
+    out = {}
+    for name in names:
+        if name not in df.columns:
+            continue
+        values = pd.to_numeric(df[name], errors="coerce").astype(float)
+        bad = (values.isna() & df[name].notna()) | ~(values.between(1, 5) | values.isna())
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            cell = df[name].iloc[i]
+            cell = cell.item() if isinstance(cell, np.generic) else cell
+            raise ValueError(f"{source}: row {i + 2}: {name} is not a score from 1 to 5 ({cell!r})")
+        out[name] = values
+    return out
+
+
 def _condition_label(v) -> object:
     # a column with gaps reads as float: condition 3 must stay "3", not "3.0", to match <DB>_con.csv
     if pd.isna(v):
@@ -54,11 +73,12 @@ def _conditions(df: pd.DataFrame, column: str | None) -> pd.Series:
     return df[column].map(_condition_label).astype("object")
 
 
-def read_nisqa(root: str | os.PathLike, dbs: Sequence[str]) -> pd.DataFrame:
+def read_nisqa(root: str | os.PathLike, dbs: Sequence[str], scores: Sequence[str] = ()) -> pd.DataFrame:
     """Files of the NISQA corpus databases ``dbs`` → DataFrame (path, mos, condition, db), in corpus order.
 
     Reads ``NISQA_corpus_file.csv`` at ``root`` (or, where it is missing, each ``<DB>/<DB>_file.csv``); paths
-    come from ``filepath_deg`` relative to ``root``, conditions from ``con``.
+    come from ``filepath_deg`` relative to ``root``, conditions from ``con``. ``scores``: more columns to keep
+    where the corpus has them (e.g. the dimensions ``noi``, ``col``, ``dis``, ``loud``), 1..5 or empty.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -102,6 +122,7 @@ def read_nisqa(root: str | os.PathLike, dbs: Sequence[str]) -> pd.DataFrame:
             "mos": _mos_column(df, source),
             "condition": _conditions(df, "con" if "con" in df.columns else None),
             "db": df["db"].astype(str),
+            **_score_columns(df, source, scores),
         }
     )
 
@@ -132,12 +153,13 @@ def csv_names(csvs: Sequence[str | os.PathLike]) -> list[str]:
     return [Path(c).stem if stems.count(Path(c).stem) == 1 else f"{Path(c).parent.name}/{Path(c).stem}" for c in csvs]
 
 
-def read_labelled_csv(csv: str | os.PathLike) -> pd.DataFrame:
+def read_labelled_csv(csv: str | os.PathLike, scores: Sequence[str] = ()) -> pd.DataFrame:
     """A labelled CSV (columns path or file, mos, optional condition or con, optional group) → DataFrame (path,
-    mos, condition[, group]).
+    mos, condition[, group][, scores]).
 
     Relative paths are resolved against the CSV's folder. ``group`` names versions of one clean reference (as
-    ``training/simulate_mos.py --versions`` writes them), which ``finetune --rank-weight`` compares.
+    ``training/simulate_mos.py --versions`` writes them), which ``finetune --rank-weight`` compares. ``scores``:
+    more columns to keep where the CSV has them (``finetune --heads``), 1..5 or empty.
     """
     csv = Path(csv).expanduser()
     df = _read_csv(csv)
@@ -162,4 +184,4 @@ def read_labelled_csv(csv: str | os.PathLike) -> pd.DataFrame:
         out["db"] = df["db"].astype(str)
     if "group" in df.columns:  # qualified by the CSV, so that groups of two corpora never merge
         out["group"] = [pd.NA if pd.isna(g) else f"{csv}:{g}" for g in df["group"]]
-    return out
+    return out.assign(**_score_columns(df, csv, scores))

@@ -63,10 +63,24 @@ def finetune_command(
         "pretrained projection head and put the MOS head on its output (default: "
         "drop it, MOS head on the encoder output).",
     ),
+    heads: Optional[List[str]] = typer.Option(
+        None,
+        "--heads",
+        help="Extra 1..5 heads to train beside MOS, comma-separated (e.g. sig,bak or aux_dnsmos_ovrl), each on the "
+        "labels' column of its name (empty cells: no loss). Heads --init lacks start random; its others are dropped.",
+    ),
+    head_weight: Optional[List[str]] = typer.Option(
+        None,
+        "--head-weight",
+        metavar="W|NAME=W",
+        help="Loss weight of the extra heads relative to MOS (default 1); NAME=W for one head (repeat).",
+    ),
     steps: int = typer.Option(3000, "--steps", help="Optimiser steps (at least 1; early stopping may end sooner)."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Training crops per step per GPU/process."),
     lr: float = typer.Option(1e-4, "--lr", help="AdamW learning rate of the encoder (and a kept projection head)."),
-    lr_head: float = typer.Option(1e-3, "--lr-head", help="AdamW learning rate of the MOS head."),
+    lr_head: float = typer.Option(
+        1e-3, "--lr-head", help="AdamW learning rate of the MOS head and extra heads (and flatness/phase inputs)."
+    ),
     lr_flatness: Optional[float] = typer.Option(
         None,
         "--lr-flatness",
@@ -137,7 +151,7 @@ def finetune_command(
     """
     device = check_device(device)
     workers = resolve_workers(workers, device)
-    from jsqa_cli.finetune import finetune
+    from jsqa_cli.finetune import finetune, parse_head_weight
     from jsqa_cli.labels import NISQA_TRAIN_DBS, NISQA_VAL_DBS
 
     folder = finetune(
@@ -151,6 +165,8 @@ def finetune_command(
         from_scratch=from_scratch,
         preset=preset,
         projection_head=projection_head,
+        heads=tuple(h for group in heads or () for h in group.split(",")),
+        head_weight=parse_head_weight(head_weight or ()),
         steps=steps,
         batch_size=batch_size,
         lr=lr,
