@@ -500,9 +500,8 @@ def test_early_stopping_on_a_model_that_cannot_improve(csv_split, tmp_path):
     assert meta["early_stopped"] is True and meta["steps_run"] == 3 and meta["best_step"] == 1
 
 
-def test_resume_continues_exactly(csv_split, tmp_path):
-    train, val = csv_split
-    common = dict(train_csv=str(train), val_csv=str(val), from_scratch=True, **{**FAST, "steps": 6, "eval_every": 3})
+def _resume_matches_straight(tmp_path, common: dict) -> None:
+    """Interrupted twice and resumed, a run ends with the same model (and task state) as an uninterrupted one."""
     straight = finetune(output=str(tmp_path / "straight"), **common)
     part = tmp_path / "parts"
     finetune(output=str(part), stop_after=2, **common)
@@ -512,10 +511,22 @@ def test_resume_continues_exactly(csv_split, tmp_path):
     finetune(output=str(part), resume=True, stop_after=2, **common)
     finetune(output=str(part), resume=True, **common)
     a, b = load_model(straight).state_dict(), load_model(part).state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
     steps = [r["step"] for r in read_metrics(part / "training") if "loss" in r]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert read_config(part)[1]["steps_run"] == 6
+    ta, tb = (
+        torch.load(f / "training" / "checkpoint.pt", weights_only=True)["extra"]["task"] for f in (straight, part)
+    )
+    assert ta.keys() == tb.keys() and ("distill_map" in ta) == bool(common.get("distill"))
+    for k, v in ta.get("distill_map", {}).items():  # --distill's map, outside the model, resumed exactly too
+        assert torch.equal(v, tb["distill_map"][k])
+
+
+def test_resume_continues_exactly(csv_split, tmp_path):
+    train, val = csv_split
+    common = dict(train_csv=str(train), val_csv=str(val), from_scratch=True, **{**FAST, "steps": 6, "eval_every": 3})
+    _resume_matches_straight(tmp_path, common)
 
 
 def test_finetune_option_errors(tmp_path, csv_split):
@@ -922,3 +933,106 @@ def test_cli_a_head_without_labels_is_one_line(csv_split, p835_split, tmp_path):
     assert not (tmp_path / "m").exists()
     res = runner.invoke(app, [*args, "--train", str(p835_split[0]), "--heads", "sig", "--head-weight", "bak=1"])
     assert res.exit_code == 2 and "bak is not one of --heads" in res.output
+
+
+# ------------------------------------------------------------------------------------------------ distillation
+
+
+@pytest.fixture(scope="module")
+def teacher_file(p835_split):
+    """A stand-in teacher's 16-dim embeddings of the first 8 of the 12 training files, next to the training CSV and
+    with its paths as the CSV writes them (relative, through ..)."""
+    from jsqa_cli.labels import save_teacher_embeddings
+
+    train, _ = p835_split
+    paths = pd.read_csv(train)["file"].tolist()[:8]
+    emb = np.random.default_rng(0).standard_normal((len(paths), 16)).astype(np.float32)
+    return save_teacher_embeddings(train.parent / "teacher.safetensors", paths, emb)
+
+
+def test_teacher_embeddings_round_trip_and_errors(tmp_path, teacher_file, p835_split):
+    from safetensors.numpy import save_file
+
+    from jsqa_cli.labels import load_teacher_embeddings, match_paths, save_teacher_embeddings
+
+    paths, emb = load_teacher_embeddings(teacher_file)
+    assert (
+        emb.shape == (8, 16) and emb.dtype == np.float32 and all(p.startswith(str(teacher_file.parent)) for p in paths)
+    )
+    train = read_labelled_csv(p835_split[0])["path"].tolist()  # the same files, resolved from the CSV
+    assert match_paths(train, paths).tolist() == [*range(8), -1, -1, -1, -1]
+    assert match_paths([str(tmp_path / "x" / ".." / "a.wav")], [str(tmp_path / "a.wav")]).tolist() == [0]
+    with pytest.raises(ValueError, match="one embedding row per path"):
+        save_teacher_embeddings(tmp_path / "t.safetensors", ["a.wav"], np.zeros((2, 4)))
+    with pytest.raises(FileNotFoundError, match="nothere.safetensors: no such teacher-embeddings file"):
+        load_teacher_embeddings(tmp_path / "nothere.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 32)
+    with pytest.raises(ValueError, match="junk.safetensors: not a safetensors file"):
+        load_teacher_embeddings(tmp_path / "junk.safetensors")
+    save_file({"embeddings": np.zeros((2, 4), np.float32)}, str(tmp_path / "nopaths.safetensors"))
+    with pytest.raises(ValueError, match="nopaths.safetensors: needs a JSON list of the audio paths"):
+        load_teacher_embeddings(tmp_path / "nopaths.safetensors")
+    save_file({"emb": np.zeros((2, 4), np.float32)}, str(tmp_path / "wrong.safetensors"), metadata={"paths": "[]"})
+    with pytest.raises(
+        ValueError, match="wrong.safetensors: needs an \\(N, D\\) tensor named 'embeddings' \\(has emb\\)"
+    ):
+        load_teacher_embeddings(tmp_path / "wrong.safetensors")
+
+
+def test_distill_trains_a_map_that_stays_out_of_the_model(p835_split, teacher_file, tmp_path):
+    """--distill: the map of the embedding to the teacher's space trains (its loss falls) with the model, files
+    without a teacher embedding give none, and the saved model is a plain model without the map."""
+    train, val = p835_split
+    out = finetune(
+        output=str(tmp_path / "d"),
+        train_csv=str(train),
+        val_csv=str(val),
+        init=None,
+        from_scratch=True,
+        distill=str(teacher_file),
+        distill_weight=1.0,
+        lr_head=5e-2,
+        **{**FAST, "steps": 12, "eval_every": 12, "log_every": 4, "batch_size": 8},
+    )
+    meta = read_config(out)[1]["training"]
+    assert meta["distill"] == str(teacher_file) and meta["distill_files"] == 8 and meta["distill_dim"] == 16
+    losses = [r["loss_distill"] for r in read_metrics(out / "training") if "loss" in r]
+    assert len(losses) == 3 and losses[-1] < losses[0], losses
+    model = load_model(out)  # strict: nothing missing, nothing unexpected
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        assert not [k for k in f.keys() if "distill" in k]
+    task = torch.load(out / "training" / "checkpoint.pt", weights_only=True)["extra"]["task"]
+    assert task["distill_map"]["weight"].shape == (16, model.config.d_model)
+    records = [r for r in read_metrics(out / "training") if "lr_distill" in r]
+    assert records and all(r["lr_distill"] == r["lr_head"] for r in records)  # the head's rate
+
+
+def test_distill_errors_are_one_line(p835_split, teacher_file, tmp_path):
+    from jsqa_cli.labels import save_teacher_embeddings
+
+    train, val = p835_split
+    other = save_teacher_embeddings(tmp_path / "other.safetensors", ["elsewhere/a.wav"], np.ones((1, 4)))
+    args = ["finetune", "-o", str(tmp_path / "m"), "--train", str(train), "--val", str(val), "--from-scratch", "-q"]
+    res = runner.invoke(app, [*args, "--distill", str(other), "--distill-weight", "1"])
+    assert res.exit_code == 2 and "none of its 1 files is a training file" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "m").exists()
+    res = runner.invoke(app, [*args, "--distill", str(teacher_file)])
+    assert res.exit_code == 2 and "--distill needs --distill-weight W > 0" in res.output
+    res = runner.invoke(app, [*args, "--distill-weight", "0.5"])
+    assert res.exit_code == 2 and "--distill-weight needs --distill" in res.output
+
+
+def test_resume_with_heads_and_distill_continues_exactly(p835_split, teacher_file, tmp_path):
+    train, val = p835_split
+    common = dict(
+        train_csv=str(train),
+        val_csv=str(val),
+        from_scratch=True,
+        heads=("sig", "bak"),
+        distill=str(teacher_file),
+        distill_weight=0.5,
+        **{**FAST, "steps": 6, "eval_every": 3},
+    )
+    _resume_matches_straight(tmp_path, common)

@@ -44,6 +44,8 @@ from jsqa_cli.labels import (
     NISQA_VAL_DBS,
     csv_list,
     csv_names,
+    load_teacher_embeddings,
+    match_paths,
     read_labelled_csv,
     read_nisqa,
 )
@@ -337,6 +339,8 @@ class FinetuneOptions:
     # what it learns beside MOS
     heads: tuple[str, ...] = ()  # extra 1..5 heads, each trained on the labels' column of its name (empty: no loss)
     head_weight: float | dict[str, float] = 1.0  # their loss weight relative to MOS; a dict: per head ("*": others)
+    distill: str | None = None  # a teacher's embeddings of the training files (labels.save_teacher_embeddings)
+    distill_weight: float = 0.0  # weight of 1 - cosine(map(embedding), the teacher's); 0: off
     # optimisation
     steps: int = 3000
     batch_size: int = 32  # per process
@@ -402,6 +406,14 @@ def _options(options: FinetuneOptions | None, overrides: dict) -> FinetuneOption
     if min(o.lr, o.lr_head, o.lr_flatness if o.lr_flatness is not None else 0) < 0:
         raise ValueError("--lr, --lr-head and --lr-flatness must not be negative")
     o.heads, o.head_weight = _check_heads(o.heads, o.head_weight)
+    if not (math.isfinite(o.distill_weight) and o.distill_weight >= 0):
+        raise ValueError(f"--distill-weight {o.distill_weight}: must be a number, 0 or more")
+    if o.distill is not None and not o.distill_weight:
+        raise ValueError("--distill needs --distill-weight W > 0 (the weight of its loss)")
+    if o.distill is None and o.distill_weight:
+        raise ValueError("--distill-weight needs --distill EMBEDDINGS (a teacher's embeddings of the training files)")
+    if o.distill is not None:
+        o.distill = str(o.distill)
     check_options(o)
     return o
 
@@ -503,6 +515,22 @@ def load_finetune_data(opts: FinetuneOptions) -> tuple[pd.DataFrame, pd.DataFram
     return train, val, info
 
 
+def load_teacher(path: str, train_paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``--distill``: the teacher's embedding of each training file ((files, D), zeros where it has none) and which
+    files have one, matched on labels.path_key; none matched is one line."""
+    paths, emb = load_teacher_embeddings(path)
+    rows = match_paths(train_paths, paths)
+    has = rows >= 0
+    if not has.any():
+        raise ValueError(
+            f"--distill {path}: none of its {len(paths)} files is a training file (paths are matched as the labels "
+            f"resolve them, e.g. {train_paths[0]} against {paths[0] if paths else 'nothing'})"
+        )
+    table = np.zeros((len(rows), emb.shape[1]), np.float32)
+    table[has] = emb[rows[has]]
+    return table, has
+
+
 def score_heads(
     model: JSQA,
     waves: Sequence[np.ndarray],
@@ -585,14 +613,18 @@ def validate(
 
 
 class Student(nn.Module):
-    """The network as fine-tuning runs it (and DDP wraps it): every head's score, (B, 1 + heads)."""
+    """The network as fine-tuning runs it (and DDP wraps it): every head's score (B, 1 + heads), and with
+    ``distill_map`` (``--distill``) the pooled embedding mapped to the teacher's space (B, D_teacher), else None.
+    The map trains with the model but is not part of it: the saved model never has it."""
 
-    def __init__(self, model: JSQA):
+    def __init__(self, model: JSQA, distill_map: nn.Module | None = None):
         super().__init__()
-        self.model = model
+        self.model, self.distill_map = model, distill_map
 
-    def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.model.scores(wav, lengths)
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        emb = self.model.embed(wav, lengths)
+        mapped = self.distill_map(emb) if self.distill_map is not None else None
+        return self.model.scores_from_embedding(emb), mapped
 
 
 def masked_loss(loss_fn, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -604,9 +636,13 @@ def masked_loss(loss_fn, pred: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 
 class FinetuneTask(Task):
-    """MOS regression (plus the extra heads of ``--heads`` and the ranking loss of ``--rank-weight``), plugged into
-    :func:`jsqa_cli.train.train`: two learning rates, a frozen-then-free encoder, validation through the scoring
-    path, the best model saved."""
+    """MOS regression (plus the extra heads of ``--heads``, the ranking loss of ``--rank-weight`` and the
+    representation loss of ``--distill``), plugged into :func:`jsqa_cli.train.train`: two learning rates, a
+    frozen-then-free encoder, validation through the scoring path, the best model saved.
+
+    ``teacher``: (training files, D_teacher) embeddings, a row per training file (zeros where it has none), and
+    which rows have one; then ``distill_map`` (D_model → D_teacher) trains at --lr-head and is checkpointed with the
+    task, never saved with the model."""
 
     name, items = "finetune", "files"
 
@@ -621,6 +657,7 @@ class FinetuneTask(Task):
         workers: int,
         out: Path,
         provenance: dict,
+        teacher: tuple[np.ndarray, np.ndarray] | None = None,
     ):
         self.opts, self.d, self.model, self.dataset, self.workers = opts, d, model, dataset, workers
         self.val_waves, self.val_df, self.out, self.provenance = val_waves, val_df, out, provenance
@@ -628,6 +665,12 @@ class FinetuneTask(Task):
         self.loss_fn = F.mse_loss if opts.loss == "mse" else F.l1_loss
         heads = model.config.extra_heads
         self.head_weights = torch.tensor([opts.head_weight[h] for h in heads], device=d.device)
+        self.distill_map = self.teacher = self.has_teacher = None
+        if teacher is not None:
+            emb, has = teacher
+            self.teacher = torch.from_numpy(emb).to(d.device)
+            self.has_teacher = torch.from_numpy(has).to(d.device)
+            self.distill_map = nn.Linear(model.config.d_model, emb.shape[1]).to(d.device)  # seeded: the model's seed
         self.net, self.frozen = None, None
         self.last_metrics, self.best_metrics = {}, {}
         self.parts: dict[str, float] = {}  # the loss's terms summed since the last log line, and their count
@@ -643,9 +686,12 @@ class FinetuneTask(Task):
                 return "encoder"
             return "flatness" if o.lr_flatness is not None and name.startswith(FLATNESS_INPUT) else "head"
 
-        return param_groups(
+        groups = param_groups(
             self.model, {"encoder": o.lr, "head": o.lr_head, "flatness": o.lr_flatness}, group, o.weight_decay
         )
+        if self.distill_map is not None:  # --distill's map, at the head's rate
+            groups += param_groups(self.distill_map, {"distill": o.lr_head}, lambda n: "distill", o.weight_decay)
+        return groups
 
     def batches(self, step: int):
         o, d = self.opts, self.d
@@ -668,7 +714,7 @@ class FinetuneTask(Task):
             for name, p in self.model.named_parameters():
                 if not name.startswith(HEAD_RATE):
                     p.requires_grad_(not frozen)
-            self.net, self.frozen = Student(self.model), frozen
+            self.net, self.frozen = Student(self.model, self.distill_map), frozen
             if self.d.enabled:
                 self.net = torch.nn.parallel.DistributedDataParallel(
                     self.net, device_ids=[self.d.device.index] if self.d.device.type == "cuda" else None
@@ -677,7 +723,8 @@ class FinetuneTask(Task):
         wav, lengths = batch[0].to(self.d.device, non_blocking=True), batch[1].to(self.d.device, non_blocking=True)
         return self.net(wav, lengths)
 
-    def loss(self, scores: torch.Tensor, batch) -> tuple[torch.Tensor, int]:
+    def loss(self, outputs, batch) -> tuple[torch.Tensor, int]:
+        scores, mapped = outputs
         targets, pairs = batch[2].to(self.d.device), batch[3].to(self.d.device)
         scores = scores.float()
         pred, mos = scores[:, 0], targets[:, 0]
@@ -689,6 +736,14 @@ class FinetuneTask(Task):
         if len(self.head_weights):  # mean over the extra heads, each over the crops that have its label
             parts["loss_heads"] = (self.head_weights * masked_loss(self.loss_fn, scores[:, 1:], targets[:, 1:])).mean()
             loss = loss + parts["loss_heads"]
+        if (
+            mapped is not None
+        ):  # 1 - cosine to the teacher's embedding of each crop's file, over the files that have one
+            files = batch[4].to(self.d.device)
+            has = self.has_teacher[files].float()
+            cos = F.cosine_similarity(mapped.float(), self.teacher[files], dim=-1)
+            parts["loss_distill"] = ((1 - cos) * has).sum() / has.sum().clamp(min=1)
+            loss = loss + self.opts.distill_weight * parts["loss_distill"]
         if len(parts) > 1:
             for k, v in parts.items():
                 self.parts[k] = self.parts.get(k, 0.0) + float(v.detach())
@@ -729,10 +784,19 @@ class FinetuneTask(Task):
         return {"epoch": step * self.opts.batch_size // self.per_rank, "frozen_encoder": bool(self.frozen), **parts}
 
     def state_dict(self) -> dict:
-        return {"best_metrics": self.best_metrics}
+        state = {"best_metrics": self.best_metrics}
+        if self.distill_map is not None:
+            state["distill_map"] = {k: v.detach().cpu() for k, v in self.distill_map.state_dict().items()}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.best_metrics = state.get("best_metrics", {})
+        if self.distill_map is not None:
+            if "distill_map" not in state:
+                raise ValueError(
+                    "the checkpoint has no --distill map (a run without --distill); --overwrite starts again"
+                )
+            self.distill_map.load_state_dict(state["distill_map"])
 
 
 def validation_metadata(metrics: dict) -> dict:
@@ -778,6 +842,7 @@ def _finetune(opts: FinetuneOptions, d) -> Path:
     train_df, val_df, data_info = load_finetune_data(opts)
     if len(train_df) < d.world_size:
         raise ValueError(f"{len(train_df)} training files for {d.world_size} ranks")
+    teacher = load_teacher(opts.distill, list(train_df["path"])) if opts.distill else None
     train_seconds = check_files(train_df, "train")
     check_files(val_df, "val")
     val_waves = list(decode_all(list(val_df["path"].iloc[d.rank :: d.world_size]), workers))
@@ -838,7 +903,15 @@ def _finetune(opts: FinetuneOptions, d) -> Path:
         },
         "scoring": {"window_s": opts.window_s, "hop_s": opts.hop_s},
     }
-    task = FinetuneTask(opts, d, model, dataset, val_waves, val_df, workers, out, provenance)
+    if teacher is not None:
+        provenance["training"].update(
+            distill=opts.distill,
+            distill_weight=opts.distill_weight,
+            distill_files=int(teacher[1].sum()),
+            distill_dim=int(teacher[0].shape[1]),
+        )
+        say(f"Distilling a teacher's embeddings ({teacher[0].shape[1]} dims) of {int(teacher[1].sum())} files.")
+    task = FinetuneTask(opts, d, model, dataset, val_waves, val_df, workers, out, provenance, teacher)
     write_options(run_dir, {**asdict(opts), "world_size": d.world_size, "workers": workers}, d)
     say(
         f"Fine-tuning {model.config.preset} ({model.num_parameters / 1e6:.2f} M parameters, {init_info['kind']}"

@@ -1,11 +1,13 @@
 """MOS tables: the NISQA corpus layout and labelled CSVs → one DataFrame shape (path, mos, condition[, db, group],
-and any score columns asked for, e.g. P.835 ``sig`` and ``bak``).
+and any score columns asked for, e.g. P.835 ``sig`` and ``bak``); and teachers' embeddings of the same files
+(``finetune --distill``).
 
 Read by fine-tuning (training and validation sets) and by evaluation (test sets); imports nothing of either.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -185,3 +187,64 @@ def read_labelled_csv(csv: str | os.PathLike, scores: Sequence[str] = ()) -> pd.
     if "group" in df.columns:  # qualified by the CSV, so that groups of two corpora never merge
         out["group"] = [pd.NA if pd.isna(g) else f"{csv}:{g}" for g in df["group"]]
     return out.assign(**_score_columns(df, csv, scores))
+
+
+# ------------------------------------------------------------------------------------------ teacher embeddings
+# A safetensors file: tensor "embeddings" (N, D) float32, and in its metadata "paths", a JSON list of the N audio
+# files. Paths are matched on path_key, so "a.wav" in a CSV next to the file, "./a.wav" and its absolute path
+# are one file. Relative paths in the file are taken from the file's folder, as a CSV's are from the CSV's.
+
+
+def path_key(path: str | os.PathLike) -> str:
+    """An audio path as it is matched between a labels table and a teacher-embeddings file: absolute, with
+    ``~``, ``.`` and ``..`` resolved (symbolic links are not)."""
+    return os.path.normpath(os.path.abspath(os.path.expanduser(os.fspath(path))))
+
+
+def save_teacher_embeddings(path: str | os.PathLike, paths: Sequence[str | os.PathLike], array) -> Path:
+    """Write a teacher's embeddings of ``paths`` ((N, D) ``array``, row i for ``paths[i]``) for ``finetune
+    --distill``. Write paths as the labels CSVs' paths resolve (absolute, or relative to this file's folder)."""
+    from safetensors.numpy import save_file
+
+    path = Path(path).expanduser()
+    emb = np.ascontiguousarray(np.asarray(array, dtype=np.float32))
+    if emb.ndim != 2 or emb.shape[0] != len(paths) or not emb.shape[0]:
+        raise ValueError(f"{path}: expected one embedding row per path ({len(paths)}), got shape {emb.shape}")
+    if not np.isfinite(emb).all():
+        raise ValueError(f"{path}: embeddings must be finite")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"embeddings": emb}, str(path), metadata={"paths": json.dumps([os.fspath(p) for p in paths])})
+    return path
+
+
+def load_teacher_embeddings(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
+    """(paths, (N, D) float32 embeddings) of a file from :func:`save_teacher_embeddings`; relative paths are
+    taken from the file's folder. Any problem is one line naming the file."""
+    from safetensors import safe_open
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such teacher-embeddings file")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta, names = f.metadata() or {}, set(f.keys())
+            emb = f.get_tensor("embeddings") if "embeddings" in names else None
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for corrupt headers
+        raise ValueError(f"{path}: not a safetensors file ({str(e).splitlines()[0]})") from None
+    if emb is None or emb.ndim != 2:
+        raise ValueError(f"{path}: needs an (N, D) tensor named 'embeddings' (has {', '.join(sorted(names))})")
+    try:
+        paths = json.loads(meta["paths"])
+    except (KeyError, json.JSONDecodeError):
+        raise ValueError(f"{path}: needs a JSON list of the audio paths in its metadata (key 'paths')") from None
+    if not isinstance(paths, list) or len(paths) != emb.shape[0]:
+        raise ValueError(f"{path}: {len(paths) if isinstance(paths, list) else 'no'} paths for {emb.shape[0]} rows")
+    paths = [Path(os.path.expanduser(str(p))) for p in paths]
+    return [str(p if p.is_absolute() else path.parent / p) for p in paths], emb.astype(np.float32, copy=False)
+
+
+def match_paths(wanted: Sequence[str | os.PathLike], have: Sequence[str | os.PathLike]) -> np.ndarray:
+    """For each of ``wanted``, its row in ``have`` (path_key on both sides), or -1; the last row where ``have``
+    repeats a file."""
+    rows = {path_key(p): i for i, p in enumerate(have)}
+    return np.array([rows.get(path_key(p), -1) for p in wanted], dtype=np.int64)

@@ -258,7 +258,9 @@ def _json_default(o):
 
 class Task:
     """What a method plugs into :func:`train`. Subclasses set ``model`` (the network that trains and is
-    checkpointed, never DDP-wrapped) and override what they need; the defaults do nothing."""
+    checkpointed, never DDP-wrapped) and override what they need; the defaults do nothing. Parameters outside
+    ``model`` that ``param_groups`` adds (e.g. fine-tuning's distillation map) are clipped with the model's; the task
+    saves them in its ``state_dict``."""
 
     name = "train"  # the progress bar's label
     items = "items"  # what one batch row is, for the throughput column ``<items>_per_s``
@@ -341,7 +343,9 @@ def train(task: Task, opts, d: Dist, run_dir: Path, steps: int, warmup_steps: in
     run_dir.mkdir(parents=True, exist_ok=True)
     log = MetricsLog(run_dir, enabled=d.is_main, resume=opts.resume)
     batches = task.batches(step)
-    parameters = list(model.parameters())
+    parameters = list(model.parameters())  # what clipping measures: the model's, then any the task adds (its groups)
+    own = {id(p) for p in parameters}
+    parameters += [p for g in optimizer.param_groups for p in g["params"] if id(p) not in own]
     stop_at = min(steps, step + opts.stop_after) if opts.stop_after is not None else steps
 
     def validate(at_step: int) -> str:

@@ -75,6 +75,15 @@ def finetune_command(
         metavar="W|NAME=W",
         help="Loss weight of the extra heads relative to MOS (default 1); NAME=W for one head (repeat).",
     ),
+    distill: Optional[Path] = typer.Option(
+        None,
+        "--distill",
+        help="A teacher's embeddings of the training files (safetensors: `embeddings` N×D and the N paths; "
+        "jsqa_cli.labels.save_teacher_embeddings): also pull a linear map of the model's embedding towards them.",
+    ),
+    distill_weight: float = typer.Option(
+        0.0, "--distill-weight", help="Weight of the --distill loss, 1 - cosine (0: off; --distill needs it > 0)."
+    ),
     steps: int = typer.Option(3000, "--steps", help="Optimiser steps (at least 1; early stopping may end sooner)."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Training crops per step per GPU/process."),
     lr: float = typer.Option(1e-4, "--lr", help="AdamW learning rate of the encoder (and a kept projection head)."),
@@ -167,6 +176,8 @@ def finetune_command(
         projection_head=projection_head,
         heads=tuple(h for group in heads or () for h in group.split(",")),
         head_weight=parse_head_weight(head_weight or ()),
+        distill=str(distill) if distill else None,
+        distill_weight=distill_weight,
         steps=steps,
         batch_size=batch_size,
         lr=lr,
