@@ -359,13 +359,15 @@ def test_finetune_from_scratch_csv_l1_frozen_encoder(csv_split, pretrained_dir, 
     assert all(r["frozen_encoder"] for r in read_metrics(out / "training") if "loss" in r)
 
 
-def test_flatness_input_trains_at_the_head_rate(csv_split, tmp_path):
-    """A model given flatness bands (zero weights) fine-tunes them at --lr-head, like the MOS head."""
+@pytest.mark.parametrize("extra", ["flatness", "phase"])
+def test_flatness_and_phase_inputs_train_at_the_head_rate(csv_split, tmp_path, extra):
+    """A model given flatness or phase bands (zero weights) fine-tunes them at --lr-head, like the MOS head."""
+    from jsqa_cli.model import add_phase_bands
+
     train, val = csv_split
     torch.manual_seed(3)
-    start = save_model(
-        add_flatness_bands(build_model("tiny", projection_head=False), 8), tmp_path / "wide", {"stage": "finetuned"}
-    )
+    widen = add_flatness_bands if extra == "flatness" else add_phase_bands
+    start = save_model(widen(build_model("tiny", projection_head=False), 8), tmp_path / "wide", {"stage": "finetuned"})
     out = finetune(
         output=str(tmp_path / "ft"),
         train_csv=str(train),
@@ -377,8 +379,8 @@ def test_flatness_input_trains_at_the_head_rate(csv_split, tmp_path):
         **FAST,
     )
     trained, before = load_model(out), load_model(start)
-    flat = "encoder.stem.conv1_flatness.weight"
-    assert trained.config.flatness_bands == 8 and not before.state_dict()[flat].any()
+    flat = f"encoder.stem.conv1_{extra}.weight"
+    assert getattr(trained.config, f"{extra}_bands") == 8 and not before.state_dict()[flat].any()
     assert trained.state_dict()[flat].abs().max() > 1e-3  # moved at the head's rate...
     assert all(
         torch.equal(v, before.state_dict()[k])

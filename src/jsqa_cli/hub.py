@@ -280,6 +280,7 @@ def model_card(
     metrics = model_metrics(folder, meta) if metrics is None else metrics
     num_params = parameter_count(folder)
     flatness = f" + spectral flatness ({cfg.flatness_bands} bands)" if cfg.flatness_bands else ""
+    flatness += f" + group-delay deviation ({cfg.phase_bands} bands)" if cfg.phase_bands else ""
     architecture = (
         f"log-mel ({cfg.n_mels} bands){flatness} → conv stem → {cfg.n_layers}-layer Transformer "
         f"(d={cfg.d_model}) → attention pooling → MOS head"
