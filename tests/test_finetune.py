@@ -68,6 +68,34 @@ def csv_split(nisqa_root, tmp_path_factory):
     return train, val
 
 
+def _with_p835(csv, out, drop_every: int = 3):
+    """A copy of a labelled CSV with `sig` and `bak` columns that follow its MOS, every third cell of `bak` empty."""
+    df = pd.read_csv(csv)
+    df["sig"] = np.clip(df["mos"] + 0.5, 1, 5).round(2)
+    df["bak"] = np.clip(6.0 - df["mos"], 1, 5).round(2)  # against MOS: the head must learn it, not copy MOS
+    df.loc[df.index % drop_every == 0, "bak"] = np.nan
+    df.to_csv(out, index=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def p835_split(csv_split):
+    train, val = csv_split
+    return _with_p835(train, train.parent / "train_p835.csv"), _with_p835(val, val.parent / "val_p835.csv")
+
+
+@pytest.fixture(scope="module")
+def teacher_file(p835_split):
+    """A stand-in teacher's 16-dim embeddings of the first 8 of the 12 training files, next to the training CSV and
+    with its paths as the CSV writes them (relative, through ..)."""
+    from jsqa_cli.labels import save_teacher_embeddings
+
+    train, _ = p835_split
+    paths = pd.read_csv(train)["file"].tolist()[:8]
+    emb = np.random.default_rng(0).standard_normal((len(paths), 16)).astype(np.float32)
+    return save_teacher_embeddings(train.parent / "teacher.safetensors", paths, emb)
+
+
 # ------------------------------------------------------------------------------------------------ readers
 
 
@@ -80,6 +108,8 @@ def test_read_nisqa_default_splits_and_columns(nisqa_root):
     assert df["condition"][df["db"] == "NISQA_TRAIN_SIM"].map(type).eq(str).all()
     assert not df["condition"].dropna().str.contains(".", regex=False).any()  # 3, not 3.0 (the column has gaps)
     assert df["mos"].between(1, 5).all()
+    with_dims = read_nisqa(nisqa_root, NISQA_TRAIN_DBS, ["noi", "nope"])  # finetune --heads noi: its dimensions
+    assert with_dims["noi"].between(1, 5).all() and "nope" not in with_dims
 
 
 def test_read_nisqa_errors_name_the_problem(nisqa_root, tmp_path):
@@ -547,7 +577,7 @@ def test_finetune_option_errors(tmp_path, csv_split):
         )
 
 
-def _ddp_worker(rank: int, port: int, train: str, val: str, out: str) -> None:
+def _ddp_worker(rank: int, port: int, train: str, val: str, out: str, teacher: str) -> None:
     import os
 
     os.environ.update(
@@ -560,24 +590,29 @@ def _ddp_worker(rank: int, port: int, train: str, val: str, out: str) -> None:
         val_csv=val,
         from_scratch=True,
         freeze_encoder_steps=1,
+        heads="sig,bak",
+        distill=teacher,
+        distill_weight=0.5,
         **{**FAST, "steps": 3, "eval_every": 2, "batch_size": 2},
     )
 
 
-def test_ddp_two_gloo_ranks(csv_split, tmp_path):
-    """2 CPU ranks: DDP rebuilt when the encoder unfreezes, validation shared out and gathered back in order."""
+def test_ddp_two_gloo_ranks(p835_split, teacher_file, tmp_path):
+    """2 CPU ranks: DDP rebuilt when the encoder unfreezes, validation shared out and gathered back in order; extra
+    heads (a batch may hold no label of one) and the distillation map (outside the model) train under DDP too."""
     import socket
 
     import torch.multiprocessing as mp
 
-    train, val = csv_split
+    train, val = p835_split
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "ddp"
-    mp.spawn(_ddp_worker, args=(port, str(train), str(val), str(out)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(port, str(train), str(val), str(out), str(teacher_file)), nprocs=2, join=True)
     _, meta = read_config(out)
     assert meta["training"]["world_size"] == 2 and meta["training"]["global_batch_size"] == 4
+    assert meta["training"]["heads"] == ["sig", "bak"] and set(meta["validation_heads"]) == {"sig", "bak"}
     assert [r["step"] for r in read_metrics(out / "training") if "loss" in r] == [1, 2, 3]  # rank 0 only
     val_df = read_labelled_csv(val)
     rows = score_files(val_df["path"], load_model(out), device="cpu")
@@ -800,22 +835,6 @@ def test_cli_finetune_usage_mistakes_are_one_line(csv_split, tmp_path, args, mes
 # ------------------------------------------------------------------------------------------------ extra heads
 
 
-def _with_p835(csv, out, drop_every: int = 3):
-    """A copy of a labelled CSV with `sig` and `bak` columns that follow its MOS, every third cell of `bak` empty."""
-    df = pd.read_csv(csv)
-    df["sig"] = np.clip(df["mos"] + 0.5, 1, 5).round(2)
-    df["bak"] = np.clip(6.0 - df["mos"], 1, 5).round(2)  # against MOS: the head must learn it, not copy MOS
-    df.loc[df.index % drop_every == 0, "bak"] = np.nan
-    df.to_csv(out, index=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def p835_split(csv_split):
-    train, val = csv_split
-    return _with_p835(train, train.parent / "train_p835.csv"), _with_p835(val, val.parent / "val_p835.csv")
-
-
 def test_extra_heads_train_on_their_columns(p835_split, pretrained_dir, tmp_path):
     """--heads sig,bak: heads added to the pretrained encoder, trained on their columns (empty cells give no loss),
     validated per head on the rows that have a label, recorded in the model's metadata. Validated on the training
@@ -938,18 +957,6 @@ def test_cli_a_head_without_labels_is_one_line(csv_split, p835_split, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ distillation
-
-
-@pytest.fixture(scope="module")
-def teacher_file(p835_split):
-    """A stand-in teacher's 16-dim embeddings of the first 8 of the 12 training files, next to the training CSV and
-    with its paths as the CSV writes them (relative, through ..)."""
-    from jsqa_cli.labels import save_teacher_embeddings
-
-    train, _ = p835_split
-    paths = pd.read_csv(train)["file"].tolist()[:8]
-    emb = np.random.default_rng(0).standard_normal((len(paths), 16)).astype(np.float32)
-    return save_teacher_embeddings(train.parent / "teacher.safetensors", paths, emb)
 
 
 def test_teacher_embeddings_round_trip_and_errors(tmp_path, teacher_file, p835_split):

@@ -7,6 +7,9 @@ speech, validate through the scoring path, keep the best model, stop early.
 
 With ``--rank-weight``, grouped training files (versions of one recording) bring a partner crop, and the loss
 also fits the score difference of each crop and its partner.
+With ``--heads``, extra 1..5 heads (P.835 ``sig``/``bak``, teachers' scores) learn from label columns of their
+names beside MOS (rows without a label give no loss); with ``--distill``, a linear map of the embedding is pulled
+towards a teacher's embedding of each file (a training aid, never saved with the model).
 
 The output folder is a normal model folder (config.json + model.safetensors, the best validation step) that
 ``score``, ``evaluate`` and ``push`` take; next to it the run keeps ``checkpoint.pt`` (the latest state, for
@@ -215,10 +218,10 @@ class MOSCrops(Dataset):
     def _wave(self, i: int) -> np.ndarray:
         return self.cache[i] if self.cache is not None else load_audio(self.paths[i], SAMPLE_RATE)[0]
 
-    def _target(self, i: int) -> torch.Tensor:
-        return torch.tensor(self.targets[i])  # (1 + heads,), a copy of the row
+    def _target(self, i: int) -> np.ndarray:
+        return self.targets[i].copy()  # (1 + heads,); numpy: a tensor per item costs more than the rest of it
 
-    def __getitem__(self, key: tuple[int, int] | int) -> tuple[torch.Tensor, torch.Tensor, int, tuple | None]:
+    def __getitem__(self, key: tuple[int, int] | int) -> tuple[torch.Tensor, np.ndarray, int, tuple | None]:
         epoch, i = key if isinstance(key, tuple) else (0, key)
         wav = self._wave(i)
         rng = np.random.default_rng([self.seed, epoch, i])
@@ -242,7 +245,7 @@ def collate_crops(items: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch
     wav, lengths = pad_batch([w for w, _, _ in crops])
     pairs = torch.tensor([[k, len(items) + q] for q, (k, _) in enumerate(partners)], dtype=torch.long).reshape(-1, 2)
     files = torch.tensor([i for _, _, i in crops], dtype=torch.long)
-    return wav, lengths, torch.stack([t for _, t, _ in crops]), pairs, files
+    return wav, lengths, torch.from_numpy(np.stack([t for _, t, _ in crops])), pairs, files
 
 
 # ---------------------------------------------------------------------------------------------- the model
