@@ -67,10 +67,15 @@ class DNSMOS:
     """DNSMOS P.835 (SIG, BAK, OVRL) and P.808 (CC BY 4.0, Microsoft), both ONNX sessions opened once."""
 
     def __init__(self):
+        import onnxruntime as ort
         from speechmos import dnsmos
 
         models = Path(dnsmos.__file__).parent / "dnsmos_models"
         self.model = dnsmos.DNSMOS(str(models / "sig_bak_ovr.onnx"), str(models / "model_v8.onnx"))
+        one = ort.SessionOptions()  # one thread each: on a busy machine ONNX's default (every core) thrashes;
+        one.intra_op_num_threads = one.inter_op_num_threads = 1  # run several processes for more throughput
+        self.model.onnx_sess = ort.InferenceSession(self.model.primary_model_path, one)
+        self.model.p808_onnx_sess = ort.InferenceSession(str(models / "model_v8.onnx"), one)
 
     def __call__(self, wav: np.ndarray) -> dict:
         r = self.model(np.clip(wav, -1.0, 1.0), SAMPLE_RATE, False)
