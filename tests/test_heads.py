@@ -11,10 +11,14 @@ import pandas as pd
 import pytest
 import torch
 from conftest import synth_speech
+from rich.console import Console
 from typer.testing import CliRunner
 
 from jsqa_cli import scoring
 from jsqa_cli.cli import app
+from jsqa_cli.evaluate import compute_metrics, evaluate, load_eval_data, rich_table
+from jsqa_cli.hub import normalize_metrics
+from jsqa_cli.labels import read_labelled_csv
 from jsqa_cli.model import add_heads, build_model, load_model, save_model
 
 runner = CliRunner()
@@ -167,3 +171,104 @@ def test_reported_outputs_are_mos_then_sig_then_bak():
     for k, name in enumerate(model.config.outputs):  # each name reads its own head
         if name in got:
             assert got[name][0] == pytest.approx(float(scores[k]), abs=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------ evaluate
+
+
+@pytest.fixture
+def labels(make_audio, tmp_path):
+    """Six files in three conditions, with mos, sig and bak labels (one sig cell empty)."""
+    rows = []
+    for i in range(6):
+        make_audio(f"lab/f{i}.wav", seconds=1.2 + 0.3 * i, seed=20 + i)
+        rows.append((f"f{i}.wav", 1.5 + 0.5 * i, 2.0 + 0.4 * i if i != 4 else None, 4.5 - 0.5 * i, "ABC"[i % 3]))
+    csv = tmp_path / "lab" / "labels.csv"
+    pd.DataFrame(rows, columns=["path", "mos", "SIG", "bak", "condition"]).to_csv(csv, index=False)
+    return csv
+
+
+def test_labels_keep_sig_and_bak(labels, tmp_path):
+    df = read_labelled_csv(labels)
+    assert list(df.columns[:5]) == ["path", "mos", "condition", "sig", "bak"]
+    assert df["sig"].isna().sum() == 1 and df["bak"].tolist()[0] == 4.5
+    (tmp_path / "bad.csv").write_text("path,mos,sig\na.wav,3,4\nb.wav,3,good\n")
+    with pytest.raises(ValueError, match="bad.csv: row 3: sig is not a number"):
+        read_labelled_csv(tmp_path / "bad.csv")
+
+
+def test_evaluate_measures_every_scale_the_labels_and_model_share(models, labels, tmp_path):
+    data, _, info = load_eval_data(csv=labels)
+    res = evaluate([str(models[1])], data, tmp_path / "ev", device="cpu", data_info=info, plot=False)
+    assert res.scales == ["mos", "sig", "bak"] and not res.notes and res.failed == 0
+    t = res.metrics
+    assert t[["scale", "level"]].drop_duplicates().values.tolist() == [
+        [s, lv] for s in ("mos", "sig", "bak") for lv in ("file", "condition")
+    ]
+    scored = scoring.score_files(data["path"], str(models[1]), device="cpu")
+    for scale in ("mos", "sig", "bak"):
+        np.testing.assert_array_equal(res.predictions[f"{scale}_pred"], scored[scale])
+        row = t[(t.scale == scale) & (t.level == "file")].iloc[0]
+        want = compute_metrics(scored[scale], data[scale])
+        assert row["n"] == want["n"] == (5 if scale == "sig" else 6)  # the file without a sig label is left out
+        assert row["rmse"] == pytest.approx(want["rmse"]) and row["srcc"] == pytest.approx(want["srcc"])
+        assert t[(t.scale == scale) & (t.level == "condition")].iloc[0]["n"] == 3
+    written = pd.read_csv(tmp_path / "ev" / "predictions.csv")
+    assert {"sig", "sig_pred", "bak", "bak_pred"} <= set(written.columns)
+    doc = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert doc["scales"] == ["mos", "sig", "bak"]
+    assert {(r["scale"], r["level"]) for r in doc["metrics"]} == {
+        (s, lv) for s in ("mos", "sig", "bak") for lv in ("file", "condition")
+    }
+    # a model card made from this metrics.json keeps the P.835 rows apart from the MOS rows
+    levels = [r["level"] for r in normalize_metrics(doc)]
+    assert levels == ["file", "condition", "SIG file", "SIG condition", "BAK file", "BAK condition"]
+    console = Console(width=200, record=True)
+    console.print(rich_table(t, title="6 labelled files"))
+    text = console.export_text()
+    assert "6 labelled files: MOS" in text and "SIG (P.835 speech signal)" in text and "BAK (P.835" in text
+
+
+def test_evaluate_mos_only_model_skips_sig_and_bak_with_a_note(models, labels, tmp_path):
+    data, _, _ = load_eval_data(csv=labels)
+    res = evaluate([str(models[0]), str(models[1])], data, tmp_path / "ev", device="cpu", plot=False)
+    assert res.notes == [
+        f"sig, bak labels not evaluated for {models[0]}: the model predicts only mos (it has no sig/bak head)"
+    ]
+    t = res.metrics
+    assert t[t.scale == "mos"]["model"].nunique() == 2
+    sig = t[t.scale == "sig"]
+    assert sig["model"].unique().tolist() == [str(models[1])]  # no row for the model without the head
+    assert sig["rmse_change_pct"].isna().all()  # the reference (first) model has no sig to compare with
+    mos_file = t[(t.scale == "mos") & (t.level == "file")]
+    assert mos_file["rmse"].nunique() == 1  # one mos head: the same numbers for both models
+    # the command: one line saying what was skipped and why; files for a MOS-only model as before
+    r = runner.invoke(
+        app,
+        ["evaluate", "-m", str(models[0]), "--csv", str(labels), "-o", str(tmp_path / "o"), "--device", "cpu"]
+        + ["-j", "0", "--no-plot"],
+        env={"COLUMNS": "200"},
+    )
+    assert r.exit_code == 0, r.output
+    notes = [line for line in r.stderr.splitlines() if "not evaluated" in line]
+    assert len(notes) == 1 and "sig, bak" in notes[0] and "predicts only mos" in notes[0]
+    assert "SIG" not in r.stdout and "RMSE" in r.stdout
+    written = pd.read_csv(tmp_path / "o" / "predictions.csv")
+    assert list(written.columns) == [
+        "model", "dataset", "condition", "path", "mos", "mos_pred", "segments", "duration_s", "error"
+    ]  # fmt: skip
+    doc = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert doc["scales"] == ["mos"] and {r["scale"] for r in doc["metrics"]} == {"mos"}
+
+
+def test_cli_evaluate_prints_one_block_per_scale(models, labels, tmp_path):
+    r = runner.invoke(
+        app,
+        ["evaluate", "-m", str(models[1]), "--csv", str(labels), "-o", str(tmp_path / "o"), "--device", "cpu"]
+        + ["-j", "0", "--no-plot"],
+        env={"COLUMNS": "200"},
+    )
+    assert r.exit_code == 0, r.output
+    assert "not evaluated" not in r.output
+    for title in ("labelled files: MOS", "labelled files: SIG", "labelled files: BAK"):
+        assert title in r.stdout
