@@ -272,3 +272,19 @@ def test_cli_evaluate_prints_one_block_per_scale(models, labels, tmp_path):
     assert "not evaluated" not in r.output
     for title in ("labelled files: MOS", "labelled files: SIG", "labelled files: BAK"):
         assert title in r.stdout
+
+
+# ---------------------------------------------------------------------------------------------------- info
+
+
+def test_info_lists_the_scores(models):
+    mos_dir, heads_dir = models
+    r = runner.invoke(app, ["info", str(heads_dir)], env={"COLUMNS": "300"})
+    assert r.exit_code == 0, r.output
+    [line] = [x for x in r.stdout.splitlines() if x.lstrip("│ ").startswith("scores")]
+    assert "mos, sig, bak" in line and "training heads, not reported: aux_x" in line
+    r = runner.invoke(app, ["info", str(mos_dir)], env={"COLUMNS": "300"})
+    [line] = [x for x in r.stdout.splitlines() if x.lstrip("│ ").startswith("scores")]
+    assert line.split("scores")[1].strip(" │") == "mos"
+    doc = json.loads(runner.invoke(app, ["info", str(heads_dir), "--json"]).stdout)
+    assert doc["scores"] == ["mos", "sig", "bak"] and doc["other_heads"] == ["aux_x"]
