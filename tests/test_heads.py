@@ -242,6 +242,11 @@ def test_evaluate_mos_only_model_skips_sig_and_bak_with_a_note(models, labels, t
     assert sig["rmse_change_pct"].isna().all()  # the reference (first) model has no sig to compare with
     mos_file = t[(t.scale == "mos") & (t.level == "file")]
     assert mos_file["rmse"].nunique() == 1  # one mos head: the same numbers for both models
+    console = Console(width=200, record=True)
+    console.print(rich_table(t))
+    text = console.export_text()  # the Δ% note once, under MOS: the only scale both models give
+    assert text.count("improvement over the first model") == 1 and text.index("ΔRMSE") < text.index("improvement")
+    assert text.index("improvement") < text.index("SIG (P.835")
     # the command: one line saying what was skipped and why; files for a MOS-only model as before
     r = runner.invoke(
         app,

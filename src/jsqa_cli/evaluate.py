@@ -397,14 +397,16 @@ def rich_table(metrics: pd.DataFrame, title: str | None = None):
         return _scale_table(metrics, title, caption=True)
     from rich.console import Group
 
+    parts = [metrics[metrics["scale"] == scale] for scale in scales]
+    compared = [k for k, part in enumerate(parts) if part["model"].nunique() > 1]  # tables with Δ% columns
     return Group(
         *(
             _scale_table(
-                metrics[metrics["scale"] == scale],
+                part,
                 f"{title}: {SCALE_TITLES.get(scale, scale)}" if title else SCALE_TITLES.get(scale, scale),
-                caption=k == len(scales) - 1,
+                caption=bool(compared) and k == compared[-1],  # the Δ% note once, under the last table with Δ%
             )
-            for k, scale in enumerate(scales)
+            for k, (scale, part) in enumerate(zip(scales, parts))
         )
     )
 
