@@ -752,7 +752,7 @@ def score_to_file(
     """Score ``paths`` into ``output`` (``.csv``, ``.jsonl`` or ``-`` for stdout), one row flushed per file.
 
     ``resume`` skips paths already in the output and appends; otherwise an existing output is refused unless
-    ``overwrite``, and a CSV whose columns differ (written by a model with other outputs) is refused. With
+    ``overwrite``, and an output whose columns differ (written by a model with other outputs) is refused. With
     ``shard=(K, N)`` only the K-th of N shards is scored, into the part file ``part_path(output, K, N)`` (and
     likewise for the segments file); :func:`merge_parts` joins the parts. The columns are :func:`columns_for` the
     model's :func:`reported_outputs`.
