@@ -136,10 +136,12 @@ def normalize_metrics(obj, model_label: str | None = None) -> list[dict]:
             if isinstance(r, dict):
                 values = {k: r[k] for k in METRIC_NAMES if _is_number(r.get(k))}
                 if values:
+                    level, scale = str(r.get("level", "file")), str(r.get("scale", "mos"))
                     rows.append(
                         {
                             "dataset": str(r.get("dataset", "-")),
-                            "level": str(r.get("level", "file")),
+                            # P.835 rows of `jsqa evaluate` (scale sig/bak) keep their scale in the level
+                            "level": level if scale == "mos" else f"{scale.upper()} {level}",
                             "n": r.get("n"),
                             **values,
                         }
