@@ -293,3 +293,13 @@ def test_info_lists_the_scores(models):
     assert line.split("scores")[1].strip(" │") == "mos"
     doc = json.loads(runner.invoke(app, ["info", str(heads_dir), "--json"]).stdout)
     assert doc["scores"] == ["mos", "sig", "bak"] and doc["other_heads"] == ["aux_x"]
+
+
+def test_model_card_explains_the_three_scales_only_when_there_are_heads(models):
+    from jsqa_cli.hub import model_card
+
+    mos_dir, heads_dir = models
+    with_heads, mos_only = model_card(heads_dir, "jsqa/h").text, model_card(mos_dir, "jsqa/m").text
+    assert "P.835 SIG" in with_heads and "P.835 BAK" in with_heads and "MOS, SIG, BAK heads" in with_heads
+    assert "aux_x" not in with_heads.split("## Training data")[0]  # a training head is not a score
+    assert "P.835" not in mos_only and "→ MOS head" in mos_only
