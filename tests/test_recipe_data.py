@@ -696,3 +696,22 @@ def test_bundle_keeps_only_its_models_metrics_and_names_each_test_set(tmp_path):
     }
     with pytest.raises(SystemExit, match="no results for"):
         bundle_model._own_metrics(tmp_path / "m.json", tmp_path / "other")
+
+
+@needs_pesq
+def test_p835_facts_of_the_simulation(recipe_sources, tmp_path):
+    """sig_sim labels the chain without its added noise: the MOS itself when there is no noise, the clean
+    maximum when noise is all there is; snr_db is the noise's SNR, empty without noise."""
+
+    def draw(family: str):
+        weights = ",".join(f"{f}={int(f == family)}" for f in simulate_mos.FAMILIES)
+        args = ["--sources", str(recipe_sources), "--out", str(tmp_path / family), "--num-files", "4", "0", "0"]
+        simulate_mos.main(args + ["--workers", "1", "--max-factor", "1", "--family-weights", weights])
+        return pd.read_csv(tmp_path / family / "train.csv")
+
+    clipped = draw("clip")
+    assert clipped.snr_db.isna().all() and (clipped.sig_sim == clipped.mos).all()
+    assert (clipped.pesq_speech == clipped.pesq_mid).all()
+    noisy = draw("noise")
+    assert noisy.snr_db.between(-5, 40).all()
+    assert (noisy.sig_sim >= simulate_mos.MOS_MAX - 0.01).all() and (noisy.mos < noisy.sig_sim).all()

@@ -9,6 +9,7 @@ Stages, in order (a stage runs when the config has its table):
     sources    speaker-, noise- and RIR-disjoint splits of the data folder   prepare_sources.main
     languages  espeak-ng voices in other languages (needs espeak-ng)           multilingual_voices.main
     corpus     simulated-MOS draws, one per [corpus.NAME] table              simulate_mos.main
+    labels     teachers' scores and P.835 sig/bak for the draws it names      teachers.label_files, p835_labels
     pairs      JND pairs from the training split                              jsqa_cli.pairs.make_pairs
     pretrain   the contrastive encoder                                        jsqa_cli.pretrain.pretrain
     finetune   fine-tuning phases, each from the one before                   jsqa_cli.finetune.finetune
@@ -52,7 +53,19 @@ TRAINING = Path(__file__).resolve().parent
 REPO = TRAINING.parent
 sys.path.insert(0, str(TRAINING))
 
-STAGES = ("sources", "languages", "corpus", "pairs", "pretrain", "finetune", "evaluate", "checks", "bundle", "ablation")
+STAGES = (
+    "sources",
+    "languages",
+    "corpus",
+    "labels",
+    "pairs",
+    "pretrain",
+    "finetune",
+    "evaluate",
+    "checks",
+    "bundle",
+    "ablation",
+)
 DONE = ".done.json"
 STARTED = ".started.json"
 
@@ -157,6 +170,7 @@ def plan(config: dict, out: Path, config_path: Path) -> list[Unit]:
     import ablation_report
     import bundle_model
     import multilingual_voices
+    import p835_labels
     import prepare_sources
     import quality_checks
     import simulate_mos
@@ -226,11 +240,35 @@ def plan(config: dict, out: Path, config_path: Path) -> list[Unit]:
             lambda resume, argv=argv: call_script(simulate_mos.main, argv, "simulate_mos.py"),
         )
 
+    # labels: teachers' scores and P.835 sig/bak beside the simulation's MOS, for the draws [labels] names ----
+    labelled: dict[str, Unit] = {}
+    if "labels" in config:
+        lab = table(config, "labels")
+        names = lab.pop("draws", [])
+        missing = [n for n in names if n not in draws]
+        if not names or missing:
+            raise ConfigError(
+                f"[labels] draws: {'no draw named' if not names else 'not in [corpus]: ' + ', '.join(missing)}"
+            )
+        for name in names:
+            folder = out / "labels" / name
+            labelled[name] = add(
+                "labels",
+                f"labels/{name}",
+                folder,
+                lab,
+                [draws[name]],
+                lambda resume, name=name, folder=folder: p835_labels.label_draw(out / "corpus" / name, folder, **lab),
+                checkpoint="train_teachers.csv",  # teachers.py appends: a killed run goes on where it stopped
+            )
+
     def csvs(names: list[str], split: str, where: str) -> tuple[list[str], list[Unit]]:
+        """The split's CSV of each named draw: its labelled copy (labels/NAME) when [labels] names it."""
         missing = [n for n in names if n not in draws]
         if missing:
             raise ConfigError(f"{where} names corpus draw(s) {', '.join(missing)}, not in the config's [corpus]")
-        return [str(out / "corpus" / n / f"{split}.csv") for n in names], [draws[n] for n in names]
+        paths = [str(out / ("labels" if n in labelled else "corpus") / n / f"{split}.csv") for n in names]
+        return paths, [labelled.get(n, draws[n]) for n in names]
 
     # pairs -----------------------------------------------------------------------------------------------
     pairs_cfg = table(config, "pairs")

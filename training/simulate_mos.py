@@ -227,10 +227,18 @@ class Sources:
 
 def degrade(x: np.ndarray, rng: np.random.Generator, src: Sources, families: list[str]) -> dict:
     """Apply ``families`` in signal-chain order. Returns the clip, the clip without packet loss and echo
-    ('mid', for the PESQ label), and the parameters. Each family's strength u (0 mild .. 1 severe) is drawn from
-    ``rng``."""
-    info = dict(noisy=False, loss=None, echo=None, level_db=imp.active_level_db(x), parts=[], detail=[])
+    ('mid', for the PESQ label), 'speech' (mid without the added noise, for the P.835 SIG label; the same array as
+    mid when there is no noise), the noise's SNR, and the parameters. Each family's strength u (0 mild .. 1
+    severe) is drawn from ``rng``; the speech track draws nothing, so draws are the same with or without it."""
+    info = dict(noisy=False, loss=None, echo=None, snr_db=None, level_db=imp.active_level_db(x), parts=[], detail=[])
     y = mid = x
+    speech = None  # set once noise is added: from then on the chain runs on it too
+
+    def also(f, *args):  # the speech-only track follows mid through every step after the noise
+        nonlocal speech
+        if speech is not None:
+            speech = f(speech, *args)
+
     for fam in sorted(families, key=ORDER.get):
         u = float(rng.random())
         word = strength_word(u)
@@ -246,25 +254,29 @@ def degrade(x: np.ndarray, rng: np.random.Generator, src: Sources, families: lis
         elif fam == "noise":
             snr = 40 - 45 * u
             noise, name = src.noise_signal(rng, len(y))
+            speech = mid
             y, mid = imp.mix_snr(y, noise, snr), imp.mix_snr(mid, noise, snr)
-            info["noisy"] = True
+            info["noisy"], info["snr_db"] = True, snr
             detail = f"noise:{name}@{snr:.1f}dB"
         elif fam == "level":
             quiet = rng.random() < 0.6
             target = imp.NOMINAL_LEVEL_DB + (-(8 + 24 * u) if quiet else 6 + 14 * u)
             g = 10 ** ((target - imp.active_level_db(y)) / 20)
             y, mid = np.clip(y * g, -1, 1), np.clip(mid * g, -1, 1)
+            also(lambda z: np.clip(z * g, -1, 1))
             info["level_db"] = target
             word = ("quiet-" if quiet else "loud-") + word
             detail = f"level:{target:.1f}dBFS"
         elif fam == "clip":
             od = 2 + 28 * u
             y, mid = imp.clip(y, od), imp.clip(mid, od)
+            also(imp.clip, od)
             detail = f"clip:+{od:.1f}dB"
         elif fam == "band":
             kind = str(rng.choice(["lowpass", "narrowband", "highpass"], p=[0.5, 0.3, 0.2]))
             cutoff = {"lowpass": 7000 * (1000 / 7000) ** u, "highpass": 100 * 10**u, "narrowband": None}[kind]
             y, mid = imp.band_limit(y, kind, cutoff), imp.band_limit(mid, kind, cutoff)
+            also(imp.band_limit, kind, cutoff)
             if kind == "narrowband":
                 word = "nb"
             detail = f"band:{kind}" + (f"@{cutoff:.0f}Hz" if cutoff else "")
@@ -274,6 +286,7 @@ def degrade(x: np.ndarray, rng: np.random.Generator, src: Sources, families: lis
             )
             level = {"mp3": 0.8 + 0.17 * u, "opus": 0.85 + 0.14 * u, "vorbis": 0.6 + 0.4 * u}.get(name)
             y, mid = imp.codec(y, name, level), imp.codec(mid, name, level)
+            also(imp.codec, name, level)
             word = name if level is None else f"{name}-{word}"
             detail = f"codec:{name}" + (f"@{level:.2f}" if level is not None else "")
         elif fam == "packet_loss":
@@ -286,6 +299,7 @@ def degrade(x: np.ndarray, rng: np.random.Generator, src: Sources, families: lis
         info["parts"].append(f"{fam}-{word}")
         info["detail"].append(detail)
     info["deg"], info["mid"] = y.astype(np.float32), mid.astype(np.float32)
+    info["speech"] = info["mid"] if speech is None else speech.astype(np.float32)
     return info
 
 
@@ -357,6 +371,9 @@ def _labelled_clip(ref: np.ndarray, d: dict) -> dict | None:
         else (None if removed else _pesq(ref, d["deg"]))
     )
     mos = label(p_final, p_mid, d["noisy"], d["loss"], d["echo"], d["level_db"])
+    p_speech = p_mid if d["speech"] is d["mid"] else _pesq(ref, d["speech"])
+    # P.835 SIG as the simulation sees it: the same label for the chain without its added noise
+    sig = None if p_speech is None else label(None, p_speech, False, d["loss"], d["echo"], d["level_db"])
     peak = float(np.max(np.abs(d["deg"])))
     deg = d["deg"] / peak * 0.999 if peak > 1 else d["deg"]
     buf = io.BytesIO()
@@ -367,6 +384,9 @@ def _labelled_clip(ref: np.ndarray, d: dict) -> dict | None:
         condition="+".join(d["parts"]) or "clean",
         pesq_raw=round(p_final if p_final is not None else p_mid, 3),
         pesq_mid=round(p_mid, 3),
+        pesq_speech=None if p_speech is None else round(p_speech, 3),
+        sig_sim=None if sig is None else round(sig, 3),
+        snr_db=None if d["snr_db"] is None else round(d["snr_db"], 2),
         detail=" ".join(d["detail"]),
         duration_s=round(len(deg) / SAMPLE_RATE, 3),
     )
@@ -420,7 +440,10 @@ def build_split(pool, split: str, n: int, out: Path, max_factor: float, chunksiz
             break
         if drawn % 500 == 0:
             print(f"  {split}: {drawn} drawn, {len(rows)}/{n} kept, bins {counts.tolist()}", flush=True)
-    columns = ["path", "mos", "condition", "pesq_raw", "pesq_mid", "source", "detail", "duration_s"]
+    columns = [
+        "path", "mos", "condition", "pesq_raw", "pesq_mid", "pesq_speech", "sig_sim", "snr_db", "source", "detail",
+        "duration_s",
+    ]  # fmt: skip
     df = pd.DataFrame(rows)[columns + (["group"] if rows and "group" in rows[0] else [])]
     df.to_csv(out / f"{split}.csv", index=False)
     return df, drawn

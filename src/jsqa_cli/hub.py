@@ -34,7 +34,7 @@ from huggingface_hub.errors import CacheNotFound, HfHubHTTPError, OfflineModeIsE
 
 from jsqa_cli import __version__
 from jsqa_cli.audio import HOP_S, SAMPLE_RATE, WINDOW_S
-from jsqa_cli.model import load_model, read_config
+from jsqa_cli.model import P835_HEADS, load_model, read_config
 from jsqa_cli.resolve import (
     CARD_NAME,
     CONFIG_NAME,
@@ -136,10 +136,12 @@ def normalize_metrics(obj, model_label: str | None = None) -> list[dict]:
             if isinstance(r, dict):
                 values = {k: r[k] for k in METRIC_NAMES if _is_number(r.get(k))}
                 if values:
+                    level, scale = str(r.get("level", "file")), str(r.get("scale", "mos"))
                     rows.append(
                         {
                             "dataset": str(r.get("dataset", "-")),
-                            "level": str(r.get("level", "file")),
+                            # P.835 rows of `jsqa evaluate` (scale sig/bak) keep their scale in the level
+                            "level": level if scale == "mos" else f"{scale.upper()} {level}",
                             "n": r.get("n"),
                             **values,
                         }
@@ -270,6 +272,25 @@ def evaluation_markdown(rows: list[dict]) -> str:
     return "\n".join(lines).strip()
 
 
+SCALES = {
+    "mos": "`mos`: overall quality, 1 bad … 5 excellent (ITU-T P.800 absolute category rating)",
+    "sig": "`sig`: the speech signal alone, 1 very distorted … 5 not distorted (ITU-T P.835 SIG)",
+    "bak": "`bak`: the background, 1 very intrusive … 5 not noticeable (ITU-T P.835 BAK)",
+}
+
+
+def _scales_text(reported: list[str]) -> str:
+    """The card's paragraph on the scores beyond MOS ('' for a MOS-only model)."""
+    if len(reported) == 1:
+        return ""
+    lines = "\n".join(f"- {SCALES[h]}" for h in reported)
+    return (
+        f"It also gives the ITU-T P.835 scores, each a column of `jsqa score`'s output:\n\n{lines}\n\n"
+        "A clip with loud noise but intact speech has a low `bak` and a high `sig`; a clean clip through a poor "
+        "codec has the reverse. `mos` is the overall judgement, not their mean.\n\n"
+    )
+
+
 def model_card(
     folder: str | Path, repo_id: str, *, license: str | None = None, metrics: list[dict] | None = None
 ) -> ModelCard:
@@ -280,10 +301,12 @@ def model_card(
     metrics = model_metrics(folder, meta) if metrics is None else metrics
     num_params = parameter_count(folder)
     flatness = f" + spectral flatness ({cfg.flatness_bands} bands)" if cfg.flatness_bands else ""
-    flatness += f" + group-delay deviation ({cfg.phase_bands} bands)" if cfg.phase_bands else ""
+    phase = f" + group-delay deviation ({cfg.phase_bands} bands)" if getattr(cfg, "phase_bands", 0) else ""
+    reported = ["mos", *(h for h in P835_HEADS if h in cfg.extra_heads)]
     architecture = (
-        f"log-mel ({cfg.n_mels} bands){flatness} → conv stem → {cfg.n_layers}-layer Transformer "
-        f"(d={cfg.d_model}) → attention pooling → MOS head"
+        f"log-mel ({cfg.n_mels} bands){flatness}{phase} → conv stem → {cfg.n_layers}-layer Transformer "
+        f"(d={cfg.d_model}) → attention pooling → {', '.join(h.upper() for h in reported)} head"
+        + ("s" if len(reported) > 1 else "")
     )
     name = repo_id.split("/")[-1]
     eval_results = [
@@ -324,8 +347,9 @@ difference noisy-speech pairs, then MOS fine-tuning; Fan & Williamson 2025).
 ## What it predicts
 
 A mean opinion score (MOS) from 1 (bad) to 5 (excellent) for a speech recording, without a clean reference.
-Audio is read as mono at {SAMPLE_RATE // 1000} kHz (other rates are resampled); files longer than {WINDOW_S:g} s are
-scored in {WINDOW_S:g} s windows with a {HOP_S:g} s hop and the file score is the mean of the window scores.
+{_scales_text(reported)}Audio is read as mono at {SAMPLE_RATE // 1000} kHz (other rates are resampled); files \
+longer than {WINDOW_S:g} s are scored in {WINDOW_S:g} s windows with a {HOP_S:g} s hop and the file score is the \
+mean of the window scores.
 
 | | |
 |---|---|

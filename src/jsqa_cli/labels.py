@@ -1,6 +1,6 @@
-"""MOS tables: the NISQA corpus layout and labelled CSVs → one DataFrame shape (path, mos, condition[, db, group],
-and any score columns asked for, e.g. P.835 ``sig`` and ``bak``); and teachers' embeddings of the same files
-(``finetune --distill``).
+"""MOS tables: the NISQA corpus layout and labelled CSVs → one DataFrame shape (path, mos, condition[, db, group]),
+with a CSV's P.835 ``sig`` and ``bak`` labels beside ``mos`` when it has them, and any other score columns asked for
+(``finetune --heads``); and teachers' embeddings of the same files (``finetune --distill``).
 
 Read by fine-tuning (training and validation sets) and by evaluation (test sets); imports nothing of either.
 """
@@ -21,6 +21,7 @@ NISQA_VAL_DBS = ("NISQA_VAL_SIM", "NISQA_VAL_LIVE")
 NISQA_TEST_DBS = ("NISQA_TEST_FOR", "NISQA_TEST_P501", "NISQA_TEST_LIVETALK")
 PATH_COLUMNS = ("path", "file", "filepath_deg", "filepath")  # accepted names of the audio column in a CSV
 CONDITION_COLUMNS = ("condition", "con")
+P835_COLUMNS = ("sig", "bak")  # optional labels beside mos (ITU-T P.835: speech signal, background), 1..5
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -32,9 +33,11 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise ValueError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from None
 
 
-def _mos_column(df: pd.DataFrame, source: Path, column: str = "mos") -> pd.Series:
+def _mos_column(df: pd.DataFrame, source: Path, column: str = "mos", allow_empty: bool = False) -> pd.Series:
     mos = pd.to_numeric(df[column], errors="coerce")
     bad = mos.isna() | ~np.isfinite(mos)
+    if allow_empty:  # an empty cell is a file without this label; text or inf is still a mistake
+        bad &= df[column].notna()
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         raise ValueError(f"{source}: row {i + 2}: {column} is not a number ({df[column].iloc[i]!r})")
@@ -156,10 +159,11 @@ def csv_names(csvs: Sequence[str | os.PathLike]) -> list[str]:
 
 
 def read_labelled_csv(csv: str | os.PathLike, scores: Sequence[str] = ()) -> pd.DataFrame:
-    """A labelled CSV (columns path or file, mos, optional condition or con, optional group) → DataFrame (path,
-    mos, condition[, group][, scores]).
+    """A labelled CSV (columns path or file, mos, optional condition or con, optional group, optional P.835 sig and
+    bak) → DataFrame (path, mos, condition[, sig, bak][, group][, scores]).
 
-    Relative paths are resolved against the CSV's folder. ``group`` names versions of one clean reference (as
+    Relative paths are resolved against the CSV's folder. ``sig``/``bak`` (or ``SIG``/``BAK``) may leave cells empty
+    (NaN: a file without that label). ``group`` names versions of one clean reference (as
     ``training/simulate_mos.py --versions`` writes them), which ``finetune --rank-weight`` compares. ``scores``:
     more columns to keep where the CSV has them (``finetune --heads``), 1..5 or empty.
     """
@@ -182,6 +186,10 @@ def read_labelled_csv(csv: str | os.PathLike, scores: Sequence[str] = ()) -> pd.
             "condition": _conditions(df, next((c for c in CONDITION_COLUMNS if c in df.columns), None)),
         }
     )
+    for scale in P835_COLUMNS:
+        column = next((c for c in (scale, scale.upper()) if c in df.columns), None)
+        if column is not None:
+            out[scale] = _mos_column(df, csv, column, allow_empty=True)
     if "db" in df.columns:
         out["db"] = df["db"].astype(str)
     if "group" in df.columns:  # qualified by the CSV, so that groups of two corpora never merge

@@ -1,5 +1,6 @@
 """Scoring: find audio files, read them in blocks in parallel, cut the blocks into windows as they arrive, batch the
 windows by length through the model, and turn window scores into file scores (file MOS = mean of its window scores).
+A model with P.835 heads (``sig``, ``bak``) gets them from the same forward pass, averaged over windows the same way.
 
     paths ──► audio.find_audio ──► shard ──► DataLoader (workers: audio.AudioStream, blocks of BLOCK_S s)
           ──► windows cut as blocks arrive ──► pools sorted by length ──► batches of ``batch_size`` windows
@@ -39,16 +40,58 @@ from jsqa_cli.audio import (
     find_audio,  # noqa: F401  (public API: scoring.find_audio, as in the docs)
     pad_batch,
 )
+from jsqa_cli.model import P835_HEADS
 from jsqa_cli.writers import open_writer, read_done_paths
 
 if TYPE_CHECKING:  # pandas is imported where a table is made: not needed before the first row
     import pandas as pd
 
 COLUMNS = ["path", "mos", "duration_s", "sample_rate", "channels", "segments", "model", "warnings", "error"]
-SEGMENT_COLUMNS = ["path", "start_s", "end_s", "mos"]
+SEGMENT_COLUMNS = ["path", "start_s", "end_s", "mos"]  # a MOS-only model's; see segment_columns_for
 POOL_BATCHES = 8  # windows shorter than a window's length are sorted by length in pools of POOL_BATCHES * batch_size
 BLOCK_S_SAMPLES = int(BLOCK_S * SAMPLE_RATE)  # arrays are cut into windows a block at a time, as files are read
 MOS_DECIMALS = 4  # rows carry MOS rounded to this many decimals (batch composition moves scores by < 1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+
+
+def reported_outputs(model) -> list[str]:
+    """The scores scoring reports for ``model``: ``mos``, then the P.835 heads it has (``sig``, ``bak``, in that
+    order). Other extra heads (training aids such as ``aux_*``) are never reported."""
+    extra = getattr(getattr(model, "config", None), "extra_heads", None) or []
+    return ["mos", *(h for h in P835_HEADS if h in extra)]
+
+
+def columns_for(outputs: Sequence[str] = ("mos",)) -> list[str]:
+    """Row columns for a model reporting ``outputs``: COLUMNS with the extra scores after ``mos``."""
+    return ["path", *outputs, *COLUMNS[2:]]
+
+
+def segment_columns_for(outputs: Sequence[str] = ("mos",)) -> list[str]:
+    """Window-row columns for a model reporting ``outputs``: SEGMENT_COLUMNS with the extra scores after ``mos``."""
+    return [*SEGMENT_COLUMNS[:-1], *outputs]
+
+
+def _selected(model, outputs) -> list[str]:
+    """``outputs`` of the Python API → the output names to compute: None → ["mos"]; "all" → reported_outputs;
+    a name or list of names → those (any of ``model.config.outputs``, training heads included)."""
+    if outputs is None:
+        return ["mos"]
+    if isinstance(outputs, str) and outputs == "all":
+        return reported_outputs(model)
+    names = [outputs] if isinstance(outputs, str) else list(outputs)
+    have = model.config.outputs
+    unknown = [n for n in names if n not in have]
+    if unknown:
+        raise ValueError(f"outputs: the model has no {unknown[0]!r} score (it gives {', '.join(have)})")
+    if not names:
+        raise ValueError("outputs: name at least one score, e.g. ['mos', 'sig'], or pass outputs='all'")
+    return list(dict.fromkeys(names))
+
+
+def _head_indices(model, names: Sequence[str]) -> list[int]:
+    return [model.config.outputs.index(n) for n in names]
 
 
 # ------------------------------------------------------------------------------------------------- shards
@@ -109,14 +152,18 @@ def merge_parts(output: str | Path, sort_by_path: bool = True) -> pd.DataFrame:
     jsonl = output.suffix.lower() == ".jsonl"
     # Values are copied exactly as the parts wrote them: strings for CSV, parsed JSON records for JSONL.
     if jsonl:
-        records = [
-            json.loads(line) for p in parts for line in p.read_text(encoding="utf-8").splitlines() if line.strip()
+        per_part = [
+            [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()] for p in parts
         ]
+        _same_columns(output, [(p, list(recs[0])) for p, recs in zip(parts, per_part) if recs])
+        records = [r for recs in per_part for r in recs]
         df = pd.DataFrame(records, columns=list(records[0]) if records else COLUMNS)
         if sort_by_path:
             records.sort(key=lambda r: str(r.get("path", "")))
     else:
-        frames = [pd.read_csv(p, dtype=str, keep_default_na=False) for p in parts if p.stat().st_size]
+        named = [(p, pd.read_csv(p, dtype=str, keep_default_na=False)) for p in parts if p.stat().st_size]
+        _same_columns(output, [(p, list(f.columns)) for p, f in named])
+        frames = [f for _, f in named]
         df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
     if sort_by_path and "path" in df:
         df = df.sort_values("path", kind="stable", ignore_index=True)
@@ -127,6 +174,17 @@ def merge_parts(output: str | Path, sort_by_path: bool = True) -> pd.DataFrame:
         df.to_csv(tmp, index=False)
     os.replace(tmp, output)
     return df
+
+
+def _same_columns(output: Path, columns: list[tuple[Path, list[str]]]) -> None:
+    """Parts written by models with different outputs (say one with sig/bak, one without) do not merge."""
+    for part, cols in columns[1:]:
+        if cols != columns[0][1]:
+            first, first_cols = columns[0]
+            raise ValueError(
+                f"{output}: part files differ in columns ({first.name}: {', '.join(first_cols)}; {part.name}: "
+                f"{', '.join(cols)}); were they scored with different models?"
+            )
 
 
 # ----------------------------------------------------------------------------------------- decoding (workers)
@@ -243,7 +301,7 @@ class _Windows:
 class _Pending:
     item: dict | None = None  # the file's last piece, once it has arrived
     bounds: list = field(default_factory=list)
-    scores: list = field(default_factory=list)
+    scores: list = field(default_factory=list)  # one row of scores per window (one per head computed)
     left: int = 0  # windows queued and not yet scored
 
 
@@ -299,9 +357,15 @@ class _EvalMode:
         self.model.train(self.was_training)
 
 
-def _run_windows(model, device, windows: list[np.ndarray]) -> np.ndarray:
+def _run_windows(model, device, windows: list[np.ndarray], heads: Sequence[int] = (0,)) -> np.ndarray:
+    """Windows → (B, len(heads)) scores, columns ``model.config.outputs[heads]``, from one forward pass. MOS alone
+    takes the model's plain forward (the MOS head only); several heads read the one embedding."""
     wav, lengths = pad_batch(windows)
-    return model(wav.to(device, non_blocking=True), lengths.to(device)).float().cpu().numpy()
+    wav, lengths = wav.to(device, non_blocking=True), lengths.to(device)
+    if list(heads) == [0]:
+        return model(wav, lengths).float().cpu().numpy()[:, None]
+    scores = model.scores(wav, lengths)
+    return scores[:, list(heads)].float().cpu().numpy()
 
 
 def _score_stream(
@@ -313,9 +377,10 @@ def _score_stream(
     window_s: float,
     hop_s: float,
     pool_windows: int | None = None,
+    heads: Sequence[int] = (0,),
 ) -> Iterator[tuple[dict, list | None, np.ndarray | None]]:
-    """Pieces of decoded audio → (last piece, window bounds, window scores) as each file finishes; errors pass
-    straight through.
+    """Pieces of decoded audio → (last piece, window bounds, window scores (windows, len(heads))) as each file
+    finishes; errors pass straight through. ``heads`` index ``model.config.outputs`` (0: MOS).
 
     An item is a piece of one file's 16 kHz audio (``wave``; ``last`` marks the file's last piece; ``index`` tells
     the files apart), or an ``error``. Windows are cut as the pieces arrive. Full-length windows run as soon as
@@ -333,10 +398,11 @@ def _score_stream(
     pending: dict[int, _Pending] = {}
     queue: list[tuple[int, int, np.ndarray]] = []  # (item key, window number, window): windows shorter than win
     full: list[tuple[int, int, np.ndarray]] = []  # the same for full-length windows
+    no_score = np.full(len(heads), math.nan)  # a window's row until it is scored
 
     def run(chunks: list) -> Iterator:
         for chunk in chunks:
-            scores = _run_windows(model, device, [w for _, _, w in chunk])
+            scores = _run_windows(model, device, [w for _, _, w in chunk], heads)
             for (key, j, _), s in zip(chunk, scores):
                 p = pending.get(key)
                 if p is None:  # the file failed after some of its windows were queued
@@ -379,7 +445,7 @@ def _score_stream(
             for a, b, w in windows:
                 (full if b - a == win else queue).append((key, len(p.bounds), w))
                 p.bounds.append((a, b))
-                p.scores.append(math.nan)
+                p.scores.append(no_score)
                 p.left += 1
             while len(full) >= batch_size:
                 chunk = full[:batch_size]
@@ -401,25 +467,33 @@ def predict_windows(
     device=None,
     window_s: float = WINDOW_S,
     hop_s: float = HOP_S,
-) -> list[tuple[list[tuple[int, int]], np.ndarray]]:
-    """Window bounds (sample ranges) and window MOS scores for each 16 kHz mono wave, in input order.
+    outputs: str | Sequence[str] | None = None,
+) -> list[tuple[list[tuple[int, int]], np.ndarray | dict[str, np.ndarray]]]:
+    """Window bounds (sample ranges) and window scores for each 16 kHz mono wave, in input order.
 
+    The scores are a float32 array of window MOS; with ``outputs`` (``"all"``: every score the model reports,
+    ``mos`` and its P.835 ``sig``/``bak``; or a list of names) a dict name → array of window scores instead.
     Windows of all waves are batched together, sorted by length, under ``torch.inference_mode`` (the model's
     training flag is restored afterwards). ``model`` is a JSQA model (or a name/folder for ``load_model``).
     """
     model, dev = prepare_model(model, device)
+    names = _selected(model, outputs)
     out: list = [None] * len(waves)
     items = ({"index": i, "wave": w, "error": None} for i, w in enumerate(waves))
     with _EvalMode(model):
         for item, bounds, scores in _score_stream(
-            items, model, dev, batch_size=batch_size, window_s=window_s, hop_s=hop_s
+            items, model, dev, batch_size=batch_size, window_s=window_s, hop_s=hop_s, heads=_head_indices(model, names)
         ):
-            out[item["index"]] = (bounds, scores.astype(np.float32))
+            scores = scores.astype(np.float32)
+            out[item["index"]] = (
+                bounds,
+                scores[:, 0] if outputs is None else {n: scores[:, k] for k, n in enumerate(names)},
+            )
     return out
 
 
 def file_score(window_scores: np.ndarray) -> float:
-    """A file's MOS: the mean of its window scores, rounded to MOS_DECIMALS."""
+    """A file's score: the mean of its window scores, rounded to MOS_DECIMALS (the same for every head)."""
     return round(float(np.mean(window_scores)), MOS_DECIMALS)
 
 
@@ -431,15 +505,24 @@ def score_waveforms(
     device=None,
     window_s: float = WINDOW_S,
     hop_s: float = HOP_S,
-) -> np.ndarray:
-    """File MOS (mean of window scores) for each 16 kHz mono wave: the numbers ``jsqa score`` writes."""
+    outputs: str | Sequence[str] | None = None,
+) -> np.ndarray | dict[str, np.ndarray]:
+    """File scores (mean of window scores) for each 16 kHz mono wave: the numbers ``jsqa score`` writes.
+
+    Returns an array of file MOS; with ``outputs="all"`` a dict of arrays, one per score the model reports
+    (``{"mos": ..., "sig": ..., "bak": ...}`` for a model with P.835 heads, ``{"mos": ...}`` otherwise), or with a
+    list of names (any of ``model.config.outputs``) a dict of those. All come from one forward pass per window.
+    """
     model, dev = prepare_model(model, device)
-    out = np.full(len(waves), np.nan)
+    names = _selected(model, outputs)
+    out = np.full((len(waves), len(names)), np.nan)
     items = ({"index": i, "wave": w, "error": None} for i, w in enumerate(waves))
     with _EvalMode(model):
-        for item, _, scores in _score_stream(items, model, dev, batch_size=batch_size, window_s=window_s, hop_s=hop_s):
-            out[item["index"]] = file_score(scores)
-    return out
+        for item, _, scores in _score_stream(
+            items, model, dev, batch_size=batch_size, window_s=window_s, hop_s=hop_s, heads=_head_indices(model, names)
+        ):
+            out[item["index"]] = [file_score(scores[:, k]) for k in range(len(names))]
+    return out[:, 0] if outputs is None else {n: out[:, k] for k, n in enumerate(names)}
 
 
 def iter_scores(
@@ -457,19 +540,28 @@ def iter_scores(
     """Score ``paths`` (files), yielding a :class:`ScoreResult` as each file finishes (errors included).
 
     ``index`` is the position in ``paths``. Files decode in ``workers`` DataLoader processes (0: in this one).
+    Rows carry every score the model reports (:func:`reported_outputs`: ``mos``, and ``sig``/``bak`` when the
+    model has those heads), in the columns of :func:`columns_for`.
     """
     model, dev = prepare_model(model, device)
     name = getattr(model, "name", "") or ""
+    names = reported_outputs(model)
     with _EvalMode(model):
         stream = _score_stream(
-            _decoded(paths, channel, workers), model, dev, batch_size=batch_size, window_s=window_s, hop_s=hop_s
+            _decoded(paths, channel, workers),
+            model,
+            dev,
+            batch_size=batch_size,
+            window_s=window_s,
+            hop_s=hop_s,
+            heads=_head_indices(model, names),
         )
         for item, bounds, scores in stream:
             info = item["info"]
             if item["error"] is not None:
                 row = dict(
                     path=item["path"],
-                    mos=math.nan,
+                    **dict.fromkeys(names, math.nan),
                     duration_s=round(info.duration_s, 3) if info else math.nan,
                     sample_rate=info.sample_rate if info else None,
                     channels=info.channels if info else None,
@@ -482,7 +574,7 @@ def iter_scores(
                 continue
             row = dict(
                 path=item["path"],
-                mos=file_score(scores),
+                **{n: file_score(scores[:, k]) for k, n in enumerate(names)},
                 duration_s=round(info.duration_s, 3),
                 sample_rate=info.sample_rate,
                 channels=info.channels,
@@ -497,7 +589,7 @@ def iter_scores(
                         path=item["path"],
                         start_s=round(a / SAMPLE_RATE, 3),
                         end_s=round(b / SAMPLE_RATE, 3),
-                        mos=round(float(s), MOS_DECIMALS),
+                        **{n: round(float(s[k]), MOS_DECIMALS) for k, n in enumerate(names)},
                     )
                     for (a, b), s in zip(bounds, scores)
                 ]
@@ -526,14 +618,17 @@ def score_files(
     progress: bool = False,
     segments: bool = False,
 ) -> pd.DataFrame:
-    """Score audio files → DataFrame with COLUMNS, one row per input in input order.
+    """Score audio files → DataFrame with COLUMNS, one row per input in input order; a model with P.835 heads
+    adds ``sig`` and ``bak`` after ``mos`` (:func:`columns_for`).
 
-    A file that cannot be read gets ``error`` set and ``mos`` NaN; the others are scored. ``model`` is a JSQA
+    A file that cannot be read gets ``error`` set and its scores NaN; the others are scored. ``model`` is a JSQA
     instance (load it once and reuse it) or a bundled name / folder / Hub id for ``load_model``. Use
-    :func:`find_audio` first to expand folders. With ``segments=True`` the window rows (SEGMENT_COLUMNS, in
-    input order) are in ``df.attrs["segments"]``.
+    :func:`find_audio` first to expand folders. With ``segments=True`` the window rows (SEGMENT_COLUMNS, with
+    ``sig``/``bak`` likewise, in input order) are in ``df.attrs["segments"]``.
     """
     paths = list(paths)
+    model, device = prepare_model(model, device)
+    names = reported_outputs(model)
     rows: list = [None] * len(paths)
     seg_rows: list = [[] for _ in paths]
     results = iter_scores(
@@ -551,9 +646,9 @@ def score_files(
         for r in results:
             rows[r.index], seg_rows[r.index] = r.row, r.segments
             bar.advance(r)
-    df = _frame(rows, COLUMNS)
+    df = _frame(rows, columns_for(names))
     if segments:
-        df.attrs["segments"] = _frame([s for segs in seg_rows for s in segs], SEGMENT_COLUMNS)
+        df.attrs["segments"] = _frame([s for segs in seg_rows for s in segs], segment_columns_for(names))
     return df
 
 
@@ -608,7 +703,13 @@ class ScoreRun:
     audio_s: float = 0.0
     wall_s: float = 0.0
     shard: tuple[int, int] | None = None
-    moss: list = field(default_factory=list, repr=False)  # MOS of this run's scored files, for the summary
+    # this run's scored files' scores, for the summary: {"mos": [...]} and "sig"/"bak" when the model has them
+    scores: dict = field(default_factory=lambda: {"mos": []}, repr=False)
+
+    @property
+    def moss(self) -> list:
+        """MOS of this run's scored files."""
+        return self.scores["mos"]
 
     @property
     def realtime(self) -> float:
@@ -617,13 +718,16 @@ class ScoreRun:
     def summary(self) -> dict:
         """The same keys as :func:`summarize`, for the files scored in this run."""
         moss = np.asarray(self.moss, dtype=float)
-        return {
+        out = {
             "files": self.scored,
             "failed": self.failed,
             "mean_mos": float(np.mean(moss)) if len(moss) else math.nan,
             "median_mos": float(np.median(moss)) if len(moss) else math.nan,
-            "audio_h": self.audio_s / 3600,
         }
+        for head in P835_HEADS:
+            if head in self.scores:
+                out[f"mean_{head}"] = float(np.mean(self.scores[head])) if self.scores[head] else math.nan
+        return {**out, "audio_h": self.audio_s / 3600}
 
 
 def score_to_file(
@@ -648,8 +752,10 @@ def score_to_file(
     """Score ``paths`` into ``output`` (``.csv``, ``.jsonl`` or ``-`` for stdout), one row flushed per file.
 
     ``resume`` skips paths already in the output and appends; otherwise an existing output is refused unless
-    ``overwrite``. With ``shard=(K, N)`` only the K-th of N shards is scored, into the part file
-    ``part_path(output, K, N)`` (and likewise for the segments file); :func:`merge_parts` joins the parts.
+    ``overwrite``, and an output whose columns differ (written by a model with other outputs) is refused. With
+    ``shard=(K, N)`` only the K-th of N shards is scored, into the part file ``part_path(output, K, N)`` (and
+    likewise for the segments file); :func:`merge_parts` joins the parts. The columns are :func:`columns_for` the
+    model's :func:`reported_outputs`.
     """
     from jsqa_cli.writers import check_output
 
@@ -662,7 +768,9 @@ def score_to_file(
     check_output(output, resume=resume, overwrite=overwrite)
     if segments_path:
         check_output(segments_path, resume=resume, overwrite=overwrite)
-    run = ScoreRun(str(output), shard=shard)
+    model, device = prepare_model(model, device)
+    names = reported_outputs(model)
+    run = ScoreRun(str(output), shard=shard, scores={n: [] for n in names})
     paths = list(paths)
     if resume:  # one file, however it is spelled: relative or absolute, through a symlink or not
         done = {_same_file_key(p) for p in read_done_paths(output)}
@@ -671,9 +779,9 @@ def score_to_file(
         paths = keep
     start = time.perf_counter()
     with (
-        open_writer(output, COLUMNS, append=resume, stdout=stdout) as rows_out,
+        open_writer(output, columns_for(names), append=resume, stdout=stdout) as rows_out,
         (
-            open_writer(segments_path, SEGMENT_COLUMNS, append=resume, stdout=stdout)
+            open_writer(segments_path, segment_columns_for(names), append=resume, stdout=stdout)
             if segments_path
             else _NullWriter()
         ) as seg_out,
@@ -696,7 +804,8 @@ def score_to_file(
             run.scored += 1
             run.failed += bool(r.row["error"])
             if not r.row["error"]:
-                run.moss.append(r.row["mos"])
+                for n in names:
+                    run.scores[n].append(r.row[n])
             run.audio_s += r.audio_s
             bar.advance(r)
             if on_result is not None:
@@ -733,16 +842,21 @@ def read_scores(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def summarize(df: pd.DataFrame) -> dict:
-    """Files, failed, mean/median MOS and total audio hours of a scores table."""
+    """Files, failed, mean/median MOS, mean SIG and BAK (``mean_sig``, ``mean_bak``: only when the table has those
+    columns) and total audio hours of a scores table."""
     import pandas as pd
 
     err = df["error"].fillna("").astype(str).str.len() > 0 if "error" in df else pd.Series(False, index=df.index)
     mos = pd.to_numeric(df.get("mos", pd.Series(dtype=float)), errors="coerce")[~err]
     dur = pd.to_numeric(df.get("duration_s", pd.Series(dtype=float)), errors="coerce")[~err]
-    return {
+    out = {
         "files": int(len(df)),
         "failed": int(err.sum()),
         "mean_mos": float(mos.mean()) if len(mos) else math.nan,
         "median_mos": float(mos.median()) if len(mos) else math.nan,
-        "audio_h": float(dur.sum()) / 3600,
     }
+    for head in P835_HEADS:
+        if head in df:
+            values = pd.to_numeric(df[head], errors="coerce")[~err]
+            out[f"mean_{head}"] = float(values.mean()) if len(values) else math.nan
+    return {**out, "audio_h": float(dur.sum()) / 3600}

@@ -105,15 +105,29 @@ def open_writer(path: str | os.PathLike, columns: list[str], append: bool = Fals
     p = Path(path)
     if append and p.exists():
         _drop_torn_line(p)
-        if fmt == "csv" and p.stat().st_size:
-            with open(p, newline="") as f:
-                header = next(csv.reader(f), [])
-            if header != list(columns):
-                raise ValueError(f"{p}: its columns {header[:4]}... differ from {columns[:4]}...; cannot append")
+        if p.stat().st_size:
+            header = _first_columns(p, fmt)
+            if header is not None and header != list(columns):
+                raise ValueError(
+                    f"{p}: its columns ({', '.join(header)}) differ from this run's ({', '.join(columns)}); "
+                    "cannot append"
+                )
         stream = open(p, "a", newline="", encoding="utf-8")
         return RowWriter(stream, columns, fmt, write_header=stream.tell() == 0, close=True)
     stream = open(p, "w", newline="", encoding="utf-8")
     return RowWriter(stream, columns, fmt, write_header=True, close=True)
+
+
+def _first_columns(path: Path, fmt: str) -> list[str] | None:
+    """A CSV's header, or the keys of a JSONL file's first record (None when that line is not a JSON object)."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        if fmt == "csv":
+            return next(csv.reader(f), [])
+        try:
+            first = json.loads(f.readline())
+        except json.JSONDecodeError:
+            return None
+    return list(first) if isinstance(first, dict) else None
 
 
 def read_done_paths(path: str | os.PathLike) -> set[str]:

@@ -46,7 +46,7 @@ def evaluate_command(
         None,
         "--csv",
         help="Labelled CSV instead of NISQA: columns path (or "
-        "file) and mos, optional condition; relative paths from the CSV's "
+        "file) and mos, optional condition, optional P.835 sig and bak; relative paths from the CSV's "
         "folder. Repeat for several test sets: metrics per CSV and for all.",
     ),
     output: Path = typer.Option(
@@ -60,7 +60,8 @@ def evaluate_command(
 ) -> None:
     """Measure models against subjective MOS: RMSE, MAE, PCC, SRCC per file and per condition.
 
-    Files are scored exactly as `jsqa score` scores them (same windows, same numbers).
+    Files are scored exactly as `jsqa score` scores them (same windows, same numbers). Labels with P.835 sig and
+    bak columns are measured too, one block per scale, for models with those heads.
 
     Example: jsqa evaluate -m models/scratch -m models/jsqa --nisqa-root NISQA_Corpus --db NISQA_TEST_FOR -o eval/
 

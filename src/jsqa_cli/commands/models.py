@@ -20,15 +20,25 @@ MODELS_HELP = (
 )
 
 INFO_HELP = (
-    "Show a model's config, parameter count, metrics and provenance (for a model the training recipe made: its "
-    "config, the config's sha256 and the git commit).\n\n"
+    "Show a model's scores (mos, and P.835 sig and bak when it has those heads), config, parameter count, metrics "
+    "and provenance (for a model the training recipe made: its config, the config's sha256 and the git commit).\n\n"
     "MODEL is a bundled name, a model folder or a Hub id ORG/NAME\\[@REVISION] (pulled into the cache if needed). "
     "Without MODEL: the model `jsqa score` uses, $JSQA_MODEL or else the bundled default.\n\n"
     "Example: jsqa info me/jsqa-nisqa@v1.0\n"
 )
 
 
+def _scores(config: dict) -> tuple[list[str], list[str]]:
+    """(the scores `jsqa score` reports: mos, then sig/bak where the model has them; its other heads, training
+    aids that scoring leaves out)."""
+    from jsqa_cli.model import P835_HEADS
+
+    extra = list(config.get("extra_heads") or [])
+    return ["mos", *(h for h in P835_HEADS if h in extra)], [h for h in extra if h not in P835_HEADS]
+
+
 def _as_json(entry) -> dict:
+    scores, other = _scores(entry.config)
     return {
         "name": entry.name,
         "source": entry.source,
@@ -37,6 +47,8 @@ def _as_json(entry) -> dict:
         "commit": entry.commit,
         "refs": entry.refs,
         "parameters": entry.parameters,
+        "scores": scores,
+        "other_heads": other,
         "preset": entry.preset,
         "metrics": entry.metrics,
         "config": entry.config,
@@ -105,6 +117,10 @@ def register(app: typer.Typer) -> None:
             head.add_row("revision", e.revision)
             head.add_row("commit", e.commit)
         head.add_row("parameters", f"{e.parameters:,}" if e.parameters is not None else "?")
+        scores, other = _scores(e.config)
+        head.add_row(
+            "scores", ", ".join(scores) + (f" (training heads, not reported: {', '.join(other)})" if other else "")
+        )
         head.add_row("config", ", ".join(f"{k}={v}" for k, v in e.config.items()))
         for label, value in hub.recipe_provenance(e.metadata).items():
             head.add_row(label, value)

@@ -24,8 +24,9 @@ from jsqa_cli.commands._common import (
 HELP = """Score speech quality (MOS 1-5) of audio files and folders (searched recursively).
 
 Writes one row per file (path, mos, duration_s, sample_rate, channels, segments, model, warnings, error) to a
-.csv or .jsonl file, or CSV to stdout with -o -. Rows are flushed as they finish; --resume continues an interrupted
-run. Exit status: 0 all files scored, 1 some files failed (their rows carry the error), 2 usage or setup error.
+.csv or .jsonl file, or CSV to stdout with -o -; a model with P.835 heads adds sig (speech signal) and bak
+(background), 1-5, after mos. Rows are flushed as they finish; --resume continues an interrupted run. Exit status:
+0 all files scored, 1 some files failed (their rows carry the error), 2 usage or setup error.
 
 Examples:
 
@@ -63,6 +64,9 @@ def _summary_table(summary: dict, run=None):
 
     table.add_row("mean MOS", fmt(summary["mean_mos"]))
     table.add_row("median MOS", fmt(summary["median_mos"]))
+    for key in summary:  # P.835 sig and bak, when the model gives them
+        if key.startswith("mean_") and key != "mean_mos":
+            table.add_row(f"mean {key[5:].upper()}", fmt(summary[key]))
     table.add_row("total audio", f"{summary['audio_h']:.3f} h")
     if run is not None:
         if run.skipped:
@@ -88,7 +92,9 @@ def register(app: typer.Typer) -> None:
             "Default: $JSQA_MODEL or the bundled jsqa-small.",
         ),
         segments: Optional[Path] = typer.Option(
-            None, "--segments", help="Also write window scores (path, start_s, end_s, mos) here (.csv or .jsonl)."
+            None,
+            "--segments",
+            help="Also write window scores (path, start_s, end_s, mos[, sig, bak]) here (.csv or .jsonl).",
         ),
         ext: Optional[list[str]] = typer.Option(
             None, "--ext", help="Extensions to take from folders, e.g. --ext wav,flac (default: all audio extensions)."
