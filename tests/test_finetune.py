@@ -4,6 +4,7 @@ early stopping, exact resume, and the `jsqa finetune` command."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -86,12 +87,13 @@ def p835_split(csv_split):
 
 @pytest.fixture(scope="module")
 def teacher_file(p835_split):
-    """A stand-in teacher's 16-dim embeddings of the first 8 of the 12 training files, next to the training CSV and
-    with its paths as the CSV writes them (relative, through ..)."""
+    """A stand-in teacher's 16-dim embeddings of the first 8 of the 12 training files, their paths as the labels
+    give them (the CSV's folder joined to its relative paths, through ..)."""
     from jsqa_cli.labels import save_teacher_embeddings
 
     train, _ = p835_split
-    paths = pd.read_csv(train)["file"].tolist()[:8]
+    paths = read_labelled_csv(train)["path"].tolist()[:8]
+    assert "/../" in paths[0]
     emb = np.random.default_rng(0).standard_normal((len(paths), 16)).astype(np.float32)
     return save_teacher_embeddings(train.parent / "teacher.safetensors", paths, emb)
 
@@ -839,7 +841,7 @@ def test_extra_heads_train_on_their_columns(p835_split, pretrained_dir, tmp_path
     """--heads sig,bak: heads added to the pretrained encoder, trained on their columns (empty cells give no loss),
     validated per head on the rows that have a label, recorded in the model's metadata. Validated on the training
     files, cropped whole, with the encoder at rate 0: the heads fit their targets better than at the start."""
-    from jsqa_cli.finetune import score_heads
+    from jsqa_cli.scoring import score_waveforms
 
     train, _ = p835_split
     out = finetune(
@@ -870,12 +872,13 @@ def test_extra_heads_train_on_their_columns(p835_split, pretrained_dir, tmp_path
 
     waves = list(decode_all(list(labels["path"])))
     start, _ = build_finetune_model(str(pretrained_dir), False, heads=["sig", "bak"])
-    before = score_heads(start, waves)
-    for k, h in enumerate(("sig", "bak")):
-        assert evals[-1][f"val_{h}_rmse"] < compute_metrics(before[:, k], labels[h])["rmse"], h
-    # the saved heads (the best MOS step's) score the files to the recorded metrics
-    after = score_heads(load_model(out), waves)
-    got = compute_metrics(after[:, 1], labels["bak"])
+    before = score_waveforms(start, waves, outputs=["sig", "bak"])
+    for h in ("sig", "bak"):
+        assert evals[-1][f"val_{h}_rmse"] < compute_metrics(before[h], labels[h])["rmse"], h
+    # the saved heads (the best MOS step's) score the files to the recorded metrics: the scoring path's numbers
+    after = score_waveforms(load_model(out), waves, outputs="all")
+    assert set(after) == {"mos", "sig", "bak"}
+    got = compute_metrics(after["bak"], labels["bak"])
     assert got["n"] == n_bak and got["rmse"] == pytest.approx(meta["validation_heads"]["bak"]["rmse"], abs=1e-4)
 
 
@@ -913,16 +916,16 @@ def test_init_heads_are_kept_added_or_dropped(tmp_path):
 
 
 def test_read_score_columns(tmp_path):
-    (tmp_path / "a.csv").write_text("path,mos,sig,other\na.wav,3,4.5,x\nb.wav,2,,y\n")
-    df = read_labelled_csv(tmp_path / "a.csv", ["sig", "bak"])
-    assert df["sig"].tolist()[0] == 4.5 and np.isnan(df["sig"].iloc[1]) and "bak" not in df and "other" not in df
+    (tmp_path / "a.csv").write_text("path,mos,aux_x,other\na.wav,3,4.5,x\nb.wav,2,,y\n")
+    df = read_labelled_csv(tmp_path / "a.csv", ["aux_x", "bak"])
+    assert df["aux_x"].tolist()[0] == 4.5 and np.isnan(df["aux_x"].iloc[1]) and "bak" not in df and "other" not in df
     assert list(read_labelled_csv(tmp_path / "a.csv").columns) == ["path", "mos", "condition"]  # as before
     (tmp_path / "b.csv").write_text("path,mos,sig\na.wav,3,4.5\nb.wav,2,7\n")
     with pytest.raises(ValueError, match=r"b.csv: row 3: sig is not a score from 1 to 5 \(7"):
-        read_labelled_csv(tmp_path / "b.csv", ["sig"])
-    (tmp_path / "c.csv").write_text("path,mos,sig\na.wav,3,good\n")
-    with pytest.raises(ValueError, match="c.csv: row 2: sig is not a score from 1 to 5"):
-        read_labelled_csv(tmp_path / "c.csv", ["sig"])
+        read_labelled_csv(tmp_path / "b.csv", ["sig"])  # a head's labels are checked against the heads' range
+    (tmp_path / "c.csv").write_text("path,mos,aux_x\na.wav,3,good\n")
+    with pytest.raises(ValueError, match="c.csv: row 2: aux_x is not a score from 1 to 5"):
+        read_labelled_csv(tmp_path / "c.csv", ["aux_x"])
 
 
 def test_head_options_are_checked(csv_split, tmp_path):
@@ -959,17 +962,19 @@ def test_cli_a_head_without_labels_is_one_line(csv_split, p835_split, tmp_path):
 # ------------------------------------------------------------------------------------------------ distillation
 
 
-def test_teacher_embeddings_round_trip_and_errors(tmp_path, teacher_file, p835_split):
+def test_teacher_embeddings_round_trip_and_errors(tmp_path, teacher_file, p835_split, monkeypatch):
     from safetensors.numpy import save_file
 
-    from jsqa_cli.labels import load_teacher_embeddings, match_paths, save_teacher_embeddings
+    from jsqa_cli.labels import load_teacher_embeddings, match_paths, path_key, save_teacher_embeddings
 
     paths, emb = load_teacher_embeddings(teacher_file)
-    assert (
-        emb.shape == (8, 16) and emb.dtype == np.float32 and all(p.startswith(str(teacher_file.parent)) for p in paths)
-    )
-    train = read_labelled_csv(p835_split[0])["path"].tolist()  # the same files, resolved from the CSV
+    train = read_labelled_csv(p835_split[0])["path"].tolist()  # the same files, as the labels give them
+    assert emb.shape == (8, 16) and emb.dtype == np.float32 and paths == [path_key(p) for p in train[:8]]
+    assert all(os.path.isabs(p) and "/../" not in p for p in paths)  # stored absolute
     assert match_paths(train, paths).tolist() == [*range(8), -1, -1, -1, -1]
+    monkeypatch.chdir(p835_split[0].parent)  # relative paths (other tools' files) are the current folder's
+    relative = [os.path.relpath(p) for p in train]
+    assert match_paths(relative, paths).tolist()[:8] == list(range(8))
     assert match_paths([str(tmp_path / "x" / ".." / "a.wav")], [str(tmp_path / "a.wav")]).tolist() == [0]
     with pytest.raises(ValueError, match="one embedding row per path"):
         save_teacher_embeddings(tmp_path / "t.safetensors", ["a.wav"], np.zeros((2, 4)))

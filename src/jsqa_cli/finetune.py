@@ -39,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from jsqa_cli.audio import HOP_S, SAMPLE_RATE, WINDOW_S, AudioError, load_audio, pad_batch, window_bounds
+from jsqa_cli.audio import HOP_S, SAMPLE_RATE, WINDOW_S, AudioError, load_audio, pad_batch
 from jsqa_cli.distributed import all_reduce_mean, default_workers, distributed, unwrap
 from jsqa_cli.evaluate import compute_metrics, condition_means
 from jsqa_cli.labels import (
@@ -534,36 +534,6 @@ def load_teacher(path: str, train_paths: Sequence[str]) -> tuple[np.ndarray, np.
     return table, has
 
 
-def score_heads(
-    model: JSQA,
-    waves: Sequence[np.ndarray],
-    *,
-    batch_size: int = 32,
-    window_s: float = WINDOW_S,
-    hop_s: float = HOP_S,
-    device=None,
-) -> np.ndarray:
-    """(files, extra heads): each extra head's file score, the mean of its scores on the scoring windows
-    (audio.window_bounds), as :func:`jsqa_cli.scoring.score_waveforms` gives MOS. Windows of all files are
-    batched together, sorted by length; eval and inference mode, the training flag restored afterwards."""
-    device = device or next(model.parameters()).device
-    windows = [(i, a, b) for i, w in enumerate(waves) for a, b in window_bounds(len(w), window_s=window_s, hop_s=hop_s)]
-    windows.sort(key=lambda t: t[2] - t[1])
-    sums, counts = np.zeros((len(waves), len(model.config.extra_heads))), np.zeros((len(waves), 1))
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode():
-        for start in range(0, len(windows), batch_size):
-            chunk = windows[start : start + batch_size]
-            wav, lengths = pad_batch([waves[i][a:b] for i, a, b in chunk])
-            scores = model.scores(wav.to(device), lengths.to(device))[:, 1:].float().cpu().numpy()
-            for (i, _, _), row in zip(chunk, scores):
-                sums[i] += row
-                counts[i] += 1
-    model.train(was_training)
-    return sums / np.maximum(counts, 1)
-
-
 def _gather(share: np.ndarray, n: int, d) -> np.ndarray:
     """Each rank's share (files rank::world) of an array, gathered back into file order on every rank."""
     if d is None or not d.enabled:
@@ -592,26 +562,27 @@ def validate(
     (:func:`jsqa_cli.scoring.score_waveforms`), gather the shares, and measure them against ``mos``.
 
     Returns (metrics: n, rmse, mae, pcc, srcc, and ``condition`` with the same per condition when ``conditions``
-    has values; the predictions). ``heads``: the extra heads' labels (a column per head of the model, NaN: none),
-    scored with :func:`score_heads` and measured on the files that have a label, under ``metrics["heads"]``.
-    Every rank returns the same."""
+    has values; the predictions). ``heads``: the extra heads' labels (a column per head of the model, NaN: none);
+    then every head is scored in the same pass and measured on the files that have a label, under
+    ``metrics["heads"]``. Every rank returns the same."""
     model = unwrap(model)
     device = d.device if d is not None else next(model.parameters()).device
-    pred = score_waveforms(model, waves, batch_size=batch_size, device=device, window_s=window_s, hop_s=hop_s)
-    pred = _gather(pred, len(mos), d)
+    outputs = model.config.outputs if heads is not None and len(heads.columns) else None  # all in one pass
+    scores = score_waveforms(
+        model, waves, batch_size=batch_size, device=device, window_s=window_s, hop_s=hop_s, outputs=outputs
+    )
+    if outputs is None:
+        scores = {"mos": scores}
+    scores = {k: _gather(v, len(mos), d) for k, v in scores.items()}
+    pred = scores["mos"]
     metrics = compute_metrics(pred, mos)
     if conditions is not None and conditions.notna().any():
         cm = condition_means(
             pd.DataFrame({"condition": np.asarray(conditions, dtype=object), "mos": mos, "mos_pred": pred})
         )
         metrics["condition"] = compute_metrics(cm["mos_pred"], cm["mos"])
-    if heads is not None and len(heads.columns):
-        scores = score_heads(model, waves, batch_size=batch_size, window_s=window_s, hop_s=hop_s, device=device)
-        scores = _gather(scores, len(mos), d)
-        metrics["heads"] = {
-            h: compute_metrics(scores[:, k], heads[h].to_numpy(float))  # over the files with a label
-            for k, h in enumerate(model.config.extra_heads)
-        }
+    if outputs is not None:  # over the files with a label
+        metrics["heads"] = {h: compute_metrics(scores[h], heads[h].to_numpy(float)) for h in model.config.extra_heads}
     return metrics, pred
 
 

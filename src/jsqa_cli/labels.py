@@ -199,8 +199,9 @@ def read_labelled_csv(csv: str | os.PathLike, scores: Sequence[str] = ()) -> pd.
 
 # ------------------------------------------------------------------------------------------ teacher embeddings
 # A safetensors file: tensor "embeddings" (N, D) float32, and in its metadata "paths", a JSON list of the N audio
-# files. Paths are matched on path_key, so "a.wav" in a CSV next to the file, "./a.wav" and its absolute path
-# are one file. Relative paths in the file are taken from the file's folder, as a CSV's are from the CSV's.
+# files as the labels tables give them (read_labelled_csv's "path": the CSV's folder joined to a relative path),
+# written absolute. Files are matched on path_key, so "data/../data/a.wav" from the current folder and its
+# absolute path are one file.
 
 
 def path_key(path: str | os.PathLike) -> str:
@@ -211,7 +212,9 @@ def path_key(path: str | os.PathLike) -> str:
 
 def save_teacher_embeddings(path: str | os.PathLike, paths: Sequence[str | os.PathLike], array) -> Path:
     """Write a teacher's embeddings of ``paths`` ((N, D) ``array``, row i for ``paths[i]``) for ``finetune
-    --distill``. Write paths as the labels CSVs' paths resolve (absolute, or relative to this file's folder)."""
+    --distill``. ``paths`` as the labels tables give them (``read_labelled_csv(csv)["path"]``, or the ``path``
+    column of ``training/teachers.py``'s output); they are stored absolute (path_key), so the file does not depend
+    on the folder it is used from."""
     from safetensors.numpy import save_file
 
     path = Path(path).expanduser()
@@ -221,13 +224,14 @@ def save_teacher_embeddings(path: str | os.PathLike, paths: Sequence[str | os.Pa
     if not np.isfinite(emb).all():
         raise ValueError(f"{path}: embeddings must be finite")
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"embeddings": emb}, str(path), metadata={"paths": json.dumps([os.fspath(p) for p in paths])})
+    save_file({"embeddings": emb}, str(path), metadata={"paths": json.dumps([path_key(p) for p in paths])})
     return path
 
 
 def load_teacher_embeddings(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
-    """(paths, (N, D) float32 embeddings) of a file from :func:`save_teacher_embeddings`; relative paths are
-    taken from the file's folder. Any problem is one line naming the file."""
+    """(paths, (N, D) float32 embeddings) of a file from :func:`save_teacher_embeddings` (a path written relative,
+    by other tools, is taken from the current folder, as labels' relative paths are). Any problem is one line
+    naming the file."""
     from safetensors import safe_open
 
     path = Path(path).expanduser()
@@ -247,8 +251,7 @@ def load_teacher_embeddings(path: str | os.PathLike) -> tuple[list[str], np.ndar
         raise ValueError(f"{path}: needs a JSON list of the audio paths in its metadata (key 'paths')") from None
     if not isinstance(paths, list) or len(paths) != emb.shape[0]:
         raise ValueError(f"{path}: {len(paths) if isinstance(paths, list) else 'no'} paths for {emb.shape[0]} rows")
-    paths = [Path(os.path.expanduser(str(p))) for p in paths]
-    return [str(p if p.is_absolute() else path.parent / p) for p in paths], emb.astype(np.float32, copy=False)
+    return [str(p) for p in paths], emb.astype(np.float32, copy=False)
 
 
 def match_paths(wanted: Sequence[str | os.PathLike], have: Sequence[str | os.PathLike]) -> np.ndarray:
