@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,6 +20,12 @@ import recipe  # noqa: E402
 SMOKE = REPO / "training" / "configs" / "smoke.toml"
 CONFIGS = sorted((REPO / "training" / "configs").glob("*.toml"))
 DATA = REPO / ".." / "shared" / "data"
+
+
+def _have(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def _config(path: Path = SMOKE) -> dict:
@@ -44,9 +50,15 @@ def test_smoke_recipe_runs_end_to_end_scores_examples_and_resumes(tmp_path):
     from jsqa_cli.scoring import score_files
 
     out = tmp_path / "smoke"
-    first = _recipe("--config", str(SMOKE), "--out", str(out))
+    config_path, teachers = SMOKE, _have("speechmos") and _have("onnxruntime")
+    if not teachers:  # without the teachers extra: the same pipeline without P.835 labels and heads
+        config_path = tmp_path / "smoke.toml"
+        text = SMOKE.read_text().replace('heads = ["sig", "bak"]', "")
+        config_path.write_text(text[: text.index("[labels]")] + text[text.index("[pairs]") :])
+    first = _recipe("--config", str(config_path), "--out", str(out))
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    units = [u.name for u in recipe.plan(_config(), out.resolve(), SMOKE)]
+    units = [u.name for u in recipe.plan(_config(config_path), out.resolve(), config_path)]
+    assert ({"labels/main"} if teachers else set()) <= set(units)
     assert {
         "sources",
         "corpus/main",
@@ -67,22 +79,32 @@ def test_smoke_recipe_runs_end_to_end_scores_examples_and_resumes(tmp_path):
     meta = config["metadata"]
     assert set(meta["recipe"]) == {"config", "config_sha256", "git_commit"}
     assert meta["recipe"]["config"] == "smoke"
-    assert meta["recipe"]["config_sha256"] == recipe.sha256_hex(SMOKE.read_bytes())
+    assert meta["recipe"]["config_sha256"] == recipe.sha256_hex(config_path.read_bytes())
     examples = sorted(p for p in (REPO / "examples").iterdir() if p.suffix in (".wav", ".flac", ".ogg", ".mp3"))
     scores = score_files(examples, str(model))
-    assert len(scores) == len(examples) and all(math.isfinite(m) and 1 <= m <= 5 for m in scores["mos"])
+    reported = ["mos", "sig", "bak"] if teachers else ["mos"]
+    assert (
+        config["extra_heads"] == reported[1:] and [c for c in scores.columns if c in ("mos", "sig", "bak")] == reported
+    )
+    assert len(scores) == len(examples) and scores[reported].stack().between(1, 5).all()
+    if teachers:
+        labelled = pd.read_csv(out / "labels" / "main" / "train.csv")
+        assert {"sig", "bak", "sig_sim", "bak_sim", "aux_dnsmos_ovrl"} <= set(labelled.columns)
+        assert labelled[["sig", "bak"]].stack().between(1, 5).all()
     timings = (out / "timings.tsv").read_text().splitlines()
     assert [line.split("\t")[1] for line in timings] == units
     assert (out / "ablation" / "report" / "ablation.md").read_text().count("| `") == 2  # the two modes
 
-    second = _recipe("--config", str(SMOKE), "--out", str(out))
+    second = _recipe("--config", str(config_path), "--out", str(out))
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("skipped (done for this config)") == len(units)
     assert "running" not in second.stdout
 
     # the same model, every check required: the toy model fails the bar, and the recipe says which check
     strict = tmp_path / "strict.toml"
-    strict.write_text(SMOKE.read_text().replace('advisory = ["ladders", "noizeus", "clean_speech"]', "advisory = []"))
+    strict.write_text(
+        config_path.read_text().replace('advisory = ["ladders", "noizeus", "clean_speech"]', "advisory = []")
+    )
     third = _recipe("--config", str(strict), "--out", str(out), "--stages", "checks")
     assert third.returncode == 1
     assert third.stderr.startswith("recipe: quality check failed: ") and third.stderr.count("\n") == 1

@@ -325,6 +325,11 @@ def plan(config: dict, out: Path, config_path: Path) -> list[Unit]:
         section = {**cfg, "train": [u.name for u in train_in], "val": [u.name for u in val_in]}
         if init is not None:
             cfg["init"] = str(init)
+        elif cfg.get("init") and (REPO / cfg["init"]).is_dir():  # a released model to continue: a folder relative
+            folder_in = REPO / cfg["init"]  # to the repository root, its weights hashed into the unit
+            cfg["init"] = str(folder_in)
+            weights = folder_in / "model.safetensors"
+            section["init_sha256"] = sha256_hex(weights.read_bytes()) if weights.is_file() else None
         return add(
             stage,
             name,
