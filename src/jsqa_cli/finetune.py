@@ -710,9 +710,7 @@ class FinetuneTask(Task):
         if len(self.head_weights):  # mean over the extra heads, each over the crops that have its label
             parts["loss_heads"] = (self.head_weights * masked_loss(self.loss_fn, scores[:, 1:], targets[:, 1:])).mean()
             loss = loss + parts["loss_heads"]
-        if (
-            mapped is not None
-        ):  # 1 - cosine to the teacher's embedding of each crop's file, over the files that have one
+        if mapped is not None:  # 1 - cosine to the teacher's embedding of each crop's file, where it has one
             files = batch[4].to(self.d.device)
             has = self.has_teacher[files].float()
             cos = F.cosine_similarity(mapped.float(), self.teacher[files], dim=-1)
