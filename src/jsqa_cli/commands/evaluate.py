@@ -60,8 +60,9 @@ def evaluate_command(
 ) -> None:
     """Measure models against subjective MOS: RMSE, MAE, PCC, SRCC per file and per condition.
 
-    Files are scored exactly as `jsqa score` scores them (same windows, same numbers). Labels with P.835 sig and
-    bak columns are measured too, one block per scale, for models with those heads.
+    Files are scored exactly as `jsqa score` scores them (same windows, same numbers).
+
+    P.835 sig and bak labels are measured too, one block per scale, for models with those heads.
 
     Example: jsqa evaluate -m models/scratch -m models/jsqa --nisqa-root NISQA_Corpus --db NISQA_TEST_FOR -o eval/
 
