@@ -23,10 +23,13 @@ from jsqa_cli.commands._common import (
 
 HELP = """Score speech quality (MOS 1-5) of audio files and folders (searched recursively).
 
-Writes one row per file (path, mos, duration_s, sample_rate, channels, segments, model, warnings, error) to a
-.csv or .jsonl file, or CSV to stdout with -o -; a model with P.835 heads adds sig (speech signal) and bak
-(background), 1-5, after mos. Rows are flushed as they finish; --resume continues an interrupted run. Exit status:
-0 all files scored, 1 some files failed (their rows carry the error), 2 usage or setup error.
+One row per file (path, mos, duration_s, sample_rate, channels, segments, model, warnings, error) to -o FILE.csv.
+
+A model with P.835 heads adds sig (speech signal) and bak (background), 1-5, after mos.
+
+-o FILE.jsonl writes JSON lines, -o - CSV on stdout. Rows are flushed as they finish; --resume goes on after a stop.
+
+Exit status: 0 all files scored, 1 some files failed (their rows carry the error), 2 usage or setup error.
 
 Examples:
 
