@@ -29,7 +29,7 @@ def _corpus_and_teachers(n=40, seed=0):
             "path": [f"data/corpus/main/{p}" for p in corpus.path],  # as teachers.py writes them: another root
             "dnsmos_sig": rng.uniform(2, 4, n),
             "dnsmos_bak": bak,
-            "dnsmos_ovrl": rng.uniform(1, 4, n),
+            "dnsmos_ovrl": rng.uniform(0.8, 4, n),  # DNSMOS's polynomial fits can leave 1..5
             "dnsmos_p808": rng.uniform(2, 4, n),
             "distillmos": rng.uniform(1, 5, n),
             "error": pd.Series([None] * n, dtype=object),
@@ -56,7 +56,8 @@ def test_fusion_weights_and_aux_columns():
     assert np.allclose(only_teacher.bak, teachers.dnsmos_bak.clip(1, 5), atol=1e-3)
     half = p835_labels.p835_labels(corpus, teachers, sig_teacher_weight=0.5)
     assert np.allclose(half.sig, (0.5 * corpus.sig_sim + 0.5 * teachers.dnsmos_sig).clip(1, 5), atol=1e-3)
-    assert np.allclose(half.aux_distillmos, teachers.distillmos, atol=1e-3)
+    assert np.allclose(half.aux_distillmos, teachers.distillmos.clip(1, 5), atol=1e-3)
+    assert half[["aux_distillmos", "aux_dnsmos_ovrl", "aux_dnsmos_p808"]].stack().between(1, 5).all()
     assert {"aux_dnsmos_ovrl", "aux_dnsmos_p808"} <= set(half.columns)
     assert list(half.path) == list(corpus.path) and np.allclose(half.mos, corpus.mos)  # mos untouched
 

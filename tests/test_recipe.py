@@ -116,7 +116,8 @@ def test_every_config_plans(path, tmp_path):
     """Each config parses, names only corpus draws it has, and every unit hash is distinct."""
     units = recipe.plan(_config(path), tmp_path, path)
     assert len({u.hash for u in units}) == len(units)
-    assert {"sources", "corpus/main", "pairs", "pretrain", "evaluate", "checks", "bundle"} <= {u.name for u in units}
+    made = {"pairs", "pretrain"} if "pretrain" in _config(path) else set()  # small-continue starts from a release
+    assert {"sources", "corpus/main", "evaluate", "checks", "bundle", *made} <= {u.name for u in units}
 
 
 def test_a_changed_number_reruns_that_stage_and_what_depends_on_it(tmp_path, monkeypatch):

@@ -70,7 +70,7 @@ def p835_labels(
     out["sig"] = _fuse(out["sig_sim"].to_numpy(float), dn_sig, sig_teacher_weight)
     for column, aux in AUX.items():
         if column in t.columns:
-            out[aux] = key.map(t[column]).to_numpy(float).round(3)
+            out[aux] = np.clip(key.map(t[column]).to_numpy(float), 1.0, 5.0).round(3)  # DNSMOS's fits can leave 1..5
     return out
 
 
