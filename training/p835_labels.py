@@ -93,9 +93,10 @@ def label_draw(
     (teachers.py, resumable), then ``out/SPLIT.csv`` (the corpus CSV with ``sig``, ``bak`` and ``aux_*``; paths
     relative to ``out``); with ``embeddings`` also ``out/SPLIT_embeddings.safetensors`` (DistillMOS's).
 
-    ``teacher_every``: the teachers score every k-th file of the training and validation splits (all of the test
-    split). On 2 CPU cores DNSMOS takes about 2.4 s and DistillMOS 1.5 s a clip; the SNR-to-BAK fit needs a few
-    hundred noisy clips, and a file without teacher scores keeps the simulation's sig and bak."""
+    ``teacher_every``: the teachers score every k-th file of the training and validation splits; DNSMOS alone
+    scores every file of the test split (evaluation measures mos, sig and bak; aux_* targets are for training).
+    On 2 CPU cores DNSMOS takes about 0.7 s and DistillMOS 1.5 s a clip; the SNR-to-BAK fit needs a few hundred
+    noisy clips, and a file without teacher scores keeps the simulation's sig and bak."""
     import teachers as teacher_scores
 
     if "dnsmos" not in teachers:
@@ -110,11 +111,14 @@ def label_draw(
             continue
         scores = out / f"{split}_teachers.csv"
         files = pd.read_csv(src)["path"][:: 1 if split == "test" else teacher_every]
-        teacher_scores.label_files([str(corpus_dir / p) for p in files], scores, teachers, embeddings)
+        test = split == "test"  # evaluation measures mos, sig and bak: the aux_* targets are for training only
+        teacher_scores.label_files(
+            [str(corpus_dir / p) for p in files], scores, ["dnsmos"] if test else teachers, embeddings and not test
+        )
         df = p835_labels(pd.read_csv(src), pd.read_csv(scores), sig_teacher_weight, bak_teacher_weight)
         df["path"] = [os.path.relpath(corpus_dir / p, out) for p in df["path"]]
         df.to_csv(out / f"{split}.csv", index=False)
-        if embeddings:
+        if embeddings and not test:
             from jsqa_cli.labels import save_teacher_embeddings
 
             paths, array = teacher_scores.read_embeddings(scores)
