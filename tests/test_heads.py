@@ -303,3 +303,21 @@ def test_model_card_explains_the_three_scales_only_when_there_are_heads(models):
     assert "P.835 SIG" in with_heads and "P.835 BAK" in with_heads and "MOS, SIG, BAK heads" in with_heads
     assert "aux_x" not in with_heads.split("## Training data")[0]  # a training head is not a score
     assert "P.835" not in mos_only and "→ MOS head" in mos_only
+
+
+def test_bundling_drops_training_heads_and_credits_dnsmos(models, tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+    import bundle_model
+
+    _, heads_dir = models
+    dest = bundle_model.write_model_folder(heads_dir, tmp_path / "shipped", name="jsqa-test")
+    config = json.loads((dest / "config.json").read_text())
+    assert config["extra_heads"] == ["sig", "bak"] and config["metadata"]["dropped_heads"] == ["aux_x"]
+    assert "DNSMOS P.835 SIG and BAK" in (dest / "README.md").read_text()  # credited (CC BY 4.0)
+    assert "Microsoft" in config["metadata"]["training_data"]["labels"]
+    wav = torch.from_numpy(synth_speech(2.0, 16_000, seed=4)).float()[None]
+    shipped, source = load_model(dest), load_model(heads_dir)
+    assert torch.allclose(shipped.scores(wav), source.scores(wav)[:, :3])  # mos, sig, bak unchanged

@@ -20,7 +20,17 @@ import shutil
 from pathlib import Path
 
 from jsqa_cli.hub import model_card
-from jsqa_cli.model import CARD_NAME, CONFIG_NAME, DEFAULT_MODEL, WEIGHTS_DIR, WEIGHTS_NAME, load_model
+from jsqa_cli.model import (
+    CARD_NAME,
+    CONFIG_NAME,
+    DEFAULT_MODEL,
+    P835_HEADS,
+    WEIGHTS_DIR,
+    WEIGHTS_NAME,
+    drop_heads,
+    load_model,
+    save_model,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,6 +44,13 @@ TRAINING_DATA = {
     "labels": "simulated MOS: wideband PESQ (P.862.2) calibrated to listener scales, E-model (G.107) for packet "
     "loss and echo; see docs/recipe-data.md",
 }
+
+P835_LABELS = (
+    "P.835 sig and bak: the simulation's label of each clip without its added noise and its SNR, fused with "
+    "DNSMOS P.835 SIG and BAK (C. K. A. Reddy, V. Gopal, R. Cutler, ICASSP 2022; Microsoft's models, CC BY 4.0, "
+    "used to label training clips only); teachers' overall scores (DistillMOS, MIT; DNSMOS) trained auxiliary "
+    "heads that are not shipped; see docs/recipe-data.md"
+)
 
 
 BUNDLED_NOTE = """
@@ -166,10 +183,19 @@ def write_model_folder(
             "model": f"{init['model']} (the bundled model it replaced)",
             "previous_training": found.group(1) if found else "its card did not say how it was made",
         }
-    meta.update({"name": name, "training_data": TRAINING_DATA, "license": "mit", "recipe": recipe})
+    training_data = dict(TRAINING_DATA)
+    if set(P835_HEADS) & set(config.get("extra_heads", [])):
+        training_data["labels"] += "; " + P835_LABELS
+    meta.update({"name": name, "training_data": training_data, "license": "mit", "recipe": recipe})
+    aids = [h for h in config.get("extra_heads", []) if h not in P835_HEADS]
+    if aids:  # training aids (teachers' scores): not shipped, the card and scores never name them
+        slim = drop_heads(load_model(src))
+        meta["dropped_heads"] = aids
+        config["extra_heads"] = slim.config.extra_heads
+        save_model(slim, dest)  # weights without the aids' heads; config.json is written next
     config["metadata"] = meta
     (dest / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-    if src.resolve() != dest.resolve():
+    if src.resolve() != dest.resolve() and not aids:
         shutil.copyfile(src / WEIGHTS_NAME, dest / WEIGHTS_NAME)
     if eval_metrics is not None:
         (dest / "metrics.json").write_text(json.dumps(_own_metrics(Path(eval_metrics), src), indent=2) + "\n")
