@@ -897,6 +897,32 @@ def test_heads_with_weight_0_leave_mos_training_exactly_as_without(p835_split, t
     assert any(not torch.allclose(a[k], start, rtol=0, atol=1e-3) for k, start in _scratch_tiny().items())
 
 
+def test_freeze_encoder_and_mos_adds_heads_and_leaves_the_mos_as_it_was(p835_split, pretrained_dir, tmp_path):
+    """--freeze encoder,mos --heads sig,bak: only the new heads train; every other weight
+    ends exactly where it started, so the model's MOS is the one it had. --freeze mos alone trains the encoder."""
+    train, val = p835_split
+    common = dict(train_csv=str(train), val_csv=str(val), init=str(pretrained_dir), heads="sig,bak")
+    fast = {**FAST, "steps": 4, "eval_every": 4, "lr": 1e-2, "lr_head": 1e-2}
+    start = build_finetune_model(str(pretrained_dir), False, heads=["sig", "bak"])[0].state_dict()
+    held = load_model(finetune(output=str(tmp_path / "held"), freeze=("encoder", "mos"), **common, **fast)).state_dict()
+    assert all(torch.equal(held[k], start[k]) for k in start if not k.startswith("heads."))
+    assert all(not torch.equal(held[k], start[k]) for k in start if k.startswith("heads.") and k.endswith("weight"))
+    assert read_config(tmp_path / "held")[1]["training"]["freeze"] == ["encoder", "mos"]
+    mos_only = load_model(finetune(output=str(tmp_path / "mos"), freeze="mos", **common, **fast)).state_dict()
+    assert all(torch.equal(mos_only[k], start[k]) for k in start if k.startswith("mos_head."))
+    assert any(not torch.equal(mos_only[k], start[k]) for k in start if k.startswith("encoder.transformer."))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [({"freeze": "decoder"}, "choose from encoder, mos"), ({"freeze": "encoder,mos"}, "leaves nothing to train")],
+)
+def test_freeze_mistakes_are_one_line(csv_split, tmp_path, options, message):
+    train, val = csv_split
+    with pytest.raises(ValueError, match=message):
+        finetune(output=str(tmp_path / "m"), train_csv=str(train), val_csv=str(val), from_scratch=True, **options)
+
+
 def _scratch_tiny():
     return build_finetune_model(None, True, preset="tiny")[0].state_dict()
 

@@ -319,6 +319,7 @@ PHASE_INPUT = "encoder.stem.conv1_phase."
 HEAD_RATE = ("mos_head.", "heads.", FLATNESS_INPUT, PHASE_INPUT)
 # Label columns with another meaning, which --heads cannot name.
 RESERVED_COLUMNS = ("mos", "MOS", "path", "file", "filepath_deg", "filepath", "condition", "con", "group", "db")
+FREEZABLE = ("encoder", "mos")  # what --freeze can hold for a whole run
 TRAINING_DIR = "training"  # inside the model folder: checkpoint.pt, metrics.jsonl, options.json
 
 
@@ -353,6 +354,7 @@ class FinetuneOptions:
     weight_decay: float = 0.01  # on weight matrices and kernels, not biases or norms
     warmup_steps: int = 100
     freeze_encoder_steps: int = 0  # train only the MOS head for this many steps first
+    freeze: tuple[str, ...] = ()  # held for the whole run: "encoder" (with its flatness/phase inputs), "mos" (its head)
     loss: str = "mse"  # mse or l1
     rank_weight: float = 0.0  # weight of the loss on score differences between versions of one reference (group)
     grad_clip: float = 1.0  # gradient-norm limit; 0: no clipping
@@ -406,6 +408,12 @@ def _options(options: FinetuneOptions | None, overrides: dict) -> FinetuneOption
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
     if o.freeze_encoder_steps < 0 or o.rank_weight < 0:
         raise ValueError("--freeze-encoder-steps and --rank-weight must not be negative")
+    given = [o.freeze] if isinstance(o.freeze, str) else list(o.freeze)  # names, or comma-separated strings
+    o.freeze = tuple(part.strip() for item in given for part in item.split(",") if part.strip())
+    if set(o.freeze) - set(FREEZABLE):
+        raise ValueError(f"--freeze {','.join(o.freeze)}: choose from {', '.join(FREEZABLE)}")
+    if set(FREEZABLE) <= set(o.freeze) and not o.heads:
+        raise ValueError("--freeze encoder,mos leaves nothing to train: add --heads")
     if min(o.lr, o.lr_head, o.lr_flatness if o.lr_flatness is not None else 0) < 0:
         raise ValueError("--lr, --lr-head and --lr-flatness must not be negative")
     o.heads, o.head_weight = _check_heads(o.heads, o.head_weight)
@@ -682,12 +690,21 @@ class FinetuneTask(Task):
             generator=torch.Generator().manual_seed(o.seed),
         )  # never the global RNG: exact resume
 
+    def trainable(self, name: str, frozen: bool) -> bool:
+        """Whether parameter ``name`` trains: not while the encoder is frozen (--freeze-encoder-steps: all but
+        HEAD_RATE's; --freeze encoder: all of it, its flatness and phase inputs too), nor a --freeze mos head."""
+        held = self.opts.freeze
+        if name.startswith("mos_head."):
+            return "mos" not in held
+        if "encoder" in held and name.startswith("encoder."):
+            return False
+        return not (frozen and not name.startswith(HEAD_RATE))
+
     def forward(self, batch, step: int) -> torch.Tensor:
         frozen = step < self.opts.freeze_encoder_steps
         if frozen != self.frozen:  # the encoder's parameters frozen or not (DDP is rebuilt when that changes)
             for name, p in self.model.named_parameters():
-                if not name.startswith(HEAD_RATE):
-                    p.requires_grad_(not frozen)
+                p.requires_grad_(self.trainable(name, frozen))
             self.net, self.frozen = Student(self.model, self.distill_map), frozen
             if self.d.enabled:
                 self.net = torch.nn.parallel.DistributedDataParallel(
@@ -861,6 +878,7 @@ def _finetune(opts: FinetuneOptions, d) -> Path:
                     "weight_decay",
                     "warmup_steps",
                     "freeze_encoder_steps",
+                    "freeze",
                     "loss",
                     "rank_weight",
                     "grad_clip",

@@ -102,6 +102,12 @@ def finetune_command(
     freeze_encoder_steps: int = typer.Option(
         0, "--freeze-encoder-steps", help="Train only the MOS head for the first N steps."
     ),
+    freeze: Optional[List[str]] = typer.Option(
+        None,
+        "--freeze",
+        help="Hold for the whole run, comma-separated: encoder (with its flatness/phase inputs), mos (the MOS head). "
+        "--freeze encoder,mos --heads sig,bak adds heads to a model and leaves its MOS as it was.",
+    ),
     loss: str = typer.Option("mse", "--loss", help="mse or l1."),
     rank_weight: float = typer.Option(
         0.0,
@@ -186,6 +192,7 @@ def finetune_command(
         weight_decay=weight_decay,
         warmup_steps=warmup_steps,
         freeze_encoder_steps=freeze_encoder_steps,
+        freeze=tuple(freeze or ()),
         loss=loss,
         rank_weight=rank_weight,
         grad_clip=grad_clip,
