@@ -902,12 +902,15 @@ def test_freeze_encoder_and_mos_adds_heads_and_leaves_the_mos_as_it_was(p835_spl
     ends exactly where it started, so the model's MOS is the one it had. --freeze mos alone trains the encoder."""
     train, val = p835_split
     common = dict(train_csv=str(train), val_csv=str(val), init=str(pretrained_dir), heads="sig,bak")
-    fast = {**FAST, "steps": 4, "eval_every": 4, "lr": 1e-2, "lr_head": 1e-2}
+    fast = {**FAST, "steps": 4, "eval_every": 2, "lr": 1e-2, "lr_head": 1e-2}
     start = build_finetune_model(str(pretrained_dir), False, heads=["sig", "bak"])[0].state_dict()
     held = load_model(finetune(output=str(tmp_path / "held"), freeze=("encoder", "mos"), **common, **fast)).state_dict()
     assert all(torch.equal(held[k], start[k]) for k in start if not k.startswith("heads."))
     assert all(not torch.equal(held[k], start[k]) for k in start if k.startswith("heads.") and k.endswith("weight"))
-    assert read_config(tmp_path / "held")[1]["training"]["freeze"] == ["encoder", "mos"]
+    meta = read_config(tmp_path / "held")[1]
+    assert meta["training"]["freeze"] == ["encoder", "mos"]
+    evals = [r for r in read_metrics(tmp_path / "held" / "training") if "val_heads_pcc" in r]
+    assert len(evals) == 2 and meta["best_step"] == max(evals, key=lambda r: r["val_heads_pcc"])["step"]
     mos_only = load_model(finetune(output=str(tmp_path / "mos"), freeze="mos", **common, **fast)).state_dict()
     assert all(torch.equal(mos_only[k], start[k]) for k in start if k.startswith("mos_head."))
     assert any(not torch.equal(mos_only[k], start[k]) for k in start if k.startswith("encoder.transformer."))

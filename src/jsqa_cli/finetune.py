@@ -643,7 +643,10 @@ class FinetuneTask(Task):
     ):
         self.opts, self.d, self.model, self.dataset, self.workers = opts, d, model, dataset, workers
         self.val_waves, self.val_df, self.out, self.provenance = val_waves, val_df, out, provenance
-        self.metric, self.higher_is_better = f"val_{opts.early_stop}", opts.early_stop == "pcc"
+        # the best step: by MOS, or with the MOS head held (--freeze mos) by the extra heads' mean
+        held = "mos" in opts.freeze
+        self.metric = f"val_{'heads_' if held else ''}{opts.early_stop}"
+        self.higher_is_better = opts.early_stop == "pcc"
         self.loss_fn = F.mse_loss if opts.loss == "mse" else F.l1_loss
         heads = model.config.extra_heads
         self.head_weights = torch.tensor([opts.head_weight[h] for h in heads], device=d.device)
@@ -758,6 +761,11 @@ class FinetuneTask(Task):
             **{f"val_{k}": v for k, v in metrics.items() if k not in ("condition", "heads")},
             **{f"val_condition_{k}": v for k, v in metrics.get("condition", {}).items()},
             **{f"val_{h}_{k}": v for h, m in metrics.get("heads", {}).items() for k, v in m.items()},
+            **{
+                f"val_heads_{k}": float(np.mean([m[k] for m in metrics["heads"].values()]))
+                for k in ("pcc", "rmse")
+                if metrics.get("heads")
+            },
         }
 
     def save_best(self, step: int, record: dict) -> None:
