@@ -82,6 +82,9 @@ def run_score(args: list[str], env: dict | None = None) -> tuple[float, int, int
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="small")
+    ap.add_argument(
+        "--heads", default="", help="extra heads of the generated model, e.g. sig,bak (the bundled jsqa-small's)"
+    )
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--minutes", type=float, default=60.0, help="audio in the generated folder")
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
@@ -94,7 +97,8 @@ def main() -> None:
 
     tmp = Path(args.tmp or tempfile.mkdtemp(prefix="jsqa-bench-"))
     torch.manual_seed(0)
-    model = save_model(build_model(args.preset), tmp / f"model-{args.preset}")
+    heads = [h for h in args.heads.split(",") if h]
+    model = save_model(build_model(args.preset, extra_heads=heads), tmp / f"model-{args.preset}")
     t = time.perf_counter()
     audio_s = make_corpus(tmp / "corpus", args.minutes)
     n_files = len(list((tmp / "corpus").iterdir()))
@@ -106,6 +110,7 @@ def main() -> None:
 
     results = {
         "preset": args.preset,
+        "heads": heads,
         "device": args.device,
         "files": n_files,
         "audio_s": audio_s,
