@@ -383,26 +383,25 @@ def add_flatness_bands(model: JSQA, bands: int) -> JSQA:
     """A copy of ``model`` that also reads ``bands`` log spectral flatness channels (JSQAConfig.flatness_bands).
     Their convolution starts at zero, so the copy scores exactly as ``model`` until fine-tuning teaches it to
     use them."""
-    if model.config.flatness_bands:
-        raise ValueError(f"the model already reads {model.config.flatness_bands} flatness bands")
-    wide = JSQA(replace(model.config, flatness_bands=bands))
-    nn.init.zeros_(wide.encoder.stem.conv1_flatness.weight)
-    missing, unexpected = wide.load_state_dict(model.state_dict(), strict=False)
-    assert missing == ["encoder.stem.conv1_flatness.weight"] and not unexpected, (missing, unexpected)
-    wide.metadata, wide.name = dict(model.metadata), model.name
-    return wide.train(model.training)
+    return _add_input(model, "flatness_bands", bands, "conv1_flatness")
 
 
 def add_phase_bands(model: JSQA, bands: int) -> JSQA:
     """A copy of ``model`` that also reads ``bands`` group-delay deviation channels (JSQAConfig.phase_bands).
     Their convolution starts at zero, so the copy scores exactly as ``model`` until fine-tuning teaches it to use
     them."""
-    if model.config.phase_bands:
-        raise ValueError(f"the model already reads {model.config.phase_bands} phase bands")
-    wide = JSQA(replace(model.config, phase_bands=bands))
-    nn.init.zeros_(wide.encoder.stem.conv1_phase.weight)
+    return _add_input(model, "phase_bands", bands, "conv1_phase")
+
+
+def _add_input(model: JSQA, field_name: str, bands: int, conv: str) -> JSQA:
+    """A copy of ``model`` with ``bands`` more input channels of one kind, through the stem's zero-initialised
+    first convolution ``conv`` of their own."""
+    if getattr(model.config, field_name):
+        raise ValueError(f"the model already reads {getattr(model.config, field_name)} {field_name.replace('_', ' ')}")
+    wide = JSQA(replace(model.config, **{field_name: bands}))
+    nn.init.zeros_(getattr(wide.encoder.stem, conv).weight)
     missing, unexpected = wide.load_state_dict(model.state_dict(), strict=False)
-    assert missing == ["encoder.stem.conv1_phase.weight"] and not unexpected, (missing, unexpected)
+    assert missing == [f"encoder.stem.{conv}.weight"] and not unexpected, (missing, unexpected)
     wide.metadata, wide.name = dict(model.metadata), model.name
     return wide.train(model.training).to(next(model.parameters()).device)
 
