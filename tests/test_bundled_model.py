@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import synth_speech
 
 from jsqa_cli.model import DEFAULT_MODEL, bundled_models, load_model
-from jsqa_cli.scoring import score_waveforms
+from jsqa_cli.scoring import score_files, score_waveforms
 
 pytestmark = pytest.mark.skipif(DEFAULT_MODEL not in bundled_models(), reason="no bundled model in this checkout")
 
@@ -34,3 +36,14 @@ def test_default_model_scores_noisy_and_clipped_speech_below_clean():
     mos = score_waveforms(load_model(), [clean, noisy, clipped])
     assert np.all((mos >= 1) & (mos <= 5))
     assert mos[0] > mos[1] + 0.3 and mos[0] > mos[2]
+
+
+def test_default_model_tells_noise_from_speech_distortion():
+    """P.835 heads on real clips (examples/): noise lowers bak far more than sig, packet loss sig far more than bak."""
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    names = ["ls533_clean.flac", "ls533_noise_dishes_5dB.flac", "ls533_packetloss_10pct.wav"]
+    scores = score_files([examples / n for n in names], load_model())
+    assert list(scores.columns[:4]) == ["path", "mos", "sig", "bak"]
+    clean, noisy, lossy = (scores.iloc[i] for i in range(3))
+    assert clean.bak - noisy.bak > 0.5 + abs(clean.sig - noisy.sig)
+    assert clean.sig - lossy.sig > 0.5 + abs(clean.bak - lossy.bak)

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -92,11 +93,15 @@ def test_info_unknown_model_is_one_line(tmp_path):
     assert "Traceback" not in result.output and result.stderr.strip().count("\n") == 0
 
 
-def test_info_shows_the_bundled_models_own_account_of_its_recipe():
-    """The bundled model predates training/recipe.py: its metadata says in a sentence how it was made."""
+def test_info_shows_the_recipe_that_made_the_bundled_model():
+    """The bundled model came out of training/recipe.py: info names the config, its sha256 and the git commit."""
     result = runner.invoke(app, ["info", "jsqa-small"], env={"JSQA_MODEL": "", "COLUMNS": "400"})
     assert result.exit_code == 0, result.output
-    assert any(
-        line.lstrip("│ ").startswith("recipe") and "training/configs/small.toml" in line
-        for line in result.stdout.splitlines()
-    ), result.stdout
+    rows = {}
+    for line in result.stdout.splitlines():
+        cells = [c.strip() for c in line.strip("│ ").split("│")]
+        if len(cells) == 2 and cells[0].startswith("recipe"):
+            rows[cells[0]] = cells[1]
+    assert rows.get("recipe config") == "small-continue", result.stdout
+    assert re.fullmatch(r"[0-9a-f]{64}", rows["recipe config sha256"]), rows
+    assert re.fullmatch(r"[0-9a-f]{40}", rows["recipe git commit"]), rows

@@ -156,6 +156,15 @@ def training_summary(meta: dict, where: str) -> str:
     return text + (f"; {where}" if where else "")
 
 
+def _same_model(a: Path, b: Path) -> bool:
+    """Whether folders ``a`` and ``b`` are one model: the same folder, or a copy of its weights (a released model
+    kept as a recipe's starting point, e.g. small-continue.toml's ``init``)."""
+    if a.resolve() == b.resolve():
+        return True
+    wa, wb = a / WEIGHTS_NAME, b / WEIGHTS_NAME
+    return wa.is_file() and wb.is_file() and wa.read_bytes() == wb.read_bytes()
+
+
 def write_model_folder(
     src: Path, dest: Path, name: str = DEFAULT_MODEL, eval_metrics: Path | None = None, where: str = "", recipe=None
 ) -> Path:
@@ -175,7 +184,7 @@ def write_model_folder(
         and (dest / WEIGHTS_NAME).read_bytes() == (src / WEIGHTS_NAME).read_bytes()
     ):
         meta["init"] = shipped["init"]  # the same model bundled again: the model it replaced is the same too
-    elif (REPO / str(init.get("model", ""))).resolve() == dest.resolve() and (dest / CARD_NAME).is_file():
+    elif _same_model(REPO / str(init.get("model", "")), dest) and (dest / CARD_NAME).is_file():
         # continued from the model this replaces: keep how that one was made before its files are overwritten
         found = re.search(r"^- Training: (.*?)\. See `docs/results.md`", (dest / CARD_NAME).read_text(), re.M)
         meta["init"] = {
