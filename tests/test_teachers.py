@@ -57,3 +57,21 @@ def test_distillmos_scores_noise_below_clean(tmp_path):
 
     df = pd.read_csv(out).set_index("path")
     assert 1.0 <= df.loc[str(noisy), "distillmos"] < df.loc[str(clean), "distillmos"] <= 5.0
+
+
+def test_distillmos_embeddings_round_trip_for_distillation(tmp_path):
+    """--embeddings: DistillMOS's pooled 200-d representation per file, read back as finetune --distill's file."""
+    pytest.importorskip("distillmos")
+    from jsqa_cli.labels import load_teacher_embeddings, save_teacher_embeddings
+
+    clean, noisy = _clean_and_noisy(tmp_path)
+    out = tmp_path / "labels.csv"
+    with pytest.raises(ValueError, match="add distillmos"):
+        teachers.label_files([clean], out, ["dnsmos"], embeddings=True)
+    assert teachers.label_files([clean, noisy], out, ["distillmos"], embeddings=True) == 2
+    paths, array = teachers.read_embeddings(out)
+    assert paths == [str(clean), str(noisy)] and array.shape == (2, 200) and np.isfinite(array).all()
+    assert not np.allclose(array[0], array[1])  # the noise moves the representation
+    saved = save_teacher_embeddings(tmp_path / "emb.safetensors", paths, array)
+    back_paths, back = load_teacher_embeddings(saved)
+    assert np.allclose(back, array) and [Path(p).name for p in back_paths] == ["clean.wav", "noisy.flac"]
