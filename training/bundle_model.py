@@ -133,8 +133,12 @@ def _fine_tuned(meta: dict) -> str:
     """A model's fine-tuning from its metadata, or from one ``averaged_from`` entry (the same keys, flat)."""
     t, data = meta.get("training", meta), meta.get("data", meta)
     crop = t.get("crop_s")
+    held = [{"encoder": "encoder", "mos": "MOS head"}.get(f, f) for f in t.get("freeze") or []]
+    heads = t.get("heads") or []
     return (
-        f"; fine-tuned {t.get('steps', '?')} steps × {t.get('global_batch_size', '?')} crops"
+        (f"; {', '.join(heads)} heads added, " if heads else "; ")
+        + (f"{' and '.join(held)} held, " if held else "")
+        + f"fine-tuned {t.get('steps', '?')} steps × {t.get('global_batch_size', '?')} crops"
         + (f" of {crop[0]:g}-{crop[1]:g} s" if crop else "")
         + f" on {data.get('train_files', '?')} simulated clips (best validation step {meta.get('best_step', '?')})"
     )
