@@ -107,15 +107,16 @@ def label_draw(
     out.mkdir(parents=True, exist_ok=True)
     for split in ("train", "val", "test"):
         src = corpus_dir / f"{split}.csv"
-        if not src.is_file() or pd.read_csv(src).empty:
+        corpus = pd.read_csv(src) if src.is_file() else None
+        if corpus is None or corpus.empty:
             continue
         scores = out / f"{split}_teachers.csv"
-        files = pd.read_csv(src)["path"][:: 1 if split == "test" else teacher_every]
+        files = corpus["path"][:: 1 if split == "test" else teacher_every]
         test = split == "test"  # evaluation measures mos, sig and bak: the aux_* targets are for training only
         teacher_scores.label_files(
             [str(corpus_dir / p) for p in files], scores, ["dnsmos"] if test else teachers, embeddings and not test
         )
-        df = p835_labels(pd.read_csv(src), pd.read_csv(scores), sig_teacher_weight, bak_teacher_weight)
+        df = p835_labels(corpus, pd.read_csv(scores), sig_teacher_weight, bak_teacher_weight)
         df["path"] = [os.path.relpath(corpus_dir / p, out) for p in df["path"]]
         df.to_csv(out / f"{split}.csv", index=False)
         if embeddings and not test:

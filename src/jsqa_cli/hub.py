@@ -301,7 +301,7 @@ def model_card(
     metrics = model_metrics(folder, meta) if metrics is None else metrics
     num_params = parameter_count(folder)
     flatness = f" + spectral flatness ({cfg.flatness_bands} bands)" if cfg.flatness_bands else ""
-    phase = f" + group-delay deviation ({cfg.phase_bands} bands)" if getattr(cfg, "phase_bands", 0) else ""
+    phase = f" + group-delay deviation ({cfg.phase_bands} bands)" if cfg.phase_bands else ""
     reported = ["mos", *(h for h in P835_HEADS if h in cfg.extra_heads)]
     architecture = (
         f"log-mel ({cfg.n_mels} bands){flatness}{phase} → conv stem → {cfg.n_layers}-layer Transformer "
