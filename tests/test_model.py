@@ -14,6 +14,7 @@ from jsqa_cli.model import (
     JSQA,
     PRESETS,
     ModelError,
+    add_echo_bands,
     add_flatness_bands,
     add_phase_bands,
     build_model,
@@ -156,6 +157,48 @@ def test_add_phase_bands_scores_as_the_original_until_trained(tiny, tmp_path):
         add_phase_bands(wide, 16)
     with pytest.raises(ValueError, match="phase_bands=7 must divide the 256 STFT bins"):
         build_model("tiny", phase_bands=7)
+
+
+def test_echo_bands_find_the_echo_delay_and_start_silent(tiny, tmp_path):
+    """Lag similarity: an echo 200 ms late lifts the band holding lag 20 frames well above the same speech without
+    it; the widened model scores as the original until trained, ignores padding, and round-trips."""
+    from jsqa_cli.model import ECHO_BAND_LAGS, ECHO_FIRST_LAG, ECHO_OFFSET, ECHO_SCALE
+
+    rng = np.random.default_rng(4)  # "syllables": 50-150 ms of noise, each of its own colour, between pauses
+    parts = []
+    for _ in range(30):
+        n = int(rng.uniform(0.05, 0.15) * 16_000)
+        colour = np.interp(np.arange(n // 2 + 1), np.sort(rng.integers(0, n // 2, 6)), rng.uniform(0, 1, 6))
+        pause = np.zeros(int(rng.uniform(0, 0.1) * 16_000))
+        parts += [np.fft.irfft(colour * np.fft.rfft(rng.standard_normal(n)), n), pause]
+    speech = (0.3 * np.concatenate(parts) / np.abs(np.concatenate(parts)).max()).astype(np.float32)
+    echoed = speech.copy()
+    echoed[3200:] += 0.5 * speech[:-3200]  # 200 ms, -6 dB
+    wide = add_echo_bands(tiny, 8)
+    n_mels = tiny.config.n_mels
+    x = torch.from_numpy(np.stack([speech, echoed, np.zeros_like(speech)]))
+    with torch.inference_mode():
+        feats, _ = wide.encoder.frontend(x, torch.tensor([len(speech)] * 3))
+    sim = feats[:, n_mels:] * ECHO_SCALE - ECHO_OFFSET  # cosine similarities again
+    assert feats.shape[1] == n_mels + 8 and torch.isfinite(feats).all() and sim.abs().max() <= 1 + 1e-5
+    band = (20 - ECHO_FIRST_LAG) // ECHO_BAND_LAGS
+    lift = sim[1].mean(1) - sim[0].mean(1)
+    assert lift[band] > 0.1 and lift[band] == lift.max(), lift
+
+    waves = [synth_speech(n / 16_000, seed=i) for i, n in enumerate([5_000, 16_000, 27_123])]
+    assert not wide.encoder.stem.conv1_echo.weight.any()
+    with torch.inference_mode():
+        assert torch.equal(tiny(*pad_batch(waves)), wide(*pad_batch(waves)))
+    torch.nn.init.normal_(wide.encoder.stem.conv1_echo.weight, std=0.1)  # as if trained: padding must not leak in
+    with torch.inference_mode():
+        alone = torch.stack([wide(torch.from_numpy(w)[None])[0] for w in waves])
+        assert torch.max(torch.abs(alone - wide(*pad_batch(waves)))) < 1e-4
+    loaded = load_model(save_model(wide, tmp_path / "echo"))
+    assert loaded.config.echo_bands == 8
+    with torch.inference_mode():
+        assert torch.equal(loaded(*pad_batch(waves)), wide(*pad_batch(waves)))
+    with pytest.raises(ValueError, match="already reads 8 echo bands"):
+        add_echo_bands(wide, 8)
 
 
 def test_long_input_is_refused_with_a_hint(tiny):

@@ -55,6 +55,7 @@ from jsqa_cli.labels import (
 from jsqa_cli.model import (
     CONFIG_NAME,
     JSQA,
+    SIDE_INPUTS,
     WEIGHTS_NAME,
     add_heads,
     config_from_preset,
@@ -311,12 +312,11 @@ def build_finetune_model(
 
 # ---------------------------------------------------------------------------------------------- training
 
-# Parameters that train at --lr-head: the MOS head and the extra heads (--heads), and the flatness and phase inputs
-# (model.add_flatness_bands, add_phase_bands), which start from zero in a trained network and learn little at the
-# encoder's rate; --lr-flatness gives the flatness input a rate of its own.
-FLATNESS_INPUT = "encoder.stem.conv1_flatness."
-PHASE_INPUT = "encoder.stem.conv1_phase."
-HEAD_RATE = ("mos_head.", "heads.", FLATNESS_INPUT, PHASE_INPUT)
+# Parameters that train at --lr-head: the MOS head and the extra heads (--heads), and the side inputs (flatness,
+# phase, echo: model.SIDE_INPUTS, added by model.add_flatness_bands and the like), which start from zero in a trained
+# network and learn little at the encoder's rate; --lr-flatness gives the flatness input a rate of its own.
+FLATNESS_INPUT = f"encoder.stem.{SIDE_INPUTS['flatness_bands']}."
+HEAD_RATE = ("mos_head.", "heads.", *(f"encoder.stem.{conv}." for conv in SIDE_INPUTS.values()))
 # Label columns with another meaning, which --heads cannot name.
 RESERVED_COLUMNS = ("mos", "MOS", "path", "file", "filepath_deg", "filepath", "condition", "con", "group", "db")
 FREEZABLE = ("encoder", "mos")  # what --freeze can hold for a whole run

@@ -302,6 +302,7 @@ def model_card(
     num_params = parameter_count(folder)
     flatness = f" + spectral flatness ({cfg.flatness_bands} bands)" if cfg.flatness_bands else ""
     phase = f" + group-delay deviation ({cfg.phase_bands} bands)" if cfg.phase_bands else ""
+    phase += f" + lag similarity ({cfg.echo_bands} echo bands)" if cfg.echo_bands else ""
     reported = ["mos", *(h for h in P835_HEADS if h in cfg.extra_heads)]
     architecture = (
         f"log-mel ({cfg.n_mels} bands){flatness}{phase} → conv stem → {cfg.n_layers}-layer Transformer "

@@ -6,6 +6,8 @@
          mel bands blur, e.g. harmonics a codec replaced with noise]
         [+ group-delay deviation per linear-frequency band (``phase_bands`` > 0): where in each frame the energy
          sits, from the STFT's phase, which log-mel discards: the traces of packet-loss concealment and clipping]
+        [+ lag similarity in 50 ms lag bands (``echo_bands`` > 0): how much each frame's spectral shape repeats
+         one 30-530 ms earlier, the mark an echo leaves]
       → conv stem (time subsampling ×4)
       → pre-LN Transformer with key-padding masks
       → attention pooling → LayerNorm → embedding (B, D)
@@ -50,7 +52,7 @@ from jsqa_cli.resolve import (
 
 __all__ = [
     "JSQA", "JSQAConfig", "PRESETS", "P835_HEADS", "build_model", "add_heads", "drop_heads", "config_from_preset",
-    "add_flatness_bands", "add_phase_bands", "save_model",
+    "add_flatness_bands", "add_phase_bands", "add_echo_bands", "save_model",
     "read_config", "load_model", "ModelError", "CARD_NAME", "CONFIG_NAME", "DEFAULT_MODEL", "MODEL_TYPE",
     "WEIGHTS_DIR", "WEIGHTS_NAME", "bundled_models", "default_model_name", "resolve_model",
 ]  # fmt: skip
@@ -69,11 +71,21 @@ FLATNESS_MIN = -4.0
 # more spread where frames straddle a gap). Digital silence gives 0, i.e. -2.15 after this map.
 PHASE_OFFSET = -0.43
 PHASE_SCALE = 0.2
+# Lag similarity (lag_similarity): band b holds the highest cosine similarity between a frame's log-mel shape and
+# the shapes ECHO_FIRST_LAG + ECHO_BAND_LAGS * b ... + ECHO_BAND_LAGS - 1 frames earlier (10 ms each), so 10 bands
+# reach 520 ms. The map below centres it for clean speech (about 0.2, spread 0.2; an echo lifts its lag's band).
+ECHO_FIRST_LAG = 3  # 30 ms: frames that share no samples of the 25 ms window
+ECHO_BAND_LAGS = 5
+ECHO_OFFSET = -0.2
+ECHO_SCALE = 0.2
 
 # Scores a model can give beside "mos", each on 1..5 (JSQAConfig.extra_heads): ITU-T P.835's speech signal
 # (SIG: 5 = not distorted) and background (BAK: 5 = not noticeable). Heads with other names are training aids
 # (e.g. a teacher's score, "aux_*"); bundle_model drops them and scoring reports only these.
 P835_HEADS = ("sig", "bak")
+
+# Input channels beside the log-mel (JSQAConfig field → the stem's first convolution for them), in channel order.
+SIDE_INPUTS = {"flatness_bands": "conv1_flatness", "phase_bands": "conv1_phase", "echo_bands": "conv1_echo"}
 
 
 @dataclass
@@ -98,6 +110,7 @@ class JSQAConfig:
     mos_input: str = "embedding"  # what the MOS head reads: "embedding" (encoder output) or "projection"
     flatness_bands: int = 0  # extra input channels: log spectral flatness in this many equal linear bands; 0 = none
     phase_bands: int = 0  # extra input channels: group-delay deviation in this many equal linear bands; 0 = none
+    echo_bands: int = 0  # extra input channels: lag similarity in this many 50 ms lag bands from 30 ms; 0 = none
     extra_heads: list[str] = field(default_factory=list)  # more 1..5 outputs beside "mos" (P835_HEADS, "aux_*")
 
     @property
@@ -153,9 +166,32 @@ def group_delay_deviation(spec: torch.Tensor, bands: int) -> torch.Tensor:
     return num / (weight.unflatten(1, (bands, -1)).sum(2) + 1e-10)
 
 
+def lag_similarity(logmel: torch.Tensor, n_frames: torch.Tensor, bands: int) -> torch.Tensor:
+    """(B, n_mels, frames) log-mel → (B, bands, frames): per frame, the highest cosine similarity between its
+    spectral shape and the shape of a frame ECHO_FIRST_LAG ... ECHO_FIRST_LAG + ECHO_BAND_LAGS * bands - 1 frames
+    earlier, one band per ECHO_BAND_LAGS lags (0 where there is no earlier frame).
+
+    The shape is the log-mel frame less the input's mean log-mel (over its ``n_frames`` valid frames: the room and
+    the microphone) and less its own mean (the level). An echo (a copy ``d`` ms later) fills the pauses and the
+    quieter frames with an attenuated copy of the frame ``d`` ms before, so the band holding ``d`` rises; speech
+    alone repeats a shape only now and then."""
+    mask = lengths_to_mask(n_frames, logmel.shape[-1])[:, None, :]
+    mean = (logmel * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
+    shape = logmel - mean
+    shape = shape - shape.mean(1, keepdim=True)
+    shape = shape / (shape.norm(dim=1, keepdim=True) + 1e-6) * mask
+    frames = shape.shape[-1]
+    lags = []
+    for lag in range(ECHO_FIRST_LAG, ECHO_FIRST_LAG + ECHO_BAND_LAGS * bands):
+        lag = min(lag, frames)  # no earlier frame that far back: 0
+        lags.append(F.pad((shape[..., lag:] * shape[..., : frames - lag]).sum(1), (lag, 0)))  # (B, frames)
+    return torch.stack(lags, 1).unflatten(1, (bands, ECHO_BAND_LAGS)).amax(2)
+
+
 class LogMel(nn.Module):
     """Log-mel features, and with ``flatness_bands`` the bands' log spectral flatness stacked under them, then with
-    ``phase_bands`` the bands' group-delay deviation (all from one STFT)."""
+    ``phase_bands`` the bands' group-delay deviation (all from one STFT), then with ``echo_bands`` the log-mel's
+    lag similarity."""
 
     def __init__(self, cfg: JSQAConfig):
         super().__init__()
@@ -193,6 +229,7 @@ class LogMel(nn.Module):
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if wav.shape[-1] < self.cfg.n_fft:
             wav = F.pad(wav, (0, self.cfg.n_fft - wav.shape[-1]))
+        n_frames = self.cfg.num_frames(lengths)
         with torch.autocast(device_type=wav.device.type, enabled=False):
             if self.cfg.phase_bands:
                 spec = self._complex_spectrogram(wav.float())
@@ -208,31 +245,25 @@ class LogMel(nn.Module):
             if self.cfg.phase_bands:
                 deviation = group_delay_deviation(spec, self.cfg.phase_bands)
                 feats = torch.cat([feats, (deviation + PHASE_OFFSET) / PHASE_SCALE], dim=1)
-        n_frames = self.cfg.num_frames(lengths)
+            if self.cfg.echo_bands:
+                similarity = lag_similarity(feats[:, : self.cfg.n_mels], n_frames, self.cfg.echo_bands)
+                feats = torch.cat([feats, (similarity + ECHO_OFFSET) / ECHO_SCALE], dim=1)
         mask = lengths_to_mask(n_frames, feats.shape[-1])
         return feats * mask[:, None, :], n_frames
 
 
 class ConvStem(nn.Module):
-    """Two stride-2 convolutions over time (×4 subsampling); padded frames are zeroed before each one. Flatness
-    channels (JSQAConfig.flatness_bands) and phase channels (JSQAConfig.phase_bands) each have their own first
-    convolution, added to the log-mel one's output, so that fine-tuning can train them at another rate
-    (finetune.HEAD_RATE)."""
+    """Two stride-2 convolutions over time (×4 subsampling); padded frames are zeroed before each one. Each kind of
+    side input (JSQAConfig.flatness_bands, phase_bands, echo_bands: SIDE_INPUTS) has its own first convolution,
+    added to the log-mel one's output, so that fine-tuning can train it at another rate (finetune.HEAD_RATE)."""
 
     def __init__(self, cfg: JSQAConfig):
         super().__init__()
-        self.n_mels, self.flatness_bands = cfg.n_mels, cfg.flatness_bands
+        self.n_mels = cfg.n_mels
         self.conv1 = nn.Conv1d(cfg.n_mels, cfg.d_model, kernel_size=3, stride=2, padding=1)
-        self.conv1_flatness = (
-            nn.Conv1d(cfg.flatness_bands, cfg.d_model, kernel_size=3, stride=2, padding=1, bias=False)
-            if cfg.flatness_bands
-            else None
-        )
-        self.conv1_phase = (
-            nn.Conv1d(cfg.phase_bands, cfg.d_model, kernel_size=3, stride=2, padding=1, bias=False)
-            if cfg.phase_bands
-            else None
-        )
+        self.side = [(conv, getattr(cfg, field)) for field, conv in SIDE_INPUTS.items() if getattr(cfg, field)]
+        for conv, bands in self.side:
+            self.add_module(conv, nn.Conv1d(bands, cfg.d_model, kernel_size=3, stride=2, padding=1, bias=False))
         self.conv2 = nn.Conv1d(cfg.d_model, cfg.d_model, kernel_size=3, stride=2, padding=1)
 
     @staticmethod
@@ -240,14 +271,13 @@ class ConvStem(nn.Module):
         return torch.div(n + 1, 2, rounding_mode="floor")  # ceil(n / 2) for kernel 3, stride 2, padding 1
 
     def _first(self, x: torch.Tensor) -> torch.Tensor:
-        if self.conv1_flatness is None and self.conv1_phase is None:
+        if not self.side:
             return self.conv1(x)
-        phase_from = self.n_mels + self.flatness_bands  # channels: log-mel, flatness, phase
         y = self.conv1(x[:, : self.n_mels])
-        if self.conv1_flatness is not None:
-            y = y + self.conv1_flatness(x[:, self.n_mels : phase_from])
-        if self.conv1_phase is not None:
-            y = y + self.conv1_phase(x[:, phase_from:])
+        start = self.n_mels  # channels: log-mel, then each side input in SIDE_INPUTS' order
+        for conv, bands in self.side:
+            y = y + getattr(self, conv)(x[:, start : start + bands])
+            start += bands
         return y
 
     def forward(self, x: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -383,19 +413,26 @@ def add_flatness_bands(model: JSQA, bands: int) -> JSQA:
     """A copy of ``model`` that also reads ``bands`` log spectral flatness channels (JSQAConfig.flatness_bands).
     Their convolution starts at zero, so the copy scores exactly as ``model`` until fine-tuning teaches it to
     use them."""
-    return _add_input(model, "flatness_bands", bands, "conv1_flatness")
+    return _add_input(model, "flatness_bands", bands)
 
 
 def add_phase_bands(model: JSQA, bands: int) -> JSQA:
     """A copy of ``model`` that also reads ``bands`` group-delay deviation channels (JSQAConfig.phase_bands).
     Their convolution starts at zero, so the copy scores exactly as ``model`` until fine-tuning teaches it to use
     them."""
-    return _add_input(model, "phase_bands", bands, "conv1_phase")
+    return _add_input(model, "phase_bands", bands)
 
 
-def _add_input(model: JSQA, field_name: str, bands: int, conv: str) -> JSQA:
-    """A copy of ``model`` with ``bands`` more input channels of one kind, through the stem's zero-initialised
-    first convolution ``conv`` of their own."""
+def add_echo_bands(model: JSQA, bands: int) -> JSQA:
+    """A copy of ``model`` that also reads ``bands`` lag-similarity channels (JSQAConfig.echo_bands). Their
+    convolution starts at zero, so the copy scores exactly as ``model`` until fine-tuning teaches it to use them."""
+    return _add_input(model, "echo_bands", bands)
+
+
+def _add_input(model: JSQA, field_name: str, bands: int) -> JSQA:
+    """A copy of ``model`` with ``bands`` more input channels of one kind (SIDE_INPUTS), through the stem's
+    zero-initialised first convolution of their own."""
+    conv = SIDE_INPUTS[field_name]
     if getattr(model.config, field_name):
         raise ValueError(f"the model already reads {getattr(model.config, field_name)} {field_name.replace('_', ' ')}")
     wide = JSQA(replace(model.config, **{field_name: bands}))
