@@ -137,7 +137,12 @@ def test_a_changed_number_reruns_that_stage_and_what_depends_on_it(tmp_path, mon
 def test_a_killed_run_resumes_from_its_checkpoint_only_with_the_same_hash(tmp_path):
     units = {u.name: u for u in recipe.plan(_config(), tmp_path, SMOKE)}
     phase, draw = units["finetune/regression"], units["corpus/main"]
-    assert phase.checkpoint and draw.checkpoint is None  # a draw always starts again
+    assert phase.checkpoint and draw.checkpoint == "journal.jsonl"  # simulate_mos.py --resume reads it
+    draw.folder.mkdir(parents=True)
+    (draw.folder / recipe.STARTED).write_text(json.dumps({"hash": draw.hash}))
+    assert not draw.resumable()  # killed before its first batch: it starts again
+    (draw.folder / draw.checkpoint).write_text("{}")
+    assert draw.resumable()
     (phase.folder / "training").mkdir(parents=True)
     (phase.folder / recipe.STARTED).write_text(json.dumps({"hash": phase.hash}))
     assert not phase.resumable()  # no checkpoint yet

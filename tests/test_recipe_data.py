@@ -388,6 +388,39 @@ def test_simulate_mos_corpus(recipe_sources, tmp_path):
 
 
 @needs_pesq
+def test_a_killed_draw_resumes_to_the_same_clips(recipe_sources, tmp_path, monkeypatch):
+    """--resume after a kill in the second batch: the same CSV and the same audio as an uninterrupted draw; the
+    journal is gone once the draw is complete, and a draw of other settings does not take it up."""
+    argv = ["--sources", str(recipe_sources), "--num-files", "12", "0", "0", "--workers", "1", "--max-factor", "1"]
+    whole = tmp_path / "whole"
+    simulate_mos.main([*argv, "--out", str(whole)])
+    assert not (whole / simulate_mos.JOURNAL).exists()
+
+    out, calls, label_bin = tmp_path / "killed", [0], simulate_mos.label_bin
+
+    def dies_in_the_second_batch(mos):
+        calls[0] += 1
+        if calls[0] > 10:
+            raise KeyboardInterrupt
+        return label_bin(mos)
+
+    monkeypatch.setattr(simulate_mos, "label_bin", dies_in_the_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        simulate_mos.main([*argv, "--out", str(out)])
+    monkeypatch.setattr(simulate_mos, "label_bin", label_bin)
+    settings = json.loads((out / simulate_mos.JOURNAL).read_text().splitlines()[0])["settings"]
+    state = simulate_mos.read_journal(out, settings)
+    assert state["train"]["drawn"] == 8 and not state["train"]["done"]  # the first batch of 8 candidates
+    assert simulate_mos.read_journal(out, {**settings, "seed": 1}) == {}  # other settings: start afresh
+
+    simulate_mos.main([*argv, "--out", str(out), "--resume"])
+    a, b = pd.read_csv(whole / "train.csv"), pd.read_csv(out / "train.csv")
+    pd.testing.assert_frame_equal(a, b)
+    assert all((whole / p).read_bytes() == (out / p).read_bytes() for p in a.path)
+    assert not (out / simulate_mos.JOURNAL).exists()
+
+
+@needs_pesq
 def test_versions_share_one_reference(recipe_sources, tmp_path):
     """--versions 3: groups of the clean reference and two degraded copies, kept whole, each labelled against it."""
     out = tmp_path / "mos"

@@ -138,7 +138,7 @@ class Unit:
     section: object
     inputs: list[Unit]
     run: Callable[[bool], None]  # run(resume): resume is True when a killed run of the same hash left a checkpoint
-    checkpoint: str | None = None  # where that checkpoint is, inside the folder (pretrain and finetune runs)
+    checkpoint: str | None = None  # where that checkpoint is, inside the folder (draws, labels, training runs)
     hash: str = field(init=False)
 
     def __post_init__(self):
@@ -237,7 +237,8 @@ def plan(config: dict, out: Path, config_path: Path) -> list[Unit]:
             folder,
             {"sources": from_languages, **draw},
             [languages if from_languages else sources],
-            lambda resume, argv=argv: call_script(simulate_mos.main, argv, "simulate_mos.py"),
+            lambda resume, argv=argv: call_script(simulate_mos.main, argv + ["--resume"] * resume, "simulate_mos.py"),
+            checkpoint=simulate_mos.JOURNAL,  # a killed draw goes on after its last finished batch
         )
 
     # labels: teachers' scores and P.835 sig/bak beside the simulation's MOS, for the draws [labels] names ----

@@ -12,7 +12,8 @@ docs/recipe-data.md). Clips are drawn until each label bin [1, 1.5), ..., [4, 4.
 
 Writes ``OUT/{train,val,test}.csv`` (path relative to the CSV, mos, condition, pesq_raw, source, ...) and
 ``OUT/{split}/*.flac`` (16 kHz, 16-bit), plus ``OUT/corpus.json``. ``jsqa finetune --train OUT/train.csv
---val OUT/val.csv`` reads them. Deterministic for a given --seed, whatever --workers.
+--val OUT/val.csv`` reads them. Deterministic for a given --seed, whatever --workers. A killed draw goes on with
+``--resume`` (OUT/journal.jsonl holds what each finished batch kept), and keeps the same clips.
 """
 
 from __future__ import annotations
@@ -405,47 +406,88 @@ def label_bin(mos: float) -> int:
     return int(np.clip(np.searchsorted(BIN_EDGES, mos, side="right") - 1, 0, len(BIN_EDGES) - 2))
 
 
-def build_split(pool, split: str, n: int, out: Path, max_factor: float, chunksize: int) -> pd.DataFrame:
+JOURNAL = "journal.jsonl"  # inside OUT while a draw runs: what each finished batch kept (--resume reads it)
+
+
+def read_journal(out: Path, settings: dict) -> dict[str, dict]:
+    """What a killed draw with the same ``settings`` kept: {split: {"rows": [...], "drawn": n, "done": bool}},
+    up to its last finished batch. Empty when there is no journal or it was written for other settings."""
+    path = out / JOURNAL
+    if not path.is_file():
+        return {}
+    lines = path.read_text().splitlines()
+    try:
+        if not lines or json.loads(lines[0]).get("settings") != settings:
+            return {}
+        state: dict[str, dict] = {}
+        for line in lines[1:]:
+            entry = json.loads(line)
+            split = state.setdefault(entry["split"], {"rows": [], "drawn": 0, "done": False})
+            split["rows"] += entry.get("rows", [])
+            split["drawn"] = entry.get("drawn", split["drawn"])
+            split["done"] = split["done"] or entry.get("done", False)
+    except (ValueError, KeyError, TypeError):  # a line cut short by the kill: keep what came before it
+        pass
+    return state
+
+
+def build_split(
+    pool, split: str, n: int, out: Path, max_factor: float, chunksize: int, journal=None, resumed: dict | None = None
+) -> pd.DataFrame:
     """Draw candidates in index order and keep each one whose label bin still has room (n / 7 per bin);
     after ``max_factor * n`` candidates the remaining places are filled by whatever comes. Groups of versions
-    (``--versions``) are kept whole, without label balancing, until at least ``n`` clips are written."""
+    (``--versions``) are kept whole, without label balancing, until at least ``n`` clips are written.
+
+    Each finished batch is appended to ``journal`` (an open file) as the rows it kept and the candidates drawn so
+    far; ``resumed`` (read_journal's entry for this split) goes on from there. Every candidate is deterministic in
+    its index, so a resumed draw keeps exactly the clips an uninterrupted one would."""
     quota = np.full(len(BIN_EDGES) - 1, n // (len(BIN_EDGES) - 1))
     quota[: n - quota.sum()] += 1
-    counts, rows, drawn = np.zeros_like(quota), [], 0
+    rows, drawn = list((resumed or {}).get("rows", [])), int((resumed or {}).get("drawn", 0))
+    counts = np.zeros_like(quota)
+    for row in rows:
+        counts[label_bin(row["mos"])] += 1
     (out / split).mkdir(parents=True, exist_ok=True)
     limit = int(max_factor * n)
     batch = max(8, 8 * getattr(pool, "_processes", 1))
-    results = (
-        c
-        for start in range(0, 10**9, batch)  # bounded batches: nothing is queued past the end
-        for c in pool.map(make_candidate, [(split, i) for i in range(start, start + batch)], chunksize)
-    )
-    for i, clips in enumerate(results):
-        drawn = i + 1
-        if clips is not None and len(clips) > 1:  # a group of versions of one reference
-            for k, c in enumerate(clips):
-                counts[label_bin(c["mos"])] += 1
-                rel = f"{split}/{split}_{i:06d}_v{k}.flac"
-                (out / rel).write_bytes(c.pop("flac"))
-                rows.append(dict(path=rel, group=f"{split}_{i:06d}", **c))
-        elif clips is not None:
-            c = clips[0]
-            b = label_bin(c["mos"])
-            if counts[b] < quota[b] or drawn > limit:
-                counts[b] += 1
-                rel = f"{split}/{split}_{i:06d}.flac"
-                (out / rel).write_bytes(c.pop("flac"))
-                rows.append(dict(path=rel, **c))
-        if len(rows) >= n:
-            break
-        if drawn % 500 == 0:
-            print(f"  {split}: {drawn} drawn, {len(rows)}/{n} kept, bins {counts.tolist()}", flush=True)
+    start = drawn
+    while len(rows) < n:  # bounded batches: nothing is queued past the end
+        kept = []
+        candidates = pool.map(make_candidate, [(split, i) for i in range(start, start + batch)], chunksize)
+        for i, clips in enumerate(candidates, start):
+            drawn = i + 1
+            if clips is not None and len(clips) > 1:  # a group of versions of one reference
+                for k, c in enumerate(clips):
+                    counts[label_bin(c["mos"])] += 1
+                    rel = f"{split}/{split}_{i:06d}_v{k}.flac"
+                    (out / rel).write_bytes(c.pop("flac"))
+                    kept.append(dict(path=rel, group=f"{split}_{i:06d}", **c))
+            elif clips is not None:
+                c = clips[0]
+                b = label_bin(c["mos"])
+                if counts[b] < quota[b] or drawn > limit:
+                    counts[b] += 1
+                    rel = f"{split}/{split}_{i:06d}.flac"
+                    (out / rel).write_bytes(c.pop("flac"))
+                    kept.append(dict(path=rel, **c))
+            if len(rows) + len(kept) >= n:
+                break
+            if drawn % 500 == 0:
+                print(f"  {split}: {drawn} drawn, {len(rows) + len(kept)}/{n} kept, bins {counts.tolist()}", flush=True)
+        rows += kept
+        start = drawn
+        if journal is not None:
+            journal.write(json.dumps({"split": split, "drawn": drawn, "rows": kept}, default=float) + "\n")
+            journal.flush()
     columns = [
         "path", "mos", "condition", "pesq_raw", "pesq_mid", "pesq_speech", "sig_sim", "snr_db", "source", "detail",
         "duration_s",
     ]  # fmt: skip
     df = pd.DataFrame(rows)[columns + (["group"] if rows and "group" in rows[0] else [])]
     df.to_csv(out / f"{split}.csv", index=False)
+    if journal is not None:
+        journal.write(json.dumps({"split": split, "done": True}) + "\n")
+        journal.flush()
     return df, drawn
 
 
@@ -501,6 +543,12 @@ def main(argv=None) -> dict:
         default=4.0,
         help="candidates drawn per kept clip before giving up on the label balance",
     )
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"go on with a killed draw of the same settings in --out (from its {JOURNAL}): the same clips as "
+        "an uninterrupted draw; without it a draw starts afresh",
+    )
     args = ap.parse_args(argv)
     if args.versions < 1:
         ap.error(f"--versions must be at least 1 (got {args.versions})")
@@ -524,15 +572,27 @@ def main(argv=None) -> dict:
         family_weights=args.family_weights,
         data_root=meta.get("data_root", ""),
     )
-    summary = dict(settings=vars(args), splits={})
+    summary = dict(settings={k: v for k, v in vars(args).items() if k != "resume"}, splits={})
+    settings = {**summary["settings"], "workers": None}  # what the clips depend on (not --workers)
+    resumed = read_journal(out, settings) if args.resume else {}
     t0 = time.perf_counter()
     ctx = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
-    with ctx.Pool(args.workers, initializer=_init_worker, initargs=(cfg,)) as pool:
+    with ctx.Pool(args.workers, initializer=_init_worker, initargs=(cfg,)) as pool, open(out / JOURNAL, "a") as journal:
+        if not resumed:
+            journal.truncate(0)
+            journal.write(json.dumps({"settings": settings}) + "\n")
         for split, n in zip(SPLITS, args.num_files):
             if n <= 0:
                 continue
             t = time.perf_counter()
-            df, drawn = build_split(pool, split, n, out, args.max_factor, chunksize=2)
+            state = resumed.get(split, {})
+            if state.get("done"):
+                print(f"{split}: done before this run (--resume)", flush=True)
+                df, drawn = pd.read_csv(out / f"{split}.csv"), state["drawn"]
+            else:
+                if state:
+                    print(f"{split}: resuming after {state['drawn']} candidates, {len(state['rows'])} kept", flush=True)
+                df, drawn = build_split(pool, split, n, out, args.max_factor, 2, journal, state)
             wall = time.perf_counter() - t
             hist = np.histogram(df.mos, BIN_EDGES)[0].tolist()
             summary["splits"][split] = dict(
@@ -555,6 +615,7 @@ def main(argv=None) -> dict:
         pool.terminate()
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     (out / "corpus.json").write_text(json.dumps(summary, indent=1))
+    (out / JOURNAL).unlink()
     return summary
 
 
