@@ -71,6 +71,25 @@ def test_a_file_without_teacher_scores_keeps_the_simulation_alone():
     assert out.bak[3] == pytest.approx(out.bak_sim[3], abs=1e-3)
 
 
+def test_a_draw_without_added_noise_gets_dnsmos_bak_and_one_without_scored_noisy_clips_is_refused():
+    corpus, teachers = _corpus_and_teachers()
+    codecs_only = p835_labels.p835_labels(corpus.assign(snr_db=np.nan), teachers, bak_teacher_weight=0.0)
+    assert np.allclose(codecs_only.bak_sim, np.median(teachers.dnsmos_bak), atol=1e-3)
+    scored_clean_only = teachers.assign(dnsmos_bak=teachers.dnsmos_bak.where(corpus.snr_db.isna()))
+    with pytest.raises(ValueError, match="no noisy corpus file has DNSMOS scores"):
+        p835_labels.p835_labels(corpus, scored_clean_only)
+
+
+@pytest.mark.parametrize("n, k", [(16, 4), (18, 4), (30, 3), (7, 1)])
+def test_every_kth_file_walks_along_the_versions_of_a_groups_draw(n, k):
+    plain = p835_labels._every(n, k, groups=False)
+    assert list(plain) == list(range(0, n, k))
+    picked = p835_labels._every(n, k, groups=True)
+    assert (picked < n).all() and len(set(picked)) == len(picked) and len(picked) >= n // k - 1
+    if k > 1 and n >= k * k:  # with k versions per reference every version is scored, not only the clean one
+        assert set(picked % k) == set(range(k))
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

@@ -63,8 +63,13 @@ def p835_labels(
 
     snr = out["snr_db"].to_numpy(float)
     fit_on = ~np.isnan(snr) & ~np.isnan(dn_bak)
-    xs, ys = snr_to_bak(snr[fit_on], dn_bak[fit_on])
-    bak_sim = np.where(np.isnan(snr), ys[-1], np.interp(snr, xs, ys))
+    if fit_on.any():
+        xs, ys = snr_to_bak(snr[fit_on], dn_bak[fit_on])
+        bak_sim = np.where(np.isnan(snr), ys[-1], np.interp(snr, xs, ys))
+    elif np.isnan(snr).all():  # a draw without added noise (e.g. codecs only): DNSMOS's BAK of its clips
+        bak_sim = np.full(len(out), np.nanmedian(dn_bak))
+    else:
+        raise ValueError("no noisy corpus file has DNSMOS scores: score more of them (a smaller teacher_every)")
     out["bak_sim"] = bak_sim.round(3)
     out["bak"] = _fuse(bak_sim, dn_bak, bak_teacher_weight)
     out["sig"] = _fuse(out["sig_sim"].to_numpy(float), dn_sig, sig_teacher_weight)
@@ -93,7 +98,8 @@ def label_draw(
     (teachers.py, resumable), then ``out/SPLIT.csv`` (the corpus CSV with ``sig``, ``bak`` and ``aux_*``; paths
     relative to ``out``); with ``embeddings`` also ``out/SPLIT_embeddings.safetensors`` (DistillMOS's).
 
-    ``teacher_every``: the teachers score every k-th file of the training and validation splits; DNSMOS alone
+    ``teacher_every``: the teachers score every k-th file of the training and validation splits (``_every``: in a
+    draw of groups, spread over the versions); DNSMOS alone
     scores every file of the test split (evaluation measures mos, sig and bak; aux_* targets are for training).
     On 2 CPU cores DNSMOS takes about 0.7 s and DistillMOS 1.5 s a clip; the SNR-to-BAK fit needs a few hundred
     noisy clips, and a file without teacher scores keeps the simulation's sig and bak."""
@@ -111,7 +117,7 @@ def label_draw(
         if corpus is None or corpus.empty:
             continue
         scores = out / f"{split}_teachers.csv"
-        files = corpus["path"][:: 1 if split == "test" else teacher_every]
+        files = corpus["path"].iloc[_every(len(corpus), 1 if split == "test" else teacher_every, "group" in corpus)]
         test = split == "test"  # evaluation measures mos, sig and bak: the aux_* targets are for training only
         teacher_scores.label_files(
             [str(corpus_dir / p) for p in files], scores, ["dnsmos"] if test else teachers, embeddings and not test
@@ -124,6 +130,16 @@ def label_draw(
 
             paths, array = teacher_scores.read_embeddings(scores)
             save_teacher_embeddings(out / f"{split}_embeddings.safetensors", paths, array)
+
+
+def _every(n: int, k: int, groups: bool) -> np.ndarray:
+    """Rows 0, k, 2k ... of ``n``; in a draw of groups (a reference and its degraded copies, one after another) the
+    i-th pick moves on by i mod k rows, so that the picks do not all fall on the same version of every group (with
+    4 versions and k = 4, every pick would be the clean reference)."""
+    rows = np.arange(0, n, k)
+    if groups:
+        rows = rows + np.arange(len(rows)) % k
+    return rows[rows < n]
 
 
 def main(argv=None) -> None:

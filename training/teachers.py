@@ -78,9 +78,12 @@ class DNSMOS:
         from speechmos import dnsmos
 
         models = Path(dnsmos.__file__).parent / "dnsmos_models"
-        self.model = dnsmos.DNSMOS(str(models / "sig_bak_ovr.onnx"), str(models / "model_v8.onnx"))
         one = ort.SessionOptions()  # one thread each: on a busy machine ONNX's default (every core) thrashes;
         one.intra_op_num_threads = one.inter_op_num_threads = 1  # run several processes for more throughput
+        # speechmos's DNSMOS(...) opens both sessions with ONNX's defaults; its attributes set here instead open
+        # each once, with the options above
+        self.model = dnsmos.DNSMOS.__new__(dnsmos.DNSMOS)
+        self.model.primary_model_path = str(models / "sig_bak_ovr.onnx")
         self.model.onnx_sess = ort.InferenceSession(self.model.primary_model_path, one)
         self.model.p808_onnx_sess = ort.InferenceSession(str(models / "model_v8.onnx"), one)
 
