@@ -103,3 +103,32 @@ def test_inputs_it_cannot_use(change, message):
         p835_labels.p835_labels(corpus, teachers)
     with pytest.raises(ValueError, match="within"):
         p835_labels.p835_labels(*_corpus_and_teachers(), sig_teacher_weight=1.5)
+
+
+def test_label_draw_scores_every_kth_training_file_and_its_own_share_of_validation(tmp_path, monkeypatch):
+    import teachers
+
+    corpus_dir = tmp_path / "corpus"
+    corpus_dir.mkdir()
+    for split, n in (("train", 40), ("val", 12), ("test", 6)):
+        corpus, _ = _corpus_and_teachers(n, seed=n)
+        corpus.assign(path=[f"{split}/{split}_{i:06d}.flac" for i in range(n)]).to_csv(corpus_dir / f"{split}.csv")
+    scored = {}
+
+    def fake_label_files(paths, output, names, embeddings):  # DNSMOS stand-in: BAK rises with the file number
+        scored[Path(output).name.split("_")[0]] = len(paths)
+        bak = np.linspace(2, 4.5, len(paths))
+        pd.DataFrame({"path": paths, "dnsmos_sig": 3.0, "dnsmos_bak": bak, "dnsmos_ovrl": 3.0}).to_csv(output)
+
+    monkeypatch.setattr(teachers, "label_files", fake_label_files)
+    p835_labels.label_draw(corpus_dir, tmp_path / "labels", teacher_every=4, val_teacher_every=1)
+    assert scored == {"train": 10, "val": 12, "test": 6}
+    p835_labels.label_draw(corpus_dir, tmp_path / "labels4", teacher_every=4)  # validation as training by default
+    assert scored == {"train": 10, "val": 3, "test": 6}
+    val = pd.read_csv(tmp_path / "labels" / "val.csv")
+    assert (
+        val[["sig", "bak"]].notna().all().all()
+        and (tmp_path / "corpus" / "val").resolve() == (tmp_path / "labels" / Path(val.path[0]).parent).resolve()
+    )
+    with pytest.raises(ValueError, match="val_teacher_every must be 1 or more"):
+        p835_labels.label_draw(corpus_dir, tmp_path / "bad", val_teacher_every=0)

@@ -93,22 +93,26 @@ def label_draw(
     sig_teacher_weight: float = 0.25,
     bak_teacher_weight: float = 0.5,
     teacher_every: int = 1,
+    val_teacher_every: int | None = None,
 ) -> None:
     """The recipe's ``labels`` stage for one corpus draw: for each of its splits, ``out/SPLIT_teachers.csv``
     (teachers.py, resumable), then ``out/SPLIT.csv`` (the corpus CSV with ``sig``, ``bak`` and ``aux_*``; paths
     relative to ``out``); with ``embeddings`` also ``out/SPLIT_embeddings.safetensors`` (DistillMOS's).
 
     ``teacher_every``: the teachers score every k-th file of the training and validation splits (``_every``: in a
-    draw of groups, spread over the versions); DNSMOS alone
-    scores every file of the test split (evaluation measures mos, sig and bak; aux_* targets are for training).
-    On 2 CPU cores DNSMOS takes about 0.7 s and DistillMOS 1.5 s a clip; the SNR-to-BAK fit needs a few hundred
-    noisy clips, and a file without teacher scores keeps the simulation's sig and bak."""
+    draw of groups, spread over the versions); ``val_teacher_every``: the validation split's own k (None: the
+    same), 1 to validate the heads on fused labels for every file; DNSMOS alone scores every file of the test split
+    (evaluation measures mos, sig and bak; aux_* targets are for training). On 2 CPU cores DNSMOS takes about
+    0.7 s and DistillMOS 1.5 s a clip; the SNR-to-BAK fit needs a few hundred noisy clips, and a file without
+    teacher scores keeps the simulation's sig and bak."""
     import teachers as teacher_scores
 
     if "dnsmos" not in teachers:
         raise ValueError("[labels] teachers must include dnsmos: sig and bak are fused with its scores")
-    if teacher_every < 1:
-        raise ValueError(f"teacher_every must be 1 or more, not {teacher_every}")
+    every = {"train": teacher_every, "val": teacher_every if val_teacher_every is None else val_teacher_every}
+    for name, k in (("teacher_every", every["train"]), ("val_teacher_every", every["val"])):
+        if k < 1:
+            raise ValueError(f"{name} must be 1 or more, not {k}")
     corpus_dir, out = Path(corpus_dir), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for split in ("train", "val", "test"):
@@ -117,7 +121,7 @@ def label_draw(
         if corpus is None or corpus.empty:
             continue
         scores = out / f"{split}_teachers.csv"
-        files = corpus["path"].iloc[_every(len(corpus), 1 if split == "test" else teacher_every, "group" in corpus)]
+        files = corpus["path"].iloc[_every(len(corpus), every.get(split, 1), "group" in corpus)]
         test = split == "test"  # evaluation measures mos, sig and bak: the aux_* targets are for training only
         teacher_scores.label_files(
             [str(corpus_dir / p) for p in files], scores, ["dnsmos"] if test else teachers, embeddings and not test
