@@ -109,10 +109,11 @@ def label_draw(
 
     if "dnsmos" not in teachers:
         raise ValueError("[labels] teachers must include dnsmos: sig and bak are fused with its scores")
-    every = {"train": teacher_every, "val": teacher_every if val_teacher_every is None else val_teacher_every}
-    for name, k in (("teacher_every", every["train"]), ("val_teacher_every", every["val"])):
+    val_teacher_every = teacher_every if val_teacher_every is None else val_teacher_every
+    for name, k in (("teacher_every", teacher_every), ("val_teacher_every", val_teacher_every)):
         if k < 1:
             raise ValueError(f"{name} must be 1 or more, not {k}")
+    every = {"train": teacher_every, "val": val_teacher_every, "test": 1}
     corpus_dir, out = Path(corpus_dir), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for split in ("train", "val", "test"):
@@ -121,7 +122,7 @@ def label_draw(
         if corpus is None or corpus.empty:
             continue
         scores = out / f"{split}_teachers.csv"
-        files = corpus["path"].iloc[_every(len(corpus), every.get(split, 1), "group" in corpus)]
+        files = corpus["path"].iloc[_every(len(corpus), every[split], "group" in corpus)]
         test = split == "test"  # evaluation measures mos, sig and bak: the aux_* targets are for training only
         teacher_scores.label_files(
             [str(corpus_dir / p) for p in files], scores, ["dnsmos"] if test else teachers, embeddings and not test
