@@ -614,6 +614,7 @@ def test_ddp_two_gloo_ranks(p835_split, teacher_file, tmp_path):
     mp.spawn(_ddp_worker, args=(port, str(train), str(val), str(out), str(teacher_file)), nprocs=2, join=True)
     _, meta = read_config(out)
     assert meta["training"]["world_size"] == 2 and meta["training"]["global_batch_size"] == 4
+    assert meta["training"]["hardware"].startswith("CPU, ") and meta["training"]["hardware"].endswith(", 2 processes")
     assert meta["training"]["heads"] == ["sig", "bak"] and set(meta["validation_heads"]) == {"sig", "bak"}
     assert [r["step"] for r in read_metrics(out / "training") if "loss" in r] == [1, 2, 3]  # rank 0 only
     val_df = read_labelled_csv(val)

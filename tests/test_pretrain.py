@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 
 import pytest
@@ -110,6 +111,7 @@ def test_pretrain_logs_validates_and_exports(pairs_dir, tmp_path):
     model = load_model(encoder)
     assert model.metadata["stage"] == "pretrained" and model.metadata["steps"] == 4
     assert model.metadata["pairing"] == "cross-source" and model.config.preset == "tiny"
+    assert model.metadata["hardware"] == f"CPU, {len(os.sched_getaffinity(0))} cores"  # what it ran on, for cards
     assert model.projection is not None
     assert (out / "checkpoint.pt").is_file() and json.loads((out / "options.json").read_text())["steps"] == 4
 

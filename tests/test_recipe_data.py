@@ -700,6 +700,23 @@ def test_bundle_card_summary_reads_the_provenance(tmp_path):
         "(best validation step 1500); then 16 spectral-flatness input bands added (zero weights); fine-tuned 3000 "
         "steps × 16 crops of 4-6 s on 11400 simulated clips (best validation step 1000)"
     )
+    # what each run ran on, as its provenance recorded it: told once per kind of run, the caller's note after
+    gpu = tmp_path / "gpu-encoder"
+    gpu.mkdir()
+    (gpu / "config.json").write_text(json.dumps({"metadata": {"hardware": "NVIDIA H200"}}))
+    on_cpu = {**meta, "training": {**meta["training"], "hardware": "CPU, 2 cores"}}
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    (tuned / "config.json").write_text(
+        json.dumps({"metadata": {**on_cpu, "init": {"kind": "pretrained", "model": str(gpu)}}})
+    )
+    again = {**on_cpu, "init": {"kind": "pretrained", "model": str(tuned)}}
+    assert bundle_model.training_summary(again, "a note").endswith(
+        "(best validation step 6500); encoder pretrained on NVIDIA H200, fine-tuned on CPU, 2 cores; a note"
+    )
+    (gpu / "config.json").write_text(json.dumps({"metadata": {"hardware": "CPU, 2 cores"}}))
+    assert bundle_model.training_summary(again, "").endswith("(best validation step 6500); trained on CPU, 2 cores")
+    assert bundle_model.training_summary(on_cpu, "").endswith("6500); fine-tuned on CPU, 2 cores")
 
 
 def test_bundle_keeps_only_its_models_metrics_and_names_each_test_set(tmp_path):

@@ -104,6 +104,13 @@ def _own_metrics(path: Path, src: Path, dataset: str = "jsqa-simulated-mos-test"
     return _relative(doc)
 
 
+def _init_metadata(init: dict, seen: frozenset) -> tuple[Path, dict]:
+    """The starting point's config.json and its metadata (empty when it is not on disk or was seen already: a
+    provenance that names itself ends the chain)."""
+    cfg = (REPO / str(init.get("model", "")) / CONFIG_NAME).resolve()
+    return cfg, json.loads(cfg.read_text()).get("metadata", {}) if cfg.is_file() and cfg not in seen else {}
+
+
 def _start(init: dict, seen: frozenset = frozenset()) -> str:
     """Where fine-tuning started: random weights, a JND-pretrained encoder, or (a second cycle) a fine-tuned model,
     described from its own provenance when its folder is still on disk (or, for the bundled model a run
@@ -112,8 +119,7 @@ def _start(init: dict, seen: frozenset = frozenset()) -> str:
         return "; trained from scratch"
     if init.get("previous_training"):
         return f"; continued from the bundled model before it ({init['previous_training']})"
-    cfg = (REPO / str(init.get("model", "")) / CONFIG_NAME).resolve()
-    m = json.loads(cfg.read_text()).get("metadata", {}) if cfg.is_file() and cfg not in seen else {}
+    cfg, m = _init_metadata(init, seen)
     if "training" in m and "init" in m:  # continued from a fine-tuned (perhaps averaged) model
         added = m.get("flatness_added")  # training/add_flatness.py: the same model, with new input channels
         return (
@@ -154,10 +160,37 @@ def _made(meta: dict) -> str:
     return _fine_tuned(meta)
 
 
+def _hardware(meta: dict, seen: frozenset = frozenset()) -> tuple[list[str], list[str]]:
+    """What the chain's pretraining and its fine-tuning runs ran on, oldest first, as their provenance recorded it
+    (``hardware``: runs made before it was recorded say nothing)."""
+    pre, fine = [], []
+    init = meta.get("init") or {}
+    if init.get("kind") == "pretrained" and not init.get("previous_training"):
+        cfg, m = _init_metadata(init, seen)
+        if "training" in m and "init" in m:
+            pre, fine = _hardware(m, seen | {cfg})
+        elif m.get("hardware"):
+            pre = [m["hardware"]]
+    for part in meta.get("averaged_from") or [meta]:
+        if part.get("training", part).get("hardware"):
+            fine.append(part.get("training", part)["hardware"])
+    return pre, fine
+
+
+def _ran_on(meta: dict) -> str:
+    """``encoder pretrained on …, fine-tuned on …`` (or ``trained on …`` when both ran on the same), from
+    :func:`_hardware`; empty when nothing was recorded."""
+    pre, fine = (" and ".join(dict.fromkeys(x)) for x in _hardware(meta))
+    if pre and pre == fine:
+        return f"trained on {pre}"
+    return ", ".join([*([f"encoder pretrained on {pre}"] if pre else []), *([f"fine-tuned on {fine}"] if fine else [])])
+
+
 def training_summary(meta: dict, where: str) -> str:
-    """One sentence on how the model was made, from its provenance (and its starting point's, when on disk)."""
+    """One sentence on how the model was made, from its provenance (and its starting point's, when on disk): what
+    each run did, what it ran on when recorded, then ``where`` (a note of the caller's, e.g. the card's)."""
     text = f"`{meta.get('training', {}).get('preset', '?')}` preset" + _start(meta.get("init", {})) + _made(meta)
-    return text + (f"; {where}" if where else "")
+    return "; ".join(x for x in (text, _ran_on(meta), where) if x)
 
 
 def _same_model(a: Path, b: Path) -> bool:
@@ -237,7 +270,12 @@ def main() -> None:
     ap.add_argument(
         "--eval", type=Path, nargs="*", default=None, help="metrics.json written by jsqa evaluate, one per model folder"
     )
-    ap.add_argument("--where", default="", help="where it was trained, for the card (e.g. '2 CPU cores')")
+    ap.add_argument(
+        "--where",
+        default="",
+        help="a note for the card's training line; what each run ran on is read from its provenance, so this is for "
+        "runs made before that was recorded (e.g. 'trained on CPU, 2 cores')",
+    )
     args = ap.parse_args()
     if args.eval and len(args.eval) != len(args.models):
         ap.error("give one --eval file per model folder")

@@ -28,6 +28,16 @@ class Dist:
     def enabled(self) -> bool:
         return self.world_size > 1
 
+    @property
+    def hardware(self) -> str:
+        """What the run ran on, in words for a model card: ``NVIDIA H100 80GB HBM3`` (``4 × …`` under torchrun), or
+        ``CPU, 2 cores`` (the cores this process may use; ``…, 2 processes`` under torchrun)."""
+        if self.device.type == "cuda":
+            name = torch.cuda.get_device_name(self.device)
+            return f"{self.world_size} × {name}" if self.enabled else name
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return f"CPU, {cores} cores" + (f", {self.world_size} processes" if self.enabled else "")
+
 
 def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     """``auto`` (the GPU when there is one), ``cpu``, ``cuda`` (GPU ``local_rank``: torchrun's rank on this node) or

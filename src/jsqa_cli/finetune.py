@@ -874,6 +874,7 @@ def _finetune(opts: FinetuneOptions, d) -> Path:
             "preset": model.config.preset,
             "parameters": model.num_parameters,
             "world_size": d.world_size,
+            "hardware": d.hardware,
             "global_batch_size": opts.batch_size * d.world_size,
             **({"heads": list(opts.heads), "head_weight": opts.head_weight} if opts.heads else {}),
             **{

@@ -464,6 +464,7 @@ def _pretrain(opts: PretrainOptions, d) -> Path:
                 "batch_size": opts.batch_size * d.world_size,
                 "lr": opts.lr,
                 "seed": opts.seed,
+                "hardware": d.hardware,
                 "jnd_db": jnd_db,
                 "validation": final,
             },
