@@ -104,35 +104,48 @@ def _own_metrics(path: Path, src: Path, dataset: str = "jsqa-simulated-mos-test"
     return _relative(doc)
 
 
-def _init_metadata(init: dict, seen: frozenset) -> tuple[Path, dict]:
-    """The starting point's config.json and its metadata (empty when it is not on disk or was seen already: a
-    provenance that names itself ends the chain)."""
+def _tuned(meta: dict) -> bool:
+    """Whether ``meta`` is a fine-tuned (perhaps averaged) model's provenance, not a pretrained encoder's."""
+    return "training" in meta and "init" in meta
+
+
+def _chain(init: dict, seen: frozenset = frozenset()) -> list[dict]:
+    """The provenance of each model a run started from, oldest first, read from their folders: the fine-tuned
+    models of earlier cycles and, at the root, the pretrained encoder's (empty when its folder is gone, or seen
+    already: a provenance that names itself ends the chain). Nothing for a run from scratch or from the bundled
+    model a run continued (its card said how it was made: ``previous_training``)."""
+    if init.get("kind") != "pretrained" or init.get("previous_training"):
+        return []
     cfg = (REPO / str(init.get("model", "")) / CONFIG_NAME).resolve()
-    return cfg, json.loads(cfg.read_text()).get("metadata", {}) if cfg.is_file() and cfg not in seen else {}
+    m = json.loads(cfg.read_text()).get("metadata", {}) if cfg.is_file() and cfg not in seen else {}
+    return [*_chain(m["init"], seen | {cfg}), m] if _tuned(m) else [m]
 
 
-def _start(init: dict, seen: frozenset = frozenset()) -> str:
-    """Where fine-tuning started: random weights, a JND-pretrained encoder, or (a second cycle) a fine-tuned model,
+def _start(init: dict) -> str:
+    """Where fine-tuning started: random weights, a JND-pretrained encoder, or (a later cycle) a fine-tuned model,
     described from its own provenance when its folder is still on disk (or, for the bundled model a run
     continued, from what its card said: ``previous_training``)."""
-    if init.get("kind") != "pretrained":
-        return "; trained from scratch"
-    if init.get("previous_training"):
-        return f"; continued from the bundled model before it ({init['previous_training']})"
-    cfg, m = _init_metadata(init, seen)
-    if "training" in m and "init" in m:  # continued from a fine-tuned (perhaps averaged) model
+    chain = _chain(init)
+    if chain and not _tuned(chain[0]):  # the root is a pretrained encoder
+        m = chain[0]
+        text = "; encoder pretrained on JND pairs" + (
+            f" ({m['steps']} steps × {m['batch_size']} {m['pairing']} pairs, {m['negatives']} negatives)"
+            if {"steps", "batch_size", "pairing", "negatives"} <= m.keys()
+            else ""
+        )
+    else:
+        root = chain[0]["init"] if chain else init
+        text = (
+            "; trained from scratch"
+            if root.get("kind") != "pretrained"
+            else f"; continued from the bundled model before it ({root['previous_training']})"
+        )
+    for m in filter(_tuned, chain):
         added = m.get("flatness_added")  # training/add_flatness.py: the same model, with new input channels
-        return (
-            _start(m["init"], seen | {cfg})
-            + _made(m)
-            + (f"; then {added['bands']} spectral-flatness input bands added (zero weights)" if added else "")
+        text += _made(m) + (
+            f"; then {added['bands']} spectral-flatness input bands added (zero weights)" if added else ""
         )
-    if {"steps", "batch_size", "pairing", "negatives"} <= m.keys():
-        return (
-            f"; encoder pretrained on JND pairs ({m['steps']} steps × {m['batch_size']} {m['pairing']} pairs, "
-            f"{m['negatives']} negatives)"
-        )
-    return "; encoder pretrained on JND pairs"
+    return text
 
 
 def _fine_tuned(meta: dict) -> str:
@@ -160,21 +173,13 @@ def _made(meta: dict) -> str:
     return _fine_tuned(meta)
 
 
-def _hardware(meta: dict, seen: frozenset = frozenset()) -> tuple[list[str], list[str]]:
+def _hardware(meta: dict) -> tuple[list[str], list[str]]:
     """What the chain's pretraining and its fine-tuning runs ran on, oldest first, as their provenance recorded it
     (``hardware``: runs made before it was recorded say nothing)."""
-    pre, fine = [], []
-    init = meta.get("init") or {}
-    if init.get("kind") == "pretrained" and not init.get("previous_training"):
-        cfg, m = _init_metadata(init, seen)
-        if "training" in m and "init" in m:
-            pre, fine = _hardware(m, seen | {cfg})
-        elif m.get("hardware"):
-            pre = [m["hardware"]]
-    for part in meta.get("averaged_from") or [meta]:
-        if part.get("training", part).get("hardware"):
-            fine.append(part.get("training", part)["hardware"])
-    return pre, fine
+    chain = _chain(meta.get("init") or {})
+    pre = [chain[0]["hardware"]] if chain and not _tuned(chain[0]) and chain[0].get("hardware") else []
+    runs = [p for m in [*filter(_tuned, chain), meta] for p in m.get("averaged_from") or [m]]
+    return pre, [hw for p in runs if (hw := p.get("training", p).get("hardware"))]
 
 
 def _ran_on(meta: dict) -> str:
