@@ -145,6 +145,11 @@ def test_metrics_table_levels_datasets_and_changes():
     )
     assert d1.loc["jsqa", "rmse_change_pct"] > 0 and d1.loc["jsqa", "pcc_change_pct"] > 0
     assert (t[t.level == "condition"]["n"] == [5, 5, 5, 5, 10, 10]).all()  # conditions are per dataset in "all"
+    # a scale labelled in one dataset only gets no "all" rows: they would repeat that dataset's
+    sig = preds.assign(sig=np.where(preds["dataset"] == "D1", preds["mos"], np.nan), sig_pred=preds["mos_pred"])
+    t = metrics_table(sig)
+    assert set(t[t.scale == "mos"]["dataset"]) == {"D1", "D2", "all"}
+    assert "all" not in set(t[t.scale == "sig"]["dataset"]) and "D1" in set(t[t.scale == "sig"]["dataset"])
     from rich.console import Console
 
     console = Console(width=200, record=True)

@@ -138,19 +138,19 @@ def metrics_table(
     Scales: each of SCALES with both columns, in that order. ``scales_by_model`` (model → scales it predicts)
     leaves out the rows of a model for a scale it does not predict (default: every model, every scale). Levels:
     ``file`` always, ``condition`` when a condition column has values. With several datasets there is also the
-    dataset ``all``. Columns: scale, dataset, level, model, n, rmse, mae, pcc, srcc, and for every model after the
-    first ``<metric>_change_pct`` against the first (NaN for the first, and where the first has no such row).
+    dataset ``all``, for each scale that more than one of them has labels of. Columns: scale, dataset, level,
+    model, n, rmse, mae, pcc, srcc, and for every model after the first ``<metric>_change_pct`` against the first
+    (NaN for the first, and where the first has no such row).
     """
     models = list(dict.fromkeys(predictions["model"]))
     datasets = list(dict.fromkeys(predictions["dataset"]))
     scales = [s for s in SCALES if s in predictions.columns and f"{s}_pred" in predictions.columns]
-    groups = [(name, predictions[predictions["dataset"] == name]) for name in datasets]
-    if len(datasets) > 1:
-        groups.append((ALL, predictions))
+    parts = [(name, predictions[predictions["dataset"] == name]) for name in datasets]
     has_conditions = "condition" in predictions.columns and predictions["condition"].notna().any()
     rows = []
     for scale in scales:
-        for name, part in groups:
+        labelled = [name for name, part in parts if part[scale].notna().any()]
+        for name, part in parts + ([(ALL, predictions)] if len(labelled) > 1 else []):
             for level in ("file", "condition") if has_conditions else ("file",):
                 for model in models:
                     if scales_by_model is not None and scale not in scales_by_model.get(model, ()):
