@@ -36,8 +36,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 TRAINING_DATA = {
     "speech": "LibriSpeech slice (CC BY 4.0), LJSpeech (public domain), AN4 (CMU, BSD-style), IVR prompts "
-    "'Allison' (CC BY-SA 3.0), espeak-ng/flite synthetic voices in English and (fourth cycle) espeak-ng "
-    "voices in eight other languages; speaker-disjoint splits, language-disjoint for the other languages",
+    "'Allison' (CC BY-SA 3.0), espeak-ng/flite synthetic voices in English and, from the fourth fine-tuning "
+    "phase on, espeak-ng voices in eight other languages; speaker-disjoint splits, language-disjoint for the "
+    "other languages",
     "noise": "ambient recordings (Blanket app sounds: CC0 / CC BY / CC BY-SA / public domain), Speech Commands "
     "backgrounds (CC BY 4.0), SpeechBrain test noises and RIRs (Apache-2.0), ambient-engine (public "
     "domain / CC BY 4.0), NOISEX-92 (freely redistributable); no research-only or non-commercial material",
@@ -48,8 +49,7 @@ TRAINING_DATA = {
 P835_LABELS = (
     "P.835 sig and bak: the simulation's label of each clip without its added noise and its SNR, fused with "
     "DNSMOS P.835 SIG and BAK (C. K. A. Reddy, V. Gopal, R. Cutler, ICASSP 2022; Microsoft's models, CC BY 4.0, "
-    "used to label training clips only); teachers' overall scores (DistillMOS, MIT; DNSMOS) trained auxiliary "
-    "heads that are not shipped; see docs/recipe-data.md"
+    "used to label training clips only); see docs/recipe-data.md"
 )
 
 
@@ -60,14 +60,15 @@ BUNDLED_NOTE = """
 
 - Its labels are **simulated**, not listening-test MOS: wideband PESQ (ITU-T P.862.2) mapped to a listener-like
   scale, with the E-model (ITU-T G.107) for packet loss and echo (`docs/recipe-data.md`). The "MOS" in the
-  evaluation table above is that simulated label on held-out splits, not human ratings:
-  `jsqa-simulated-mos-test` (unseen speakers, noise files and RIRs; about 73 % LibriSpeech, 11 % an Italian
-  voice, 10 % AN4) and, where listed, `jsqa-simulated-mos-multi-test` (synthetic voices in two languages never
-  heard in training, Italian and Polish).
+  evaluation table above is that simulated label on held-out splits, not human ratings: the English split
+  (`jsqa-simulated-main-test`, or `-mos-test` in older builds: unseen speakers, noise files and RIRs; about 72 %
+  LibriSpeech, 12 % an Italian voice, 10 % AN4) and, where listed, the other languages' split
+  (`jsqa-simulated-languages-test`: synthetic voices in two languages never heard in training, Italian and
+  Polish); `jsqa-simulated-all` is both together.
 - Training: {training}. See `docs/results.md` for the comparison with the same network trained from scratch and
   `docs/quality-checks.md` for its behaviour on degradation ladders, clean speech and real noisy recordings.
 - Speech only, 16 kHz analysis (content above 8 kHz is not seen); scores of non-speech audio are meaningless.
-- Mostly English training speech: clean speech in other languages scored 0.5-1.1 lower than English on synthetic
+- Mostly English training speech: clean speech in other languages scored 0.4-1.0 lower than English on synthetic
   voices (`docs/quality-checks.md`, by language); compare recordings of one language where you can.
 """
 
