@@ -1,3 +1,3 @@
 """jsqa: speech quality (MOS) scoring with JND contrastive pretraining (JSQA)."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
