@@ -149,8 +149,8 @@ def metrics_table(
     has_conditions = "condition" in predictions.columns and predictions["condition"].notna().any()
     rows = []
     for scale in scales:
-        labelled = [name for name, part in parts if part[scale].notna().any()]
-        for name, part in parts + ([(ALL, predictions)] if len(labelled) > 1 else []):
+        labelled = sum(part[scale].notna().any() for _, part in parts)
+        for name, part in parts + ([(ALL, predictions)] if labelled > 1 else []):
             for level in ("file", "condition") if has_conditions else ("file",):
                 for model in models:
                     if scales_by_model is not None and scale not in scales_by_model.get(model, ()):
