@@ -137,10 +137,10 @@ def metrics_table(
 
     Scales: each of SCALES with both columns, in that order. ``scales_by_model`` (model → scales it predicts)
     leaves out the rows of a model for a scale it does not predict (default: every model, every scale). Levels:
-    ``file`` always, ``condition`` when a condition column has values. With several datasets there is also the
-    dataset ``all``, for each scale that more than one of them has labels of. Columns: scale, dataset, level,
-    model, n, rmse, mae, pcc, srcc, and for every model after the first ``<metric>_change_pct`` against the first
-    (NaN for the first, and where the first has no such row).
+    ``file`` always, ``condition`` when a condition column has values. A dataset gets rows for the scales it has
+    labels of; with several labelled on a scale, that scale also gets the dataset ``all``. Columns: scale, dataset,
+    level, model, n, rmse, mae, pcc, srcc, and for every model after the first ``<metric>_change_pct`` against the
+    first (NaN for the first, and where the first has no such row).
     """
     models = list(dict.fromkeys(predictions["model"]))
     datasets = list(dict.fromkeys(predictions["dataset"]))
@@ -149,8 +149,8 @@ def metrics_table(
     has_conditions = "condition" in predictions.columns and predictions["condition"].notna().any()
     rows = []
     for scale in scales:
-        labelled = sum(part[scale].notna().any() for _, part in parts)
-        for name, part in parts + ([(ALL, predictions)] if labelled > 1 else []):
+        labelled = [(name, part) for name, part in parts if part[scale].notna().any()]
+        for name, part in labelled + ([(ALL, predictions)] if len(labelled) > 1 else []):
             for level in ("file", "condition") if has_conditions else ("file",):
                 for model in models:
                     if scales_by_model is not None and scale not in scales_by_model.get(model, ()):
