@@ -127,6 +127,21 @@ def test_usage_errors_exit_2_with_one_line(runner, folder, tiny_model_dir, tmp_p
     assert message in r.stderr and r.stderr.strip().count("\n") == 0 and "Traceback" not in r.output
 
 
+def test_an_output_the_system_refuses_is_one_line_naming_it(runner, folder, tiny_model_dir, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    import jsqa_cli.writers
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    monkeypatch.setattr(jsqa_cli.writers, "open", refuse, raising=False)
+    r = _score(runner, folder, "-m", tiny_model_dir, "-o", tmp_path / "s.csv")
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert r.stderr.strip() == f"Error: {tmp_path / 's.csv'}: permission denied"
+
+
 def test_cuda_without_a_gpu_is_a_usage_error(runner, folder, tiny_model_dir):
     import torch
 

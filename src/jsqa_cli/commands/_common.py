@@ -65,7 +65,8 @@ def resolve_workers(workers: int | None, device: str | None = None) -> int:
 
 
 def one_line_errors(func):
-    """Turn the library's expected errors into one-line messages and exit code 2, never a traceback."""
+    """Turn the library's expected errors, and the system's refusals (a path that cannot be read or written, a full
+    disk), into one-line messages and exit code 2, never a traceback."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -74,7 +75,11 @@ def one_line_errors(func):
 
         try:
             return func(*args, **kwargs)
-        except (ModelError, AudioError, FileNotFoundError, NotADirectoryError, ValueError) as e:
+        except OSError as e:
+            if e.filename is None or not e.strerror:  # the library's own message
+                fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+            fail(f"{e.filename}: {e.strerror[:1].lower()}{e.strerror[1:]}")  # not "[Errno 13] Permission denied: …"
+        except (ModelError, AudioError, ValueError) as e:
             fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
         except KeyboardInterrupt:
             err_console.print("Interrupted.", highlight=False)
