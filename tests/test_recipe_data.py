@@ -204,6 +204,29 @@ def test_levels_snr_clip_band():
     assert spec[len(spec) // 2 :].sum() < 0.01 * spec.sum()
 
 
+@pytest.mark.parametrize("kind", imp.SUPPRESSORS)
+def test_noise_suppressor_removes_noise_and_the_stronger_dulls_speech_more(kind):
+    x = imp.set_level(_wave(3.0, 6), -26.0)
+    noise = np.random.default_rng(1).standard_normal(len(x)).astype(np.float32)
+    y = imp.mix_snr(x, noise, 5.0)
+    n = y - x
+    assert np.allclose(imp.apply_mask(y, np.ones_like(imp.suppression_mask(y, kind, 1.0, -10))), y, atol=1e-6)
+
+    def through(over, floor_db):  # (noise left, dB; speech error, dB) with the noisy clip's mask
+        mask = imp.suppression_mask(y, kind, over, floor_db)
+        assert mask.min() >= 10 ** (floor_db / 20) - 1e-12 and mask.max() <= 1.0
+        speech, rest = imp.apply_mask(x, mask), imp.apply_mask(n, mask)
+        assert np.allclose(imp.apply_mask(y, mask), speech + rest, atol=1e-5)  # linear: the parts add up
+        db = lambda z: 10 * np.log10(np.mean(np.asarray(z, np.float64) ** 2))  # noqa: E731
+        return db(rest) - db(n), db(speech - x) - db(x)
+
+    mild, strong = through(1.0, -10), through(3.0, -30)
+    assert mild[0] < -3 and strong[0] < mild[0] - 3  # noise removed, more by the stronger
+    assert strong[1] > mild[1]  # and more of the speech lost with it
+    with pytest.raises(ValueError, match="unknown suppressor"):
+        imp.suppression_mask(y, "magic", 1.0, -10)
+
+
 # ------------------------------------------------------------------------------------------------ the label
 
 
@@ -749,6 +772,23 @@ def test_bundle_keeps_only_its_models_metrics_and_names_each_test_set(tmp_path):
 
 
 @needs_pesq
+@needs_pesq
+def test_a_noise_suppressor_raises_the_snr_and_its_speech_track_carries_the_distortion(recipe_sources):
+    simulate_mos._init_worker(
+        dict(sources=str(recipe_sources), seed=0, synthetic_share=0.0, clean_share=0.0, data_root="")
+    )
+    src = simulate_mos.Sources(recipe_sources, "train", 0.0)
+    ref = imp.set_level(src.speech(np.random.default_rng(0), 4.0)[0], -26.0)
+    noisy = simulate_mos.degrade(ref, np.random.default_rng(2), src, ["noise"])
+    both = simulate_mos.degrade(ref, np.random.default_rng(2), src, ["enhance", "noise"])  # noise comes first
+    assert both["parts"][0].startswith("noise-") and both["parts"][1].startswith("enhance-")
+    assert both["detail"][0] == noisy["detail"][0]  # the same noise at the same SNR, then the suppressor
+    assert both["snr_db"] > noisy["snr_db"] + 1
+    assert simulate_mos._pesq(ref, both["speech"]) < simulate_mos._pesq(ref, noisy["speech"]) - 0.05
+    alone = simulate_mos.degrade(ref, np.random.default_rng(2), src, ["enhance"])  # on clean speech: distortion only
+    assert alone["snr_db"] is None and alone["speech"] is alone["mid"] and not np.allclose(alone["mid"], ref)
+
+
 def test_p835_facts_of_the_simulation(recipe_sources, tmp_path):
     """sig_sim labels the chain without its added noise: the MOS itself when there is no noise, the clean
     maximum when noise is all there is; snr_db is the noise's SNR, empty without noise."""

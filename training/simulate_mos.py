@@ -6,7 +6,8 @@
 Clean references (4-8 s, active level -26 dBFS +- 3 dB) from the speaker-disjoint lists of
 ``prepare_sources.py`` are degraded by 1-3 impairments (noise from the split's own noise files, generated
 noise or babble of the split's own speakers; clipping; MP3 / Vorbis / Opus / GSM / G.711 codecs; low-pass,
-high-pass, narrowband; packet loss with and without concealment; echo; reverberation; too quiet / too loud)
+high-pass, narrowband; packet loss with and without concealment; echo; reverberation; too quiet / too loud; and,
+when ``--family-weights`` gives it a weight, a noise suppressor's musical noise and speech distortion)
 and labelled with wideband PESQ (ITU-T P.862.2) calibrated to listener scale (``label`` below and
 docs/recipe-data.md). Clips are drawn until each label bin [1, 1.5), ..., [4, 4.5] holds its share.
 
@@ -112,9 +113,13 @@ def label(
 
 # ------------------------------------------------------------------------------------------------ impairments
 
-FAMILIES = ["noise", "codec", "packet_loss", "clip", "band", "reverb", "echo", "level"]
-FAMILY_WEIGHTS = np.array([0.30, 0.17, 0.15, 0.09, 0.09, 0.08, 0.06, 0.06])
-ORDER = {f: i for i, f in enumerate(["reverb", "echo", "noise", "level", "clip", "band", "codec", "packet_loss"])}
+FAMILIES = ["noise", "codec", "packet_loss", "clip", "band", "reverb", "echo", "level", "enhance"]
+# enhance (a noise suppressor's artefacts) comes last at weight 0: the draws without it stay exactly as they were
+FAMILY_WEIGHTS = np.array([0.30, 0.17, 0.15, 0.09, 0.09, 0.08, 0.06, 0.06, 0.0])
+ORDER = {
+    f: i
+    for i, f in enumerate(["reverb", "echo", "noise", "enhance", "level", "clip", "band", "codec", "packet_loss"])
+}
 
 
 def parse_family_weights(text: str) -> list[float]:
@@ -229,7 +234,8 @@ class Sources:
 def degrade(x: np.ndarray, rng: np.random.Generator, src: Sources, families: list[str]) -> dict:
     """Apply ``families`` in signal-chain order. Returns the clip, the clip without packet loss and echo
     ('mid', for the PESQ label), 'speech' (mid without the added noise, for the P.835 SIG label; the same array as
-    mid when there is no noise), the noise's SNR, and the parameters. Each family's strength u (0 mild .. 1
+    mid when there is no noise), the noise's SNR (after a noise suppressor, the SNR it leaves), and the
+    parameters. Each family's strength u (0 mild .. 1
     severe) is drawn from ``rng``; the speech track draws nothing, so draws are the same with or without it."""
     info = dict(noisy=False, loss=None, echo=None, snr_db=None, level_db=imp.active_level_db(x), parts=[], detail=[])
     y = mid = x
@@ -259,6 +265,17 @@ def degrade(x: np.ndarray, rng: np.random.Generator, src: Sources, families: lis
             y, mid = imp.mix_snr(y, noise, snr), imp.mix_snr(mid, noise, snr)
             info["noisy"], info["snr_db"] = True, snr
             detail = f"noise:{name}@{snr:.1f}dB"
+        elif fam == "enhance":  # a noise suppressor on what the microphone took: on the noise, if any, and the speech
+            kind, over, floor_db = str(rng.choice(imp.SUPPRESSORS)), 1 + 2 * u, -(10 + 20 * u)
+            mask = imp.suppression_mask(mid, kind, over, floor_db)
+            also(imp.apply_mask, mask)  # the speech the suppressor lets through (SIG)
+            y_mask = mask if y is mid else imp.suppression_mask(y, kind, over, floor_db)  # y has an echo mid lacks
+            y, mid = imp.apply_mask(y, y_mask), imp.apply_mask(mid, mask)
+            if speech is not None:  # the noise it lets through (BAK): the mask is linear, so mid - speech
+                residual_db = 10 * math.log10(float(np.mean((mid - speech).astype(np.float64) ** 2)) + 1e-20)
+                info["snr_db"] = imp.active_level_db(speech) - residual_db
+            word = f"{kind}-{word}"
+            detail = f"enhance:{kind}@x{over:.1f},{floor_db:.0f}dB"
         elif fam == "level":
             quiet = rng.random() < 0.6
             target = imp.NOMINAL_LEVEL_DB + (-(8 + 24 * u) if quiet else 6 + 14 * u)
