@@ -105,14 +105,12 @@ SUPPRESSORS = ("subtraction", "wiener")
 _STFT = dict(fs=SR, nperseg=512, noverlap=384)  # 32 ms frames every 8 ms (Hann): a hearing-aid or VoIP suppressor's
 
 
-def suppression_mask(
-    x: np.ndarray, kind: str, over: float, floor_db: float, noise_quantile: float = 0.1
-) -> np.ndarray:
+def suppression_mask(x: np.ndarray, kind: str, over: float, floor_db: float, noise_quantile: float = 0.1) -> np.ndarray:
     """The gain (frequencies × frames, within [10^(floor_db/20), 1]) that a single-channel noise suppressor sets on
     the noisy ``x``, from a noise estimate of its own: each frequency's ``noise_quantile`` power over the clip's
-    frames (the floor its pauses leave), scaled to a mean. ``over`` (>= 1) scales the noise estimate: the larger, the more
-    aggressive. ``subtraction``: power spectral subtraction, each bin and frame on its own, whose scattered gains
-    leave musical noise; ``wiener``: the Wiener gain of the decision-directed a-priori SNR (Ephraim & Malah,
+    frames (the floor its pauses leave), scaled to a mean. ``over`` (>= 1) scales the noise estimate: the larger,
+    the more aggressive. ``subtraction``: power spectral subtraction, each bin and frame on its own, whose scattered
+    gains leave musical noise; ``wiener``: the Wiener gain of the decision-directed a-priori SNR (Ephraim & Malah,
     smoothing 0.98), smoother in time, dulling weak speech instead. Apply it with :func:`apply_mask`."""
     if kind not in SUPPRESSORS:
         raise ValueError(f"unknown suppressor {kind!r}: choose one of {', '.join(SUPPRESSORS)}")

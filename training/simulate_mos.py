@@ -117,8 +117,7 @@ FAMILIES = ["noise", "codec", "packet_loss", "clip", "band", "reverb", "echo", "
 # enhance (a noise suppressor's artefacts) comes last at weight 0: the draws without it stay exactly as they were
 FAMILY_WEIGHTS = np.array([0.30, 0.17, 0.15, 0.09, 0.09, 0.08, 0.06, 0.06, 0.0])
 ORDER = {
-    f: i
-    for i, f in enumerate(["reverb", "echo", "noise", "enhance", "level", "clip", "band", "codec", "packet_loss"])
+    f: i for i, f in enumerate(["reverb", "echo", "noise", "enhance", "level", "clip", "band", "codec", "packet_loss"])
 }
 
 
