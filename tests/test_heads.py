@@ -279,6 +279,18 @@ def test_cli_evaluate_prints_one_block_per_scale(models, labels, tmp_path):
         assert title in r.stdout
 
 
+def test_cli_evaluate_note_is_one_line_whatever_the_width(models, labels, tmp_path):
+    """A note longer than the console's 80 columns (a log, a pipe) is printed whole: one line to grep or paste."""
+    r = runner.invoke(
+        app,
+        ["evaluate", "-m", str(models[0]), "--csv", str(labels), "-o", str(tmp_path / "o"), "--device", "cpu"]
+        + ["-j", "0", "--no-plot", "-q"],
+    )
+    assert r.exit_code == 0, r.output
+    note = f"Note: sig, bak labels not evaluated for {models[0]}: the model predicts only mos (it has no sig/bak head)"
+    assert len(note) > 80 and note in r.stderr.splitlines()
+
+
 # ---------------------------------------------------------------------------------------------------- info
 
 

@@ -16,8 +16,10 @@ from rich.markup import escape
 # Exit codes, documented in the README: 0 all good, 1 some inputs failed (others done), 2 usage or setup error.
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: a line of text (a note, a path) is printed whole, never broken at the console's width (80 columns in a
+# log or a pipe) where it could not be pasted back or matched by grep; tables still fit the width
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 DEVICE_HELP = "auto, cpu, cuda or cuda:N (auto: the GPU when there is one; torchrun sets the GPU of each rank)."
 WORKERS_HELP = (
@@ -31,7 +33,7 @@ _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 def fail(message: str, code: int = EXIT_USAGE) -> None:
     """Print ``Error: message`` as one line on stderr and exit. The message is printed as it is (no rich markup),
     so paths and hints holding ``[...]`` come out intact."""
-    err_console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 

@@ -72,9 +72,8 @@ def register(app: typer.Typer) -> None:
             f"Pushed {', '.join(result.files)} to {result.repo_id} ({result.revision}"
             f"{', tag ' + result.tag if result.tag else ''}; model card {result.card})",
             highlight=False,
-            soft_wrap=True,
         )
-        console.print(result.commit_url, highlight=False, soft_wrap=True)
+        console.print(result.commit_url, highlight=False)
 
     @app.command("pull", help=PULL_HELP, no_args_is_help=True)
     @one_line_errors
@@ -87,5 +86,5 @@ def register(app: typer.Typer) -> None:
         from jsqa_cli import hub
 
         result = hub.pull(model, dest=dest)
-        err_console.print(f"{result.name} → commit {result.commit}", highlight=False, soft_wrap=True)
-        console.print(str(result.path), highlight=False, soft_wrap=True)
+        err_console.print(f"{result.name} → commit {result.commit}", highlight=False)
+        console.print(str(result.path), highlight=False)

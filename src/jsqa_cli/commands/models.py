@@ -88,7 +88,6 @@ def register(app: typer.Typer) -> None:
         console.print(
             f"Without --model: {default}" + (" ($JSQA_MODEL)" if os.environ.get("JSQA_MODEL") else ""),
             highlight=False,
-            soft_wrap=True,
             markup=False,
         )
 

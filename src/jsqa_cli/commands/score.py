@@ -132,9 +132,7 @@ def register(app: typer.Typer) -> None:
             if segments is not None:
                 scoring.merge_parts(segments)
             if not quiet:
-                err_console.print(
-                    f"Merged {len(df)} rows into {escape(str(merge_parts))}", highlight=False, soft_wrap=True
-                )
+                err_console.print(f"Merged {len(df)} rows into {escape(str(merge_parts))}", highlight=False)
                 err_console.print(_summary_table(scoring.summarize(df)))
             raise typer.Exit(EXIT_PARTIAL if scoring.summarize(df)["failed"] else EXIT_OK)
         if not paths:
@@ -205,7 +203,5 @@ def register(app: typer.Typer) -> None:
         if not quiet:
             err_console.print(_summary_table(summary, run))
             if merged_path:
-                err_console.print(
-                    f"Merged {dist.world_size} parts into {escape(str(merged_path))}", highlight=False, soft_wrap=True
-                )
+                err_console.print(f"Merged {dist.world_size} parts into {escape(str(merged_path))}", highlight=False)
         raise typer.Exit(EXIT_PARTIAL if run.failed or (merged_path and summary["failed"]) else EXIT_OK)
