@@ -772,7 +772,6 @@ def test_bundle_keeps_only_its_models_metrics_and_names_each_test_set(tmp_path):
 
 
 @needs_pesq
-@needs_pesq
 def test_a_noise_suppressor_raises_the_snr_and_its_speech_track_carries_the_distortion(recipe_sources):
     simulate_mos._init_worker(
         dict(sources=str(recipe_sources), seed=0, synthetic_share=0.0, clean_share=0.0, data_root="")
@@ -789,6 +788,7 @@ def test_a_noise_suppressor_raises_the_snr_and_its_speech_track_carries_the_dist
     assert alone["snr_db"] is None and alone["speech"] is alone["mid"] and not np.allclose(alone["mid"], ref)
 
 
+@needs_pesq
 def test_p835_facts_of_the_simulation(recipe_sources, tmp_path):
     """sig_sim labels the chain without its added noise: the MOS itself when there is no noise, the clean
     maximum when noise is all there is; snr_db is the noise's SNR, empty without noise."""

@@ -102,7 +102,7 @@ def babble(utterances: list[np.ndarray], n: int, rng: np.random.Generator) -> np
 # ------------------------------------------------------------------------------------------------ noise suppression
 
 SUPPRESSORS = ("subtraction", "wiener")
-_STFT = dict(fs=SR, nperseg=512, noverlap=384)  # 32 ms frames every 8 ms (Hann): a hearing-aid or VoIP suppressor's
+_STFT = dict(fs=SR, nperseg=512, noverlap=384)  # 32 ms Hann frames every 8 ms, as speech enhancers use
 
 
 def suppression_mask(x: np.ndarray, kind: str, over: float, floor_db: float, noise_quantile: float = 0.1) -> np.ndarray:

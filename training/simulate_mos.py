@@ -234,8 +234,8 @@ def degrade(x: np.ndarray, rng: np.random.Generator, src: Sources, families: lis
     """Apply ``families`` in signal-chain order. Returns the clip, the clip without packet loss and echo
     ('mid', for the PESQ label), 'speech' (mid without the added noise, for the P.835 SIG label; the same array as
     mid when there is no noise), the noise's SNR (after a noise suppressor, the SNR it leaves), and the
-    parameters. Each family's strength u (0 mild .. 1
-    severe) is drawn from ``rng``; the speech track draws nothing, so draws are the same with or without it."""
+    parameters. Each family's strength u (0 mild .. 1 severe) is drawn from ``rng``; the speech track draws
+    nothing, so draws are the same with or without it."""
     info = dict(noisy=False, loss=None, echo=None, snr_db=None, level_db=imp.active_level_db(x), parts=[], detail=[])
     y = mid = x
     speech = None  # set once noise is added: from then on the chain runs on it too
