@@ -36,7 +36,7 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import impairments as imp  # noqa: E402
 
-from jsqa_cli.audio import SAMPLE_RATE, load_audio  # noqa: E402
+from jsqa_cli.audio import SAMPLE_RATE, load_audio, rms_db  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "val", "test")
@@ -271,8 +271,7 @@ def degrade(x: np.ndarray, rng: np.random.Generator, src: Sources, families: lis
             y_mask = mask if y is mid else imp.suppression_mask(y, kind, over, floor_db)  # y has an echo mid lacks
             y, mid = imp.apply_mask(y, y_mask), imp.apply_mask(mid, mask)
             if speech is not None:  # the noise it lets through (BAK): the mask is linear, so mid - speech
-                residual_db = 10 * math.log10(float(np.mean((mid - speech).astype(np.float64) ** 2)) + 1e-20)
-                info["snr_db"] = imp.active_level_db(speech) - residual_db
+                info["snr_db"] = imp.active_level_db(speech) - max(rms_db(mid - speech), -200.0)
             word = f"{kind}-{word}"
             detail = f"enhance:{kind}@x{over:.1f},{floor_db:.0f}dB"
         elif fam == "level":
